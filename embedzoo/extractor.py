@@ -1,0 +1,455 @@
+"""The one interface every model implements, and everything the core derives from it.
+
+A plugin writes `forward_layers`; the core provides, for every model alike: resampling from any
+rate, windowing (receptive field) and hop (time resolution), layer and readout selection
+(embedding level), scene pooling, HEAR timestamps (ms, window centres), packing the windows of many
+clips into device-sized batches, device and dtype handling -- in `window` and `frame` mode.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Hashable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from embedzoo.card import LayerSpec, ModelCard
+from embedzoo.errors import AudioError, ConfigError
+from embedzoo.framing import ChunkFramer, Segments, WholeFramer, WindowFramer
+from embedzoo.knobs import Knobs, embedding_width, resolve_knobs
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ClipEmbeddings:
+    """What one clip yields: a scene vector (D,), and/or timestamp vectors (T, D) with times (T,) in ms."""
+
+    scene: Tensor | None = None
+    timestamp: Tensor | None = None
+    timestamps: Tensor | None = None
+
+
+def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' is CUDA when present (then Apple's MPS), else the CPU."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+class Extractor(torch.nn.Module, abc.ABC):
+    """Base class of every model. Subclasses implement `forward_layers`; nothing else is required."""
+
+    card: ModelCard
+
+    def __init__(self, card: ModelCard):
+        super().__init__()
+        self.card = card
+        self.knobs: Knobs = resolve_knobs(card)
+
+    @abc.abstractmethod
+    def forward_layers(self, audio: Tensor, layers: Sequence[str] | None = None) -> list[Tensor]:
+        """audio (batch, samples) at card.sample_rate, min_window <= samples <= max_window.
+
+        Returns one tensor per requested layer (all of card.layers when None), in that order, each
+        (batch, len(tokens) + frames, width): named tokens first, then the frame sequence, whose
+        frames advance by card.frame_hop samples. A plugin may stop early after the last layer asked.
+        """
+
+    # ---- settings -------------------------------------------------------------------------
+
+    def configure(self, **knobs: Any) -> "Extractor":
+        """Set knobs on top of earlier ones (card defaults, then preset, then yours); returns self."""
+        overrides = {**getattr(self, "_overrides", {}), **{k: v for k, v in knobs.items() if v is not None}}
+        self.knobs = resolve_knobs(self.card, overrides)
+        self._overrides = overrides
+        return self
+
+    @property
+    def sample_rate(self) -> int:
+        return self.card.sample_rate
+
+    @property
+    def scene_embedding_size(self) -> int:
+        return embedding_width(self.card, self.knobs)
+
+    @property
+    def timestamp_embedding_size(self) -> int:
+        return embedding_width(self.card, self.knobs)
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    # ---- geometry in samples --------------------------------------------------------------
+
+    @property
+    def hop_samples(self) -> int:
+        return self.card.ms_to_samples(self.knobs.hop_ms)
+
+    @property
+    def window_samples(self) -> int:
+        ms = self.knobs.window_ms
+        return self.card.min_window if ms is None else self.card.ms_to_samples(ms)
+
+    @property
+    def scene_window_samples(self) -> int:
+        ms = self.knobs.scene_window_ms
+        return self.card.max_window if ms is None else self.card.ms_to_samples(ms)
+
+    @property
+    def scene_hop_samples(self) -> int:
+        ms = self.knobs.scene_hop_ms
+        return self.scene_window_samples // 2 if ms is None else self.card.ms_to_samples(ms)
+
+    @property
+    def chunk_samples(self) -> int:
+        """Frame mode: the longest chunk one forward takes (within the batch budget)."""
+        budget = int(self.knobs.batch_seconds * self.card.sample_rate)
+        return int(min(self.card.max_window, max(self.card.frame_field, budget)))
+
+    def batch_rows(self, size: int) -> int:
+        """How many segments of `size` samples go into one forward."""
+        if self.knobs.batch_size is not None:
+            return self.knobs.batch_size
+        return max(1, int(self.knobs.batch_seconds * self.card.sample_rate) // max(size, 1))
+
+    # ---- one batch of segments ------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = _DTYPES[self.knobs.dtype]
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def embed_segments(self, segments: np.ndarray | Tensor, frames: bool = False) -> Tensor:
+        """Forward a batch of equal-length segments and read out the chosen layers.
+
+        Returns (n, width) -- one vector per segment, readout applied -- or, with `frames`, the
+        frame sequences (n, frames, width). Segments shorter than card.min_window are zero-padded
+        around their centre. Output is float32 on the CPU.
+        """
+        batch = segments.float() if isinstance(segments, Tensor) else torch.from_numpy(np.array(segments, dtype=np.float32))
+        short = self.card.min_window - batch.shape[-1]
+        if short > 0:
+            batch = torch.nn.functional.pad(batch, (short // 2, short - short // 2))
+        device = self.device
+        if device.type == "cuda":
+            batch = batch.pin_memory().to(device, non_blocking=True)
+        else:
+            batch = batch.to(device)
+        specs = [self.card.layer(name) for name in self.knobs.layers]
+        with torch.inference_mode(), self._autocast():
+            outputs = self.forward_layers(batch, list(self.knobs.layers))
+        if len(outputs) != len(specs):
+            raise RuntimeError(f"{self.card.id}: forward_layers returned {len(outputs)} tensors for {len(specs)} layers")
+        parts = []
+        for spec, output in zip(specs, outputs):
+            output = output.float()
+            if output.shape[-1] != spec.width:
+                raise RuntimeError(f"{self.card.id}: layer {spec.name} has width {output.shape[-1]}, card says {spec.width}")
+            if frames:
+                parts.append(output[:, len(spec.tokens) :])
+            else:
+                parts.extend(readout(output, spec, self.knobs.readout_parts))
+        if frames:
+            lengths = {part.shape[1] for part in parts}
+            if len(lengths) > 1:
+                raise ConfigError(
+                    f"layers {list(self.knobs.layers)} of {self.card.id} have different frame counts {sorted(lengths)}",
+                    hint="frame mode concatenates frame-aligned layers only; use mode 'window' for this mix",
+                )
+        return torch.cat(parts, dim=-1).cpu()
+
+    # ---- the public API ---------------------------------------------------------------------
+
+    def _prepare(self, audio: Tensor | np.ndarray | Sequence, sample_rate: int | None) -> list[np.ndarray]:
+        """Rows of a (batch, samples) tensor/array, or a list of 1-d clips, at the model's rate."""
+        if isinstance(audio, Tensor):
+            audio = audio.detach().float().cpu().numpy()
+        if isinstance(audio, np.ndarray):
+            if audio.ndim == 1:
+                audio = audio[None, :]
+            if audio.ndim != 2:
+                raise AudioError(f"audio must be (batch, samples), got shape {audio.shape}", hint="down-mix channels first")
+            clips = list(audio)
+        else:
+            clips = [np.asarray(c.detach().cpu() if isinstance(c, Tensor) else c, dtype=np.float32).reshape(-1) for c in audio]
+        rate = sample_rate or self.card.sample_rate
+        out = []
+        for index, clip in enumerate(clips):
+            clip = np.ascontiguousarray(clip, dtype=np.float32)
+            if clip.size == 0:
+                raise AudioError(f"clip {index} is empty", hint="pass at least one sample per clip")
+            if not np.isfinite(clip).all():
+                bad = int(np.argmin(np.isfinite(clip)))
+                raise AudioError(f"clip {index} has NaN/Inf at {bad / rate:.3f} s", hint="clean or drop the clip")
+            if rate != self.card.sample_rate:
+                from embedzoo.audio import resample
+
+                clip = resample(clip, rate, self.card.sample_rate)
+            out.append(clip)
+        return out
+
+    def embed(
+        self, clips: Iterable, sample_rate: int | None = None, scene: bool = True, timestamp: bool = True
+    ) -> list[ClipEmbeddings]:
+        """Embeddings of clips of any lengths (1-d arrays/tensors, or rows of a 2-d one)."""
+        prepared = self._prepare(clips if isinstance(clips, (Tensor, np.ndarray)) else list(clips), sample_rate)
+        session = Session(self, scene=scene, timestamp=timestamp)
+        for key, clip in enumerate(prepared):
+            session.open(key)
+            session.push(key, clip)
+            session.close(key)
+        session.flush()
+        done = dict(session.take())
+        return [done[key] for key in range(len(prepared))]
+
+    def scene_embeddings(self, audio: Tensor | np.ndarray, sample_rate: int | None = None) -> Tensor:
+        """(batch, samples) -> (batch, scene_embedding_size), on the input's device for tensors."""
+        results = self.embed(audio, sample_rate, scene=True, timestamp=False)
+        out = torch.stack([r.scene for r in results])
+        return out.to(audio.device) if isinstance(audio, Tensor) else out
+
+    def timestamp_embeddings(self, audio: Tensor | np.ndarray, sample_rate: int | None = None) -> tuple[Tensor, Tensor]:
+        """(batch, samples) -> ((batch, T, timestamp_embedding_size), (batch, T) centres in ms)."""
+        results = self.embed(audio, sample_rate, scene=False, timestamp=True)
+        embeddings = torch.stack([r.timestamp for r in results])
+        timestamps = torch.stack([r.timestamps for r in results])
+        if isinstance(audio, Tensor):
+            return embeddings.to(audio.device), timestamps.to(audio.device)
+        return embeddings, timestamps
+
+    def forward(self, audio: Tensor) -> Tensor:
+        """nn.Module call: scene embeddings of a (batch, samples) tensor at the model's rate."""
+        return self.scene_embeddings(audio)
+
+
+def readout(output: Tensor, spec: LayerSpec, parts: Sequence[str]) -> list[Tensor]:
+    """One (n, width) vector per readout part from a layer's (n, tokens+frames, width) output."""
+    tokens = len(spec.tokens)
+    frames = output[:, tokens:]
+    vectors = []
+    for part in parts:
+        if part in spec.tokens:
+            vectors.append(output[:, spec.tokens.index(part)])
+            continue
+        if frames.shape[1] == 0:
+            raise RuntimeError(f"layer {spec.name} returned no frames to read out with {part!r}")
+        if part == "mean":
+            vectors.append(frames.mean(dim=1))
+        elif part == "max":
+            vectors.append(frames.amax(dim=1))
+        elif part == "center":
+            vectors.append(frames[:, (frames.shape[1] - 1) // 2])
+        elif part == "first":
+            vectors.append(frames[:, 0])
+        elif part == "last":
+            vectors.append(frames[:, -1])
+        else:
+            raise ConfigError(f"unknown readout {part!r} for layer {spec.name}")
+    return vectors
+
+
+# ---- the streaming engine -----------------------------------------------------------------
+
+
+@dataclass
+class _Piece:
+    key: Hashable
+    purpose: str  # "timestamp" | "scene"
+    first_index: int
+    data: np.ndarray
+
+
+class _Clip:
+    """Book-keeping of one clip inside a Session."""
+
+    def __init__(self, extractor: Extractor, scene: bool, timestamp: bool):
+        knobs = extractor.knobs
+        self.framers: dict[str, Any] = {}
+        frame_mode = knobs.mode == "frame"
+        card = extractor.card
+        if frame_mode and (scene or timestamp):
+            chunk = ChunkFramer(extractor.chunk_samples, card.frame_hop, card.frame_field, knobs.pad_mode)
+            self.framers["frames"] = chunk
+        else:
+            if timestamp:
+                self.framers["timestamp"] = WindowFramer(extractor.window_samples, extractor.hop_samples, knobs.pad_mode)
+            if scene:
+                self.framers["scene"] = WholeFramer(extractor.scene_window_samples, extractor.scene_hop_samples, knobs.pad_mode)
+        self.want_scene, self.want_timestamp = scene, timestamp
+        self.results: dict[str, dict[int, Tensor]] = {name: {} for name in self.framers}
+        self.emitted: dict[str, int] = {name: 0 for name in self.framers}
+        self.length = 0
+        self.closed = False
+
+    def complete(self) -> bool:
+        return self.closed and all(len(self.results[n]) == self.emitted[n] for n in self.framers)
+
+
+class Session:
+    """Streams many clips through one extractor: open/push/close clips in any interleaving, and
+    windows from all of them are packed into full batches. `take()` returns finished clips."""
+
+    def __init__(self, extractor: Extractor, scene: bool = True, timestamp: bool = True):
+        if not (scene or timestamp):
+            raise ConfigError("ask for scene and/or timestamp embeddings")
+        self.extractor = extractor
+        self.scene, self.timestamp = scene, timestamp
+        self.clips: dict[Hashable, _Clip] = {}
+        self.queues: OrderedDict[tuple[str, int], list[_Piece]] = OrderedDict()
+        self.queued_samples = 0
+        self.finished: list[tuple[Hashable, ClipEmbeddings]] = []
+        budget = int(extractor.knobs.batch_seconds * extractor.card.sample_rate)
+        self.max_queued_samples = 4 * max(budget, extractor.card.max_window)
+
+    def open(self, key: Hashable) -> None:
+        if key in self.clips:
+            raise KeyError(f"clip {key!r} is already open in this session")
+        self.clips[key] = _Clip(self.extractor, self.scene, self.timestamp)
+
+    def push(self, key: Hashable, chunk: np.ndarray) -> None:
+        clip = self.clips[key]
+        chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+        clip.length += len(chunk)
+        for name, framer in clip.framers.items():
+            self._enqueue(key, name, framer.push(chunk))
+        self._run_full()
+
+    def close(self, key: Hashable) -> None:
+        clip = self.clips[key]
+        if clip.length == 0:
+            del self.clips[key]
+            raise AudioError(f"clip {key!r} is empty", hint="pass at least one sample")
+        clip.closed = True
+        for name, framer in clip.framers.items():
+            self._enqueue(key, name, framer.close())
+        self._run_full()
+        self._collect(key)
+
+    def discard(self, key: Hashable) -> None:
+        """Drop a clip (e.g. its file failed half-way): its queued windows are never computed."""
+        self.clips.pop(key, None)
+        for queue_key, pieces in list(self.queues.items()):
+            kept = [p for p in pieces if p.key != key]
+            self.queued_samples -= sum(p.data.size for p in pieces if p.key == key)
+            if kept:
+                self.queues[queue_key] = kept
+            else:
+                del self.queues[queue_key]
+
+    def flush(self) -> None:
+        """Run every queued window, full batch or not."""
+        while self.queues:
+            self._run(next(iter(self.queues)))
+        for key in list(self.clips):
+            self._collect(key)
+
+    def take(self) -> list[tuple[Hashable, ClipEmbeddings]]:
+        """Finished clips since the last call, in the order they finished."""
+        done, self.finished = self.finished, []
+        return done
+
+    @property
+    def pending(self) -> int:
+        return len(self.clips)
+
+    # -- internals --
+
+    def _enqueue(self, key: Hashable, purpose: str, segments: list[Segments]) -> None:
+        clip = self.clips[key]
+        for seg in segments:
+            clip.emitted[purpose] += len(seg.data)
+            queue_key = (purpose if purpose == "frames" else "windows", seg.data.shape[1])
+            self.queues.setdefault(queue_key, []).append(_Piece(key, purpose, seg.first_index, seg.data))
+            self.queued_samples += seg.data.size
+
+    def _run_full(self) -> None:
+        for queue_key in list(self.queues):
+            if queue_key in self.queues and sum(len(p.data) for p in self.queues[queue_key]) >= self.extractor.batch_rows(queue_key[1]):
+                self._run(queue_key)
+        while self.queued_samples > self.max_queued_samples and self.queues:
+            self._run(next(iter(self.queues)))
+
+    def _run(self, queue_key: tuple[str, int]) -> None:
+        """Forward the queued segments of one size, in batches, and file the results."""
+        pieces = self.queues.pop(queue_key)
+        self.queued_samples -= sum(p.data.size for p in pieces)
+        rows = self.extractor.batch_rows(queue_key[1])
+        frames = queue_key[0] == "frames"
+        owners = [(p.key, p.purpose, p.first_index + i) for p in pieces for i in range(len(p.data))]
+        blocks = [p.data for p in pieces]
+        position = 0
+        while position < len(owners):
+            batch, taken = _take_rows(blocks, rows)
+            output = self.extractor.embed_segments(batch, frames=frames)
+            for row, (key, purpose, index) in enumerate(owners[position : position + taken]):
+                if key in self.clips:
+                    self.clips[key].results[purpose][index] = output[row]
+            position += taken
+        for key in {p.key for p in pieces}:
+            self._collect(key)
+
+    def _collect(self, key: Hashable) -> None:
+        clip = self.clips.get(key)
+        if clip is None or not clip.complete():
+            return
+        del self.clips[key]
+        self.finished.append((key, self._finish(clip)))
+
+    def _finish(self, clip: _Clip) -> ClipEmbeddings:
+        ex = self.extractor
+        result = ClipEmbeddings()
+        if "frames" in clip.framers:
+            framer: ChunkFramer = clip.framers["frames"]
+            chunks = [clip.results["frames"][i][: framer.frames_in(i)] for i in range(len(clip.results["frames"]))]
+            frames = torch.cat(chunks) if chunks else torch.zeros(0, ex.scene_embedding_size)
+            if clip.want_scene:
+                result.scene = frames.mean(dim=0)
+            if clip.want_timestamp:
+                hop = ex.hop_samples
+                count = 1 + clip.length // hop
+                centres = np.arange(count) * hop
+                nearest = np.clip(np.rint(centres / ex.card.frame_hop).astype(np.int64), 0, len(frames) - 1)
+                result.timestamp = frames[torch.from_numpy(nearest)]
+                result.timestamps = torch.from_numpy(centres * 1000.0 / ex.card.sample_rate).float()
+            return result
+        if "timestamp" in clip.framers:
+            rows = clip.results["timestamp"]
+            result.timestamp = torch.stack([rows[i] for i in range(len(rows))])
+            result.timestamps = (torch.arange(len(rows), dtype=torch.float64) * ex.hop_samples * 1000.0 / ex.card.sample_rate).float()
+        if "scene" in clip.framers:
+            rows = clip.results["scene"]
+            result.scene = torch.stack([rows[i] for i in range(len(rows))]).mean(dim=0)
+        return result
+
+
+def _take_rows(blocks: list[np.ndarray], rows: int) -> tuple[np.ndarray, int]:
+    """Pop up to `rows` rows off the front of a list of (n, size) blocks, as one array."""
+    taken, parts = 0, []
+    while blocks and taken < rows:
+        block = blocks[0]
+        need = rows - taken
+        if len(block) <= need:
+            parts.append(block)
+            taken += len(block)
+            blocks.pop(0)
+        else:
+            parts.append(block[:need])
+            blocks[0] = block[need:]
+            taken += need
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), taken

@@ -1,0 +1,147 @@
+"""The knobs of the HEAR study, for every model: time resolution, embedding level, receptive field.
+
+`Knobs` is torch-free, so the CLI can check a user's choices against the card before loading any
+model. Values come from, in order: the card's `defaults`, a named preset of the card, the user.
+
+- time resolution: `hop_ms` (timestamp hop), `scene_hop_ms` (hop of scene windows on long clips);
+- embedding level: `layers` (one or more, concatenated) and `readout` ('mean', 'max', 'center',
+  'first', 'last', or a layer's named token such as 'cls'; '+'-joined to concatenate);
+- receptive field: `window_ms` (timestamp window), `scene_window_ms` (longest scene forward);
+- `mode`: 'window' (one forward per timestamp window, the HEAR recipe) or 'frame' (one forward per
+  chunk, the model's own frames read at the hop: cheap);
+- `pad_mode`: how clips are padded at their ends ('constant' zeros or 'reflect');
+- `batch_size` (windows per forward; default: as many as fill `batch_seconds` of audio), `dtype`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from embedzoo.card import ModelCard
+from embedzoo.errors import ConfigError
+
+MODES = ("window", "frame")
+PAD_MODES = ("constant", "reflect")
+DTYPES = ("float32", "bfloat16", "float16")
+FRAME_READOUTS = ("mean", "max", "center", "first", "last")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Resolved extraction settings for one model (validated against its card)."""
+
+    layers: tuple[str, ...]
+    readout: str = "mean"
+    mode: str = "window"
+    hop_ms: float = 50.0
+    window_ms: float | None = None
+    scene_window_ms: float | None = None
+    scene_hop_ms: float | None = None
+    pad_mode: str = "constant"
+    batch_size: int | None = None
+    batch_seconds: float = 32.0
+    dtype: str = "float32"
+    preset: str | None = None
+
+    @property
+    def readout_parts(self) -> tuple[str, ...]:
+        return tuple(self.readout.split("+"))
+
+
+KNOB_NAMES = tuple(f.name for f in dataclasses.fields(Knobs))
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Accept strings from the CLI / HEAR model strings as well as Python values."""
+    if value is None:
+        return None
+    if name == "layers":
+        if isinstance(value, str):
+            value = [part for part in value.replace(" ", "").split(",") if part]
+        return tuple(str(v) for v in value)
+    if name in ("hop_ms", "window_ms", "scene_window_ms", "scene_hop_ms", "batch_seconds"):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"knob {name} must be a number, not {value!r}") from None
+    if name == "batch_size":
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"knob batch_size must be an integer, not {value!r}") from None
+    return str(value)
+
+
+def resolve_knobs(card: ModelCard, overrides: Mapping[str, Any] | None = None) -> Knobs:
+    """Card defaults, then the chosen preset, then the user's values; checked against the card."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = set(overrides) - set(KNOB_NAMES)
+    if unknown:
+        raise ConfigError(f"unknown knob(s) {sorted(unknown)}", hint=f"knobs are: {', '.join(KNOB_NAMES)}")
+    values: dict[str, Any] = {"layers": (card.layers[-1].name,)}
+    values.update({k: _coerce(k, v) for k, v in card.defaults.items() if k in KNOB_NAMES})
+    preset = overrides.get("preset")
+    if preset is not None:
+        if preset not in card.presets:
+            choices = ", ".join(card.presets) or "none"
+            raise ConfigError(f"model {card.id} has no preset {preset!r}", hint=f"presets of {card.id}: {choices}")
+        values.update({k: _coerce(k, v) for k, v in card.presets[preset].items()})
+    values.update({k: _coerce(k, v) for k, v in overrides.items()})
+    knobs = Knobs(**values)
+    check_knobs(card, knobs)
+    return knobs
+
+
+def check_knobs(card: ModelCard, knobs: Knobs) -> None:
+    """Raise ConfigError, naming the knob and the allowed values, for anything the model can't do."""
+    if not knobs.layers:
+        raise ConfigError(f"model {card.id}: choose at least one layer")
+    specs = [card.layer(name) for name in knobs.layers]
+    if knobs.mode not in MODES:
+        raise ConfigError(f"mode must be one of {MODES}, not {knobs.mode!r}")
+    if knobs.pad_mode not in PAD_MODES:
+        raise ConfigError(f"pad_mode must be one of {PAD_MODES}, not {knobs.pad_mode!r}")
+    if knobs.dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {DTYPES}, not {knobs.dtype!r}")
+    for part in knobs.readout_parts:
+        if part in FRAME_READOUTS:
+            continue
+        if knobs.mode == "frame":
+            raise ConfigError(
+                f"readout {part!r} is a token of a whole window; frame mode reads the frame sequence",
+                hint=f"use mode 'window' for {part!r}, or a frame readout ({', '.join(FRAME_READOUTS)})",
+            )
+        missing = [spec.name for spec in specs if part not in spec.tokens]
+        if missing:
+            tokens = sorted({t for spec in specs for t in spec.tokens})
+            raise ConfigError(
+                f"readout {part!r} does not exist for layer(s) {missing} of {card.id}",
+                hint=f"readouts: {', '.join(FRAME_READOUTS + tuple(tokens))}, joined with '+'",
+            )
+    max_ms = card.samples_to_ms(card.max_window)
+    for name in ("hop_ms", "window_ms", "scene_window_ms", "scene_hop_ms"):
+        value = getattr(knobs, name)
+        if value is not None and (not math.isfinite(value) or value <= 0):
+            raise ConfigError(f"{name} must be a positive number of milliseconds, not {value}")
+    if card.ms_to_samples(knobs.hop_ms) < 1:
+        raise ConfigError(f"hop_ms {knobs.hop_ms} is shorter than one sample at {card.sample_rate} Hz")
+    for name in ("window_ms", "scene_window_ms"):
+        value = getattr(knobs, name)
+        if value is not None and card.ms_to_samples(value) > card.max_window:
+            raise ConfigError(
+                f"{name}={value:g} exceeds the longest input {card.id} takes ({max_ms:g} ms)",
+                hint=f"choose {name} <= {max_ms:g}",
+            )
+    if knobs.batch_size is not None and knobs.batch_size < 1:
+        raise ConfigError("batch_size must be at least 1")
+    if knobs.batch_seconds <= 0:
+        raise ConfigError("batch_seconds must be positive")
+
+
+def embedding_width(card: ModelCard, knobs: Knobs) -> int:
+    """Width of one embedding vector: layers concatenated, each read out once per readout part."""
+    parts = 1 if knobs.mode == "frame" else len(knobs.readout_parts)
+    return sum(card.layer(name).width for name in knobs.layers) * parts

@@ -1,0 +1,93 @@
+"""`embedzoo.load`: a catalog name in, a ready extractor out (weights pulled, verified, converted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from embedzoo.card import ModelCard
+from embedzoo.errors import WeightsError
+from embedzoo.registry import get_registry
+
+
+def split_model_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """'crepe-tiny?hop_ms=50&layers=conv4,conv5' -> ('crepe-tiny', {...}); also 'id:preset'."""
+    name, _, query = spec.partition("?")
+    knobs: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            from embedzoo.errors import ConfigError
+
+            raise ConfigError(f"model spec {spec!r}: expected knob=value, got {item!r}")
+        knobs[key.strip().replace("-", "_")] = value.strip()
+    if ":" in name:
+        name, preset = name.split(":", 1)
+        knobs.setdefault("preset", preset)
+    return name, knobs
+
+
+def build_model(card: ModelCard):
+    """A model of the card's family with random weights (the plugin is imported here, lazily)."""
+    from embedzoo.plugins import family_module
+
+    return family_module(card.family, card.plugin).create_model(card)
+
+
+def load(
+    model: str,
+    weights: str | Path | None = None,
+    device: str = "auto",
+    *,
+    offline: bool | None = None,
+    mirror: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    **knobs: Any,
+):
+    """Load a model by catalog id or alias, ready to embed.
+
+    `weights`: None pulls (or reuses) the card's weights; a `.safetensors` path is loaded as is;
+    any other path is an original-format checkpoint, converted in memory. `knobs` are the
+    extraction settings (layers, readout, mode, hop_ms, window_ms, ... see `embedzoo.knobs`);
+    they may also be given in the name: `load("crepe-tiny?hop_ms=50")`.
+    """
+    from embedzoo import hub
+    from embedzoo.extractor import pick_device
+
+    name, spec_knobs = split_model_spec(model)
+    card = get_registry().get(name)
+    extractor = build_model(card)
+    extractor.configure(**{**spec_knobs, **knobs})  # check knobs before any download
+    if weights is None:
+        path = hub.pull(card, offline=offline, mirror=mirror, cache_dir=cache_dir)
+        state = hub.load_weights(path)
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"weights file {path} does not exist", hint="pass a .safetensors file or an original checkpoint")
+        state = hub.load_weights(path) if path.suffix == ".safetensors" else hub.convert_checkpoint(card, path)
+    load_state(extractor, state, source=str(path))
+    return extractor.to(pick_device(device)).eval()
+
+
+def load_state(model, state: dict, source: str) -> None:
+    """load_state_dict(strict=True), with an error that lists what does not fit."""
+    result_missing = [k for k in model.state_dict() if k not in state]
+    unexpected = [k for k in state if k not in model.state_dict()]
+    shapes = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(model.state_dict()[k].shape)}"
+        for k, v in state.items()
+        if k in model.state_dict() and tuple(v.shape) != tuple(model.state_dict()[k].shape)
+    ]
+    if result_missing or unexpected or shapes:
+        raise WeightsError(
+            f"weights {source} do not fit {model.card.id}: missing {result_missing[:5]}, "
+            f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}",
+            hint="are these the weights of this model? `embedzoo cache verify` checks the cache",
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def list_models(pattern: str | None = None) -> list[ModelCard]:
+    """Cards in the catalog whose id or alias matches a glob or contains the text."""
+    return get_registry().find(pattern)

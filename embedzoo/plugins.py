@@ -1,0 +1,147 @@
+"""Plugin discovery with pluggy: entry-point group `embedzoo`, each entry point loaded on its own.
+
+A plugin that fails to import (or whose hooks raise) is recorded with its name, version and error
+and shown by `embedzoo plugins`; it never breaks another command. `EMBEDZOO_LOAD_PLUGINS` (a comma
+list of entry-point names; empty means none) selects which plugins load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import traceback
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from embedzoo import hookspecs
+from embedzoo.errors import DuplicateNameError, PluginError
+
+ENTRY_POINT_GROUP = "embedzoo"
+
+
+@dataclass
+class PluginInfo:
+    """What `embedzoo plugins` shows for one entry point."""
+
+    name: str
+    distribution: str = ""
+    version: str = ""
+    families: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class PluginState:
+    manager: pluggy.PluginManager
+    infos: list[PluginInfo]
+    families: dict[str, tuple[str, str]]  # family -> (module path, plugin name)
+    cards: list[tuple[str, Any]]  # (plugin name, ModelCard or dict)
+
+
+_STATE: PluginState | None = None
+
+
+def _selected_names() -> set[str] | None:
+    value = os.environ.get("EMBEDZOO_LOAD_PLUGINS")
+    if value is None:
+        return None
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
+def _short_error(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def load_plugins(refresh: bool = False) -> PluginState:
+    """Load every selected entry point once per process and collect what they register."""
+    global _STATE
+    if _STATE is not None and not refresh:
+        return _STATE
+    manager = pluggy.PluginManager("embedzoo")
+    manager.add_hookspecs(hookspecs)
+    selected = _selected_names()
+    infos: list[PluginInfo] = []
+    families: dict[str, tuple[str, str]] = {}
+    cards: list[tuple[str, Any]] = []
+    seen: set[str] = set()
+    for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+        if entry_point.name in seen or (selected is not None and entry_point.name not in selected):
+            continue
+        seen.add(entry_point.name)
+        dist = entry_point.dist
+        info = PluginInfo(
+            name=entry_point.name,
+            distribution=dist.metadata["Name"] if dist is not None else "",
+            version=dist.version if dist is not None else "",
+        )
+        infos.append(info)
+        try:
+            module = entry_point.load()
+            _collect(module, info, families, cards)
+            manager.register(module, name=entry_point.name)
+        except Exception as exc:  # a broken plugin is reported, never fatal
+            info.error = _short_error(exc)
+    _STATE = PluginState(manager, infos, families, cards)
+    return _STATE
+
+
+def _collect(module: ModuleType, info: PluginInfo, families: dict[str, tuple[str, str]], cards: list) -> None:
+    """Call one plugin's hooks on its own, so its errors are attributed to it."""
+    own: dict[str, str] = {}
+    own_cards: list[Any] = []
+
+    def register_family(family: str, module_path: str) -> None:
+        own[family] = module_path
+
+    def register_model(card: Any) -> None:
+        own_cards.append(card)
+
+    # A manager of its own per plugin: pluggy validates the hookimpls, and errors are this plugin's.
+    single = pluggy.PluginManager("embedzoo")
+    single.add_hookspecs(hookspecs)
+    single.register(module, name=info.name)
+    single.hook.register_families(register=register_family)
+    single.hook.register_models(register=register_model)
+    for family, module_path in own.items():
+        if family in families:
+            other = families[family][1]
+            raise DuplicateNameError(f"family {family!r} is registered by both plugin {other!r} and plugin {info.name!r}")
+    for family, module_path in own.items():
+        families[family] = (module_path, info.name)
+    info.families = sorted(own)
+    for card in own_cards:
+        cards.append((info.name, card))
+        info.models.append(card["id"] if isinstance(card, dict) else card.id)
+
+
+def family_module(family: str, plugin_hint: str = "") -> ModuleType:
+    """Import (lazily, on first use) the module that builds models of `family`."""
+    state = load_plugins()
+    if family not in state.families:
+        failed = [info for info in state.infos if not info.ok]
+        detail = "".join(f"\n  plugin {i.name} failed to load: {i.error}" for i in failed)
+        install = plugin_hint.removeprefix("embedzoo-") or family
+        raise PluginError(
+            f"no installed plugin provides the model family {family!r}{detail}",
+            hint=f"run `embedzoo install {install}` (or check EMBEDZOO_LOAD_PLUGINS); `embedzoo plugins` lists what is loaded",
+        )
+    module_path, plugin = state.families[family]
+    try:
+        module = importlib.import_module(module_path)
+    except Exception as exc:
+        raise PluginError(f"plugin {plugin!r} failed to import {module_path} for family {family!r}: {_short_error(exc)}") from exc
+    for required in ("create_model", "checkpoint_filter_fn"):
+        if not hasattr(module, required):
+            raise PluginError(f"plugin {plugin!r}: module {module_path} has no {required}()")
+    return module

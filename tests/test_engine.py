@@ -1,0 +1,161 @@
+"""The core engine (windowing, frames, scene pooling, packing, streaming) against plain recipes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from embedzoo.errors import AudioError, ConfigError
+from embedzoo.extractor import Session
+from toymodel import ToyExtractor, reference_timestamps
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max()))
+
+
+@pytest.fixture
+def toy() -> ToyExtractor:
+    return ToyExtractor().eval()
+
+
+@pytest.mark.parametrize("length", [1, 7, 100, 333, 1600])
+@pytest.mark.parametrize(("window_ms", "hop_ms", "pad_mode"), [(2.0, 0.5, "constant"), (1.5625, 0.75, "reflect"), (0.25, 0.25, "constant")])
+def test_window_mode_matches_the_hear_recipe(toy, length, window_ms, hop_ms, pad_mode):
+    audio = torch.randn(3, length, generator=torch.Generator().manual_seed(length))
+    toy.configure(window_ms=window_ms, hop_ms=hop_ms, pad_mode=pad_mode, readout="mean+sum")
+    window, hop = toy.window_samples, toy.hop_samples
+    if pad_mode == "reflect" and window // 2 >= length:
+        pytest.skip("torch's reflect pad needs pad < length; embedzoo's own case is tested below")
+    emb, times = toy.timestamp_embeddings(audio)
+    ref, ref_times = reference_timestamps(toy, audio, window, hop, pad_mode)
+    assert close(emb, ref)
+    assert torch.allclose(times, ref_times.expand(3, -1))
+    assert emb.shape[-1] == toy.timestamp_embedding_size == 12
+
+
+def test_reflect_padding_of_clips_shorter_than_the_pad(toy):
+    toy.configure(window_ms=2.0, hop_ms=0.5, pad_mode="reflect")
+    emb, times = toy.timestamp_embeddings(torch.randn(2, 5))
+    assert emb.shape == (2, 1 + 5 // 8, 6) and torch.isfinite(emb).all()
+
+
+def test_scene_is_one_forward_up_to_the_scene_window_then_mean_of_windows(toy):
+    short = torch.randn(2, 300)
+    assert close(toy.scene_embeddings(short), toy.embed_segments(short))
+    long = torch.randn(2, 1000)
+    toy.configure(scene_hop_ms=5, pad_mode="reflect")
+    ref, _ = reference_timestamps(toy, long, 400, 80, "reflect")
+    assert close(toy.scene_embeddings(long), ref.mean(dim=1))
+
+
+def test_tiny_clips_are_padded_to_the_minimum_window(toy):
+    toy.configure(readout="first")
+    out = toy.scene_embeddings(torch.ones(1, 3))
+    padded = torch.nn.functional.pad(torch.ones(1, 3), (2, 3))
+    assert close(out, toy.embed_segments(padded))
+
+
+@torch.no_grad()
+def frame_reference(toy: ToyExtractor, audio: torch.Tensor) -> torch.Tensor:
+    """Frame j centred on j*hop: pad field//2 (and the tail), one conv pass, 1 + n//hop frames."""
+    padded = torch.nn.functional.pad(audio, (4, 8))
+    frames = torch.tanh(toy.proj(padded.unfold(-1, 8, 4)))
+    return frames[:, : 1 + audio.shape[-1] // 4]
+
+
+@pytest.mark.parametrize("length", [1, 9, 401, 2500])
+def test_frame_mode_reads_native_frames_across_chunks(toy, length):
+    audio = torch.randn(2, length, generator=torch.Generator().manual_seed(1))
+    toy.configure(mode="frame", hop_ms=0.25)  # hop == native frame hop (4 samples)
+    emb, times = toy.timestamp_embeddings(audio)
+    ref = frame_reference(toy, audio)
+    assert toy.chunk_samples < length or length < 400  # several chunks for the long clips
+    assert close(emb, ref)
+    assert torch.allclose(times[0], torch.arange(ref.shape[1]) * 0.25)
+    assert close(toy.scene_embeddings(audio), ref.mean(dim=1))
+
+
+def test_frame_mode_resamples_to_the_requested_hop_by_nearest_frame(toy):
+    audio = torch.randn(1, 1000)
+    toy.configure(mode="frame", hop_ms=1.5)  # 24 samples = 6 native frames
+    emb, times = toy.timestamp_embeddings(audio)
+    ref = frame_reference(toy, audio)
+    assert emb.shape[1] == 1 + 1000 // 24
+    assert close(emb[0], ref[0, ::6][: emb.shape[1]])
+
+
+def test_frame_mode_rejects_token_readouts(toy):
+    with pytest.raises(ConfigError, match="frame mode"):
+        toy.configure(mode="frame", readout="sum")
+
+
+def test_clips_of_different_lengths_pack_into_shared_batches(toy):
+    clips = [np.random.default_rng(i).standard_normal(n).astype(np.float32) for i, n in enumerate([50, 999, 3, 420])]
+    together = toy.embed(clips)
+    for clip, result in zip(clips, together):
+        alone = toy.embed([clip])[0]
+        assert close(result.timestamp, alone.timestamp) and close(result.scene, alone.scene)
+
+
+@pytest.mark.parametrize("mode", ["window", "frame"])
+def test_streaming_in_odd_chunks_equals_one_push(toy, mode):
+    toy.configure(mode=mode, pad_mode="reflect" if mode == "window" else "constant", readout="mean" if mode == "frame" else "sum+max")
+    clip = np.random.default_rng(3).standard_normal(5000).astype(np.float32)
+    whole = toy.embed([clip])[0]
+    session = Session(toy)
+    session.open("a")
+    rng = np.random.default_rng(4)
+    position = 0
+    while position < len(clip):
+        step = int(rng.integers(1, 700))
+        session.push("a", clip[position : position + step])
+        position += step
+    session.close("a")
+    session.flush()
+    (key, streamed), = session.take()
+    assert key == "a"
+    assert close(streamed.timestamp, whole.timestamp) and close(streamed.scene, whole.scene)
+    assert torch.equal(streamed.timestamps, whole.timestamps)
+
+
+def test_layers_and_readouts_concatenate_in_order(toy):
+    audio = torch.randn(1, 64)
+    toy.configure(layers=["energy", "frames"], readout="mean+max", window_ms=4)
+    emb, _ = toy.timestamp_embeddings(audio)
+    assert emb.shape[-1] == (1 + 6) * 2 == toy.timestamp_embedding_size
+    toy.configure(layers=["frames"])
+    frames_only, _ = toy.timestamp_embeddings(audio)
+    assert close(emb[..., 2:], frames_only)
+
+
+def test_resampling_from_any_rate(toy):
+    audio = np.sin(2 * np.pi * 440 * np.arange(8000) / 8000).astype(np.float32)
+    emb, times = toy.timestamp_embeddings(audio[None], sample_rate=8000)
+    assert emb.shape[1] == 1 + 16000 // toy.hop_samples  # 1 s at 16 kHz
+
+
+def test_bad_audio_and_knobs_are_named(toy):
+    with pytest.raises(AudioError, match="NaN"):
+        toy.scene_embeddings(torch.tensor([[0.0, float("nan"), 1.0]]))
+    with pytest.raises(AudioError, match="empty"):
+        toy.embed([np.zeros(0, np.float32)])
+    with pytest.raises(ConfigError, match="no layer 'conv9'"):
+        toy.configure(layers=["conv9"])
+    with pytest.raises(ConfigError, match="exceeds the longest input"):
+        toy.configure(window_ms=1000)
+    with pytest.raises(ConfigError, match="readout 'cls'"):
+        toy.configure(readout="cls")
+
+
+def test_a_discarded_clip_is_never_computed_and_others_finish(toy):
+    session = Session(toy)
+    session.open(1)
+    session.push(1, np.ones(100, np.float32))
+    session.open(2)
+    session.push(2, np.ones(100, np.float32))
+    session.discard(1)
+    session.close(2)
+    session.flush()
+    assert [key for key, _ in session.take()] == [2]
