@@ -142,6 +142,8 @@ class Extractor(torch.nn.Module, abc.ABC):
         frame sequences (n, frames, width). Segments shorter than card.min_window are zero-padded
         around their centre. Output is float32 on the CPU.
         """
+        if self.training:
+            raise ConfigError(f"{self.card.id} is in training mode", hint="call .eval() before extracting embeddings")
         batch = segments.float() if isinstance(segments, Tensor) else torch.from_numpy(np.array(segments, dtype=np.float32))
         short = self.card.min_window - batch.shape[-1]
         if short > 0:

@@ -1,0 +1,3 @@
+from embedzoo.cli import main
+
+main()

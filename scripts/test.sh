@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command of the README: sets up everything on a fresh machine (Python 3.11 + pip) in
+# .venv, installs embedzoo, its test dependencies and every plugin under plugins/ (through
+# `embedzoo install`, as a user would), then runs the whole suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+VENV="${EMBEDZOO_VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt)
+"${PIP[@]}" -e ".[test]"
+# hearvalidator asks for the full `tensorflow`; tensorflow-cpu (a test extra) is all it needs.
+"${PIP[@]}" --no-deps hearvalidator==2021.0.2
+for plugin in plugins/embedzoo-*/; do
+  "$VENV/bin/embedzoo" install --editable "$(basename "$plugin")" >/dev/null
+done
+export PYTHONUNBUFFERED=1
+exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"

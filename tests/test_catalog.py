@@ -1,0 +1,134 @@
+"""Catalog, cards and plugin loading -- and that the light commands never import torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from embedzoo.card import Source, card_from_dict
+from embedzoo.errors import CardError, DuplicateNameError, ModelNotFoundError, PluginError
+from embedzoo.registry import build_registry, default_registry_path, read_catalog
+from fakedist import BROKEN_PLUGIN, TOY_PLUGIN, make_dist
+
+
+def run_cli(args: list[str], env_extra: dict[str, str] | None = None, check_torch: bool = False) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh process; with check_torch, fail if torch got imported."""
+    code = (
+        "import sys\nfrom embedzoo.cli import main\n"
+        "try:\n    main(sys.argv[1:], prog_name='embedzoo')\nexcept SystemExit as e:\n    code = e.code or 0\nelse:\n    code = 0\n"
+        + ("assert 'torch' not in sys.modules, 'torch was imported'\n" if check_torch else "")
+        + "sys.exit(code)\n"
+    )
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
+
+
+@pytest.fixture
+def toy_site(tmp_path: Path) -> Path:
+    site = tmp_path / "site"
+    make_dist(site, "embedzoo-toyplug", TOY_PLUGIN, {"toyplug": "toyplug"})
+    make_dist(site, "embedzoo-brokenplug", BROKEN_PLUGIN, {"brokenplug": "brokenplug"})
+    return site
+
+
+def with_site(site: Path) -> dict[str, str]:
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH", "")]))}
+
+
+def test_every_card_in_the_catalog_is_valid_and_unique():
+    entries = read_catalog(default_registry_path())
+    cards = [card_from_dict(entry) for entry in entries]
+    names = [name for card in cards for name in card.names]
+    assert len(names) == len(set(names))
+    for card in cards:
+        for layer in card.defaults.get("layers", []):
+            card.layer(layer)
+        assert card.sources and card.license and card.plugin.startswith("embedzoo-")
+        assert (Path(__file__).parents[1] / "plugins" / card.plugin / "pyproject.toml").is_file()
+
+
+def test_lookup_by_id_alias_glob_and_close_names():
+    registry = build_registry(with_plugins=False)
+    assert registry.get("crepe").id == "crepe-tiny"
+    assert {c.id for c in registry.find("crepe-*")} == {"crepe-tiny", "crepe-full"}
+    with pytest.raises(ModelNotFoundError, match="did you mean crepe-tiny"):
+        registry.get("crepe-tinny")
+
+
+def test_malformed_cards_are_refused_with_the_reason():
+    with pytest.raises(CardError, match="40-hex commit"):
+        Source(kind="hf", repo="a/b", filename="x.bin", revision="main")
+    with pytest.raises(CardError, match="sha256"):
+        Source(kind="url", url="https://example.org/x.pt", sha256="abc")
+    with pytest.raises(CardError, match="unknown card fields"):
+        card_from_dict({"id": "x", "famly": "y"})
+
+
+def test_a_name_claimed_twice_names_both_providers(tmp_path, monkeypatch):
+    extra = tmp_path / "mine.yaml"
+    entry = dict(read_catalog(default_registry_path())[0], id="my-crepe", aliases=["crepe"])
+    extra.write_text(json.dumps({"models": [entry]}))
+    monkeypatch.setenv("EMBEDZOO_REGISTRY", str(extra))
+    with pytest.raises(DuplicateNameError) as err:
+        build_registry(with_plugins=False)
+    assert "'crepe'" in str(err.value) and "registry.yaml" in str(err.value) and str(extra) in str(err.value)
+
+
+def test_plugin_cards_join_the_catalog_and_duplicates_name_the_plugin(toy_site, tmp_path):
+    result = run_cli(["list", "--json"], with_site(toy_site))
+    assert result.returncode == 0, result.stderr
+    rows = {row["id"]: row for row in json.loads(result.stdout)}
+    assert rows["toy-model"]["installed"] is True
+    dup = tmp_path / "dup"
+    make_dist(dup, "embedzoo-dupplug", {"dupplug/__init__.py": TOY_PLUGIN["toyplug/__init__.py"].replace('"toyfam"', '"dupfam"').replace("toy-model", "crepe-tiny")}, {"dupplug": "dupplug"})
+    result = run_cli(["list"], with_site(dup))
+    assert result.returncode == 1
+    assert "crepe-tiny" in result.stderr and "plugin dupplug" in result.stderr and "registry.yaml" in result.stderr
+
+
+def test_a_broken_plugin_is_reported_and_breaks_nothing(toy_site):
+    result = run_cli(["plugins", "--json"], with_site(toy_site), check_torch=True)
+    assert result.returncode == 0, result.stderr
+    infos = {i["name"]: i for i in json.loads(result.stdout)}
+    assert infos["brokenplug"]["ok"] is False and "broken on purpose" in infos["brokenplug"]["error"]
+    assert infos["brokenplug"]["version"] == "0.0.1"
+    assert infos["toyplug"]["ok"] is True and infos["toyplug"]["families"] == ["toyfam"]
+    assert run_cli(["list"], with_site(toy_site)).returncode == 0
+
+
+def test_embedzoo_load_plugins_selects_what_loads(toy_site):
+    env = with_site(toy_site)
+    none = json.loads(run_cli(["plugins", "--json"], {**env, "EMBEDZOO_LOAD_PLUGINS": ""}).stdout)
+    assert none == []
+    only = json.loads(run_cli(["plugins", "--json"], {**env, "EMBEDZOO_LOAD_PLUGINS": "toyplug"}).stdout)
+    assert [i["name"] for i in only] == ["toyplug"]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["list"], ["list", "--json"], ["plugins"], ["info", "crepe-tiny"], ["embed", "--help"], ["validate", "--help"], ["pull", "--help"], ["cache", "--help"]])
+def test_light_commands_never_import_torch(args, toy_site):
+    result = run_cli(args, with_site(toy_site), check_torch=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_model_without_its_plugin_says_how_to_install_it(monkeypatch):
+    monkeypatch.setenv("EMBEDZOO_LOAD_PLUGINS", "")
+    from embedzoo import plugins
+
+    plugins.load_plugins(refresh=True)
+    try:
+        with pytest.raises(PluginError, match="embedzoo install crepe"):
+            plugins.family_module("crepe", "embedzoo-crepe")
+    finally:
+        monkeypatch.delenv("EMBEDZOO_LOAD_PLUGINS")
+        plugins.load_plugins(refresh=True)
+
+
+def test_info_shows_sources_pins_and_layers():
+    result = run_cli(["info", "crepe-full"])
+    assert result.returncode == 0, result.stderr
+    assert "133225604dedd2e4" in result.stdout and "conv5 (2048)" in result.stdout and "MIT" in result.stdout

@@ -1,0 +1,43 @@
+"""The HEAR 2021 API: the official hear-validator and `embedzoo validate`, on the real CREPE."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from embedzoo import hear
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), capture_output=True, text=True, env=dict(os.environ))
+
+
+@pytest.mark.parametrize("spec", ["crepe-tiny", "crepe-tiny?hop_ms=25&layers=conv4,conv5&readout=mean+max", "crepe-tiny?mode=frame&hop_ms=5"])
+def test_official_hear_validator_passes(spec):
+    pytest.importorskip("hearvalidator")
+    result = run(sys.executable, "-m", "hearvalidator.validate", "embedzoo.hear", "-m", spec, "-d", "cpu")
+    assert result.returncode == 0 and "Looks good!" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_embedzoo_validate_runs_hear_and_own_checks():
+    result = run(sys.executable, "-m", "embedzoo", "validate", "crepe-tiny", "--json", "--no-hear-validator")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["ok"], result.stdout + result.stderr
+    names = {c["name"] for c in report["checks"]}
+    assert {"timestamps inside the audio", "clips shorter than one window", "odd lengths", "HEAR get_scene_embeddings"} <= names
+
+
+def test_load_model_and_embeddings_follow_the_hear_shapes():
+    model = hear.load_model("crepe-tiny?hop_ms=50", device="cpu")
+    assert isinstance(model, torch.nn.Module) and model.sample_rate == 16000
+    audio = torch.rand(3, 16000 + 123) * 2 - 1
+    emb, ts = hear.get_timestamp_embeddings(audio, model)
+    assert emb.shape == (3, 1 + (16000 + 123) // 800, model.timestamp_embedding_size) and emb.dtype == torch.float32
+    assert torch.allclose(ts[0], torch.arange(emb.shape[1]) * 50.0)
+    scene = hear.get_scene_embeddings(audio, model)
+    assert scene.shape == (3, model.scene_embedding_size)
