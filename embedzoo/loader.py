@@ -65,7 +65,9 @@ def load(
         path = Path(weights).expanduser()
         if not path.is_file():
             raise WeightsError(f"weights file {path} does not exist", hint="pass a .safetensors file or an original checkpoint")
-        state = hub.load_weights(path) if path.suffix == ".safetensors" else hub.convert_checkpoint(card, path)
+        # safetensors in the model's own layout pass through; an original release (pickle or
+        # safetensors in the authors' layout) is converted in memory by the plugin's filter
+        state = hub.convert_checkpoint(card, path)
     load_state(extractor, state, source=str(path))
     return extractor.to(pick_device(device)).eval()
 
