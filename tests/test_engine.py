@@ -159,3 +159,19 @@ def test_a_discarded_clip_is_never_computed_and_others_finish(toy):
     session.close(2)
     session.flush()
     assert [key for key, _ in session.take()] == [2]
+
+
+def test_bfloat16_autocast_stays_close_to_float32(toy):
+    audio = torch.randn(2, 300, generator=torch.Generator().manual_seed(5))
+    exact, _ = toy.timestamp_embeddings(audio)
+    toy.configure(dtype="bfloat16")
+    approx, _ = toy.timestamp_embeddings(audio)
+    assert approx.dtype == torch.float32
+    assert float((approx - exact).abs().max()) < 0.05 * float(exact.abs().max())
+    assert not torch.equal(approx, exact)  # autocast really ran in bfloat16
+
+
+def test_a_model_in_training_mode_is_refused(toy):
+    toy.train()
+    with pytest.raises(ConfigError, match="training mode"):
+        toy.scene_embeddings(torch.randn(1, 100))

@@ -17,7 +17,9 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(list(args), capture_output=True, text=True, env=dict(os.environ))
 
 
-@pytest.mark.parametrize("spec", ["crepe-tiny", "crepe-tiny?hop_ms=25&layers=conv4,conv5&readout=mean+max", "crepe-tiny?mode=frame&hop_ms=5"])
+@pytest.mark.parametrize("spec", ["crepe-tiny", "crepe-tiny?hop_ms=25&layers=conv4,conv5&readout=mean+max", "crepe-tiny?mode=frame&hop_ms=5",
+                                  # crepe-full at a cost CI affords: 50 ms hop, scene from 64 ms windows
+                                  "crepe-full?hop_ms=50&scene_window_ms=64&scene_hop_ms=250"])
 def test_official_hear_validator_passes(spec):
     pytest.importorskip("hearvalidator")
     result = run(sys.executable, "-m", "hearvalidator.validate", "embedzoo.hear", "-m", spec, "-d", "cpu")
