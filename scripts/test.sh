@@ -13,6 +13,8 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c co
 "${PIP[@]}" --no-deps hearvalidator==2021.0.2
 for plugin in plugins/embedzoo-*/; do
   "$VENV/bin/embedzoo" install --editable "$(basename "$plugin")" >/dev/null
+  # the plugin's parity references (hear21passt, panns-hear, ...) are its `test` extra
+  if grep -q '^test *=' "$plugin/pyproject.toml"; then "${PIP[@]}" -e "${plugin%/}[test]"; fi
 done
 export PYTHONUNBUFFERED=1
 exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
