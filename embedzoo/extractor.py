@@ -76,7 +76,8 @@ class Extractor(torch.nn.Module, abc.ABC):
 
     @property
     def sample_rate(self) -> int:
-        return self.card.sample_rate
+        """The rate this extractor expects its input at (HEAR's attribute): `input_rate` or the model's."""
+        return self.knobs.input_rate or self.card.sample_rate
 
     @property
     def scene_embedding_size(self) -> int:
@@ -190,7 +191,7 @@ class Extractor(torch.nn.Module, abc.ABC):
             clips = list(audio)
         else:
             clips = [np.asarray(c.detach().cpu() if isinstance(c, Tensor) else c, dtype=np.float32).reshape(-1) for c in audio]
-        rate = sample_rate or self.card.sample_rate
+        rate = sample_rate or self.sample_rate
         out = []
         for index, clip in enumerate(clips):
             clip = np.ascontiguousarray(clip, dtype=np.float32)

@@ -1,9 +1,13 @@
 """The HEAR 2021 API over any embedzoo model: `hear-validator embedzoo.hear -m crepe-tiny`.
 
 `model_file_path` names a catalog model, optionally with knobs or a preset:
-`crepe-tiny`, `crepe-tiny?hop_ms=25&layers=conv4,conv5`, `passt-s-ap476:2levelmel`; a
+`crepe-tiny`, `crepe-tiny?hop_ms=25&layers=conv4,conv5`, `passt-s-ap476:embed`; a
 `weights=PATH` knob loads that file instead of the cached weights. Empty means
 `$EMBEDZOO_HEAR_MODEL`, else crepe-tiny.
+
+HEAR 2021 accepts input at 16, 22.05, 44.1 or 48 kHz only. A model running at another rate
+(PaSST and PANNs at 32 kHz) is presented at 48 kHz and resamples internally; pass
+`?input_rate=32000` to feed it at its own rate (as hear21passt does).
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from torch import Tensor
 
 from embedzoo.extractor import Extractor
 from embedzoo.loader import load, split_model_spec
+from embedzoo.registry import get_card
 
 DEFAULT_MODEL = "crepe-tiny"
+HEAR_SAMPLE_RATES = (16000, 22050, 44100, 48000)
 
 
 def load_model(model_file_path: str = "", device: str = "auto", **knobs) -> Extractor:
@@ -23,7 +29,10 @@ def load_model(model_file_path: str = "", device: str = "auto", **knobs) -> Extr
     spec = model_file_path or os.environ.get("EMBEDZOO_HEAR_MODEL", DEFAULT_MODEL)
     name, spec_knobs = split_model_spec(spec)
     weights = spec_knobs.pop("weights", None)
-    return load(name, weights=weights, device=device, **{**spec_knobs, **knobs})
+    chosen = {**spec_knobs, **knobs}
+    if "input_rate" not in chosen and get_card(name).sample_rate not in HEAR_SAMPLE_RATES:
+        chosen["input_rate"] = 48000
+    return load(name, weights=weights, device=device, **chosen)
 
 
 def get_scene_embeddings(audio: Tensor, model: Extractor) -> Tensor:

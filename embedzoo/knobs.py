@@ -10,7 +10,9 @@ model. Values come from, in order: the card's `defaults`, a named preset of the 
 - `mode`: 'window' (one forward per timestamp window, the HEAR recipe) or 'frame' (one forward per
   chunk, the model's own frames read at the hop: cheap);
 - `pad_mode`: how clips are padded at their ends ('constant' zeros or 'reflect');
-- `batch_size` (windows per forward; default: as many as fill `batch_seconds` of audio), `dtype`.
+- `batch_size` (windows per forward; default: as many as fill `batch_seconds` of audio), `dtype`;
+- `input_rate`: the rate callers' audio arrives at when none is given (HEAR passes none); it is
+  resampled to the model's rate. Default: the model's own rate.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Knobs:
     batch_seconds: float = 32.0
     dtype: str = "float32"
     preset: str | None = None
+    input_rate: int | None = None
 
     @property
     def readout_parts(self) -> tuple[str, ...]:
@@ -67,11 +70,11 @@ def _coerce(name: str, value: Any) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"knob {name} must be a number, not {value!r}") from None
-    if name == "batch_size":
+    if name in ("batch_size", "input_rate"):
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"knob batch_size must be an integer, not {value!r}") from None
+            raise ConfigError(f"knob {name} must be an integer, not {value!r}") from None
     return str(value)
 
 
@@ -137,6 +140,8 @@ def check_knobs(card: ModelCard, knobs: Knobs) -> None:
             )
     if knobs.batch_size is not None and knobs.batch_size < 1:
         raise ConfigError("batch_size must be at least 1")
+    if knobs.input_rate is not None and knobs.input_rate <= 0:
+        raise ConfigError("input_rate must be a positive number of Hz")
     if knobs.batch_seconds <= 0:
         raise ConfigError("batch_seconds must be positive")
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-HEAR_SAMPLE_RATES = (16000, 22050, 44100, 48000)
+from embedzoo.hear import HEAR_SAMPLE_RATES  # noqa: E402
 
 
 @dataclass

@@ -43,3 +43,22 @@ def test_load_model_and_embeddings_follow_the_hear_shapes():
     assert torch.allclose(ts[0], torch.arange(emb.shape[1]) * 50.0)
     scene = hear.get_scene_embeddings(audio, model)
     assert scene.shape == (3, model.scene_embedding_size)
+
+
+def test_a_32khz_model_is_presented_at_a_hear_rate_and_passes_the_validator(tmp_path):
+    """PaSST runs at 32 kHz, which HEAR 2021 does not accept: embedzoo.hear presents 48 kHz."""
+    pytest.importorskip("hearvalidator")
+    pytest.importorskip("embedzoo_passt")
+    from safetensors.torch import save_file
+
+    from embedzoo.loader import build_model
+    from embedzoo.registry import get_card
+
+    weights = tmp_path / "passt-random.safetensors"
+    model = build_model(get_card("passt-s-ap476"))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    loaded = hear.load_model(f"passt-s-ap476?weights={weights}", device="cpu")
+    assert loaded.sample_rate == 48000 and loaded.card.sample_rate == 32000
+    assert hear.load_model(f"passt-s-ap476?weights={weights}&input_rate=32000", device="cpu").sample_rate == 32000
+    result = run(sys.executable, "-m", "hearvalidator.validate", "embedzoo.hear", "-m", f"passt-s-ap476?weights={weights}&hop_ms=250", "-d", "cpu")
+    assert result.returncode == 0 and "Looks good!" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]

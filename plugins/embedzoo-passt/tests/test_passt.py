@@ -1,0 +1,256 @@
+"""embedzoo-passt against hear21passt 0.0.26 (the reference implementation).
+
+- parity: hear21passt's PaSST with random weights (every parameter randomised, heads included),
+  saved with torch.save in its own key layout, converted by `checkpoint_filter_fn` through
+  `embedzoo.load(..., weights=path)`, gives hear21passt's scene and timestamp embeddings of the
+  `base` and `base2level` modules, and every exposed layer, within 1e-5 relative error (float32);
+- conversion: lossless; training checkpoints (`net.` / `net_swa.` prefixes) accepted; stray,
+  missing and mis-shaped keys named;
+- the plugin's top-level module is torch-free.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import embedzoo
+from embedzoo.errors import WeightsError
+from embedzoo.registry import get_registry
+from embedzoo_passt.model import checkpoint_filter_fn, create_model
+
+passt_ref = pytest.importorskip("hear21passt.models.passt")
+from hear21passt import base as ref_base  # noqa: E402
+from hear21passt import base2level as ref_2level  # noqa: E402
+from hear21passt.models.preprocess import AugmentMelSTFT  # noqa: E402
+from hear21passt.wrapper import PasstBasicWrapper  # noqa: E402
+
+SR = 32000
+TOLERANCE = 1e-5
+CARD = "passt-s-ap476"
+
+
+def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |a - b| / max |b|, after checking the shapes agree."""
+    assert tuple(ours.shape) == tuple(ref.shape), (tuple(ours.shape), tuple(ref.shape))
+    return float((ours.double() - ref.double()).abs().max() / ref.double().abs().max())
+
+
+def randomise(module: torch.nn.Module, seed: int) -> None:
+    """Every parameter random and O(1)-scaled (the reference zero-inits its heads and biases)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=generator)
+            if p.ndim == 1 and ("norm" in name or name.startswith("head.0")) and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * noise)
+            elif p.ndim == 1:
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(0.05 * noise)
+
+
+def reference_wrapper(arch: str = "passt_s_swa_p16_128_ap476", seed: int = 0, **net_kwargs) -> PasstBasicWrapper:
+    """hear21passt.base.get_basic_model, without its download (pretrained=False), random weights."""
+    mel = AugmentMelSTFT(n_mels=128, sr=32000, win_length=800, hopsize=net_kwargs.pop("hopsize", 320), n_fft=1024,
+                         freqm=48, timem=192, htk=False, fmin=0.0, fmax=None, norm=1, fmin_aug_range=10,
+                         fmax_aug_range=2000)
+    net = passt_ref.get_model(arch=arch, pretrained=False, **net_kwargs)
+    randomise(net, seed)
+    return PasstBasicWrapper(mel=mel, net=net, mode="all").eval()
+
+
+@pytest.fixture(scope="module")
+def reference() -> PasstBasicWrapper:
+    return reference_wrapper()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(reference: PasstBasicWrapper, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference's weights in the released layout (a plain PaSST state dict), via torch.save."""
+    path = tmp_path_factory.mktemp("passt") / "passt-s-f128-p16-s10-ap.476-swa.pt"
+    torch.save(reference.net.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(7)
+    return {
+        "short": 0.3 * torch.randn(2, int(1.07 * SR), generator=generator),
+        "long": 0.3 * torch.randn(1, int(3.74 * SR), generator=generator),
+    }
+
+
+def test_every_layer_matches_reference_intermediates(reference: PasstBasicWrapper, checkpoint: Path) -> None:
+    model = embedzoo.load(CARD, weights=checkpoint, device="cpu")
+    audio = 0.3 * torch.randn(2, int(1.37 * SR), generator=torch.Generator().manual_seed(3))
+    seen: dict[str, torch.Tensor] = {}
+    net = reference.net
+    hooks = [net.patch_embed.register_forward_hook(lambda m, i, o: seen.__setitem__("patch", o))]
+    for index, block in enumerate(net.blocks):
+        hooks.append(block.register_forward_hook(lambda m, i, o, n=f"block{index + 1}": seen.__setitem__(n, o)))
+    hooks.append(net.norm.register_forward_hook(lambda m, i, o: seen.__setitem__("norm", o)))
+    with torch.no_grad():
+        mel = reference.mel(audio)
+        logits, features = net(mel.unsqueeze(1))
+    for hook in hooks:
+        hook.remove()
+    batch, dim, grid_f, grid_t = seen["patch"].shape
+    assert (grid_f, grid_t) == (12, 13)
+
+    def columns(seq: torch.Tensor) -> torch.Tensor:
+        frames = seq[:, 2:].reshape(batch, grid_f, grid_t, dim).mean(dim=1)
+        return torch.cat((seq[:, :2], frames), dim=1)
+
+    expected = {
+        "mel": mel.transpose(1, 2),
+        "patch": seen["patch"].mean(dim=2).transpose(1, 2),
+        **{name: columns(seen[name]) for name in [f"block{i}" for i in range(1, 13)] + ["norm"]},
+        "features": features[:, None],
+        "logits": logits[:, None],
+    }
+    with torch.inference_mode():
+        outputs = model.forward_layers(audio, list(expected))
+    for (name, ref), ours in zip(expected.items(), outputs):
+        assert rel_err(ours, ref) < TOLERANCE, name
+    # early stop: asking for block3 alone gives the same block3, without the rest
+    with torch.inference_mode():
+        (block3,) = model.forward_layers(audio, ["block3"])
+    assert rel_err(block3, expected["block3"]) < TOLERANCE
+
+
+@pytest.mark.parametrize("clip", ["short", "long"])
+def test_base_scene_and_timestamp_embeddings(reference, checkpoint, clips, clip: str) -> None:
+    audio = clips[clip]
+    model = embedzoo.load(CARD, weights=checkpoint, device="cpu", preset="base")
+    with torch.no_grad():
+        ref_scene = ref_base.get_scene_embeddings(audio, reference)
+        ref_ts, ref_times = ref_base.get_timestamp_embeddings(audio, reference)
+    scene = model.scene_embeddings(audio)
+    ts, times = model.timestamp_embeddings(audio)
+    assert scene.shape == (len(audio), 1295)
+    assert rel_err(scene, ref_scene) < TOLERANCE
+    assert rel_err(ts, ref_ts) < TOLERANCE
+    assert torch.allclose(times.double(), ref_times.double())
+
+
+def test_base2level_is_base_plus_wide800(reference, checkpoint) -> None:
+    """hear21passt.base2level timestamps = cat(base at 160 ms, base at 800 ms windows)."""
+    audio = 0.3 * torch.randn(1, int(0.7 * SR), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ref_ts, ref_times = ref_2level.get_timestamp_embeddings(audio, reference)
+    narrow = embedzoo.load(CARD, weights=checkpoint, device="cpu", preset="base")
+    wide = embedzoo.load(CARD, weights=checkpoint, device="cpu", preset="wide800")
+    ts = torch.cat([narrow.timestamp_embeddings(audio)[0], wide.timestamp_embeddings(audio)[0]], dim=-1)
+    assert ts.shape[-1] == 2590
+    assert rel_err(ts, ref_ts) < TOLERANCE
+
+
+def test_ten_second_scene(reference, checkpoint) -> None:
+    """A full 10 s clip: all 99 time positional embeddings, one forward on each side."""
+    audio = 0.3 * torch.randn(1, 10 * SR, generator=torch.Generator().manual_seed(11))
+    model = embedzoo.load(CARD, weights=checkpoint, device="cpu", preset="base")
+    with torch.no_grad():
+        ref_scene = ref_base.get_scene_embeddings(audio, reference)
+    assert rel_err(model.scene_embeddings(audio), ref_scene) < TOLERANCE
+
+
+def test_frame_mode_reads_patch_columns(checkpoint) -> None:
+    """Frame mode: patch column j of block12 is the timestamp embedding at j*100 ms (hop = frame_hop)."""
+    model = embedzoo.load(CARD, weights=checkpoint, device="cpu", preset="frames", hop_ms=100)
+    audio = 0.3 * torch.randn(1, int(2.0 * SR), generator=torch.Generator().manual_seed(5))
+    ts, times = model.timestamp_embeddings(audio)
+    assert ts.shape == (1, 21, 768)
+    assert float(times[0, 1]) == pytest.approx(100.0)
+    card = model.card
+    padded = torch.nn.functional.pad(audio[None], (card.frame_field // 2, card.frame_field), mode="reflect")[0]
+    chunk = padded[:, : 20 * card.frame_hop + card.frame_field]
+    with torch.inference_mode():
+        (block12,) = model.forward_layers(chunk, ["block12"])
+    assert rel_err(ts, block12[:, 2:]) < TOLERANCE
+
+
+def test_long_clip_scene_is_mean_of_windows(reference, checkpoint) -> None:
+    """Clips longer than the scene window: mean of windows every scene hop (1 s / 0.5 s here, to stay fast)."""
+    short_ref = PasstBasicWrapper(mel=reference.mel, net=reference.net, max_model_window=1000, scene_hop=500).eval()
+    model = embedzoo.load(CARD, weights=checkpoint, device="cpu", preset="base", scene_window_ms=1000, scene_hop_ms=500)
+    audio = 0.3 * torch.randn(1, int(2.3 * SR), generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        ref_scene = ref_base.get_scene_embeddings(audio, short_ref)
+    assert rel_err(model.scene_embeddings(audio), ref_scene) < TOLERANCE
+
+
+# ---- other variants' architecture ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "card_id,arch,kwargs",
+    [
+        ("passt-s-n-ap468", "passt_s_p16_s16_128_ap468", {"fstride": 16, "tstride": 16}),
+        ("passt-s-hop160-ap473", "stfthop160", {"input_tdim": 2000, "hopsize": 160}),
+    ],
+)
+def test_variant_layers(card_id: str, arch: str, kwargs: dict, tmp_path: Path) -> None:
+    reference = reference_wrapper(arch, seed=1, **kwargs)
+    path = tmp_path / "original.pt"
+    torch.save(reference.net.state_dict(), path)
+    model = embedzoo.load(card_id, weights=path, device="cpu")
+    audio = 0.3 * torch.randn(1, int(0.8 * SR), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = reference(audio)
+    with torch.inference_mode():
+        logits, features = model.forward_layers(audio, ["logits", "features"])
+    assert rel_err(torch.cat([logits[:, 0], features[:, 0]], dim=1), expected) < TOLERANCE
+
+
+# ---- conversion -----------------------------------------------------------------------------
+
+
+def test_conversion_is_lossless(reference) -> None:
+    model = create_model(get_registry().get(CARD))
+    original = reference.net.state_dict()
+    state = checkpoint_filter_fn(original, model)
+    assert set(state) == set(original) == set(model.state_dict())
+    assert all(torch.equal(state[k], original[k]) for k in original)
+
+
+def test_training_checkpoint_prefixes(reference) -> None:
+    model = create_model(get_registry().get(CARD))
+    net = reference.net.state_dict()
+    other = {k: v + 1 for k, v in net.items()}
+    training = {
+        "state_dict": {
+            **{f"net.{k}": v for k, v in other.items()},
+            **{f"net_swa.{k}": v for k, v in net.items()},
+            "device_proxy": torch.zeros(1),
+        }
+    }
+    state = checkpoint_filter_fn(training, model)
+    assert all(torch.equal(state[k], net[k]) for k in net)  # the SWA copy wins
+    plain = checkpoint_filter_fn({f"net.{k}": v for k, v in net.items()}, model)
+    assert all(torch.equal(plain[k], net[k]) for k in net)
+    old = dict(net)
+    old["patch_embed.proj.weight"] = net["patch_embed.proj.weight"].reshape(768, -1)  # linear patchify
+    assert torch.equal(checkpoint_filter_fn(old, model)["patch_embed.proj.weight"], net["patch_embed.proj.weight"])
+
+
+def test_conversion_names_what_does_not_fit(reference) -> None:
+    model = create_model(get_registry().get(CARD))
+    net = reference.net.state_dict()
+    with pytest.raises(WeightsError, match="surprise"):
+        checkpoint_filter_fn({**net, "surprise": torch.zeros(1)}, model)
+    with pytest.raises(WeightsError, match="head_dist.bias"):
+        checkpoint_filter_fn({k: v for k, v in net.items() if k != "head_dist.bias"}, model)
+    bad = {**net, "time_new_pos_embed": torch.zeros(1, 768, 1, 62)}
+    with pytest.raises(WeightsError, match="time_new_pos_embed"):
+        checkpoint_filter_fn(bad, model)
+
+
+def test_plugin_module_is_torch_free() -> None:
+    code = "import sys, embedzoo_passt; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
