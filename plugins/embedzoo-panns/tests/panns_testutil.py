@@ -1,0 +1,62 @@
+"""Shared fixtures: PANNs cards, a randomised reference CNN14 and its converted twin."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from panns_hear.models import Cnn14 as RefCnn14
+
+from embedzoo.card import ModelCard
+from embedzoo.errors import EmbedzooError
+from embedzoo.registry import get_registry
+
+REF_ARGS = {
+    "panns-cnn14": dict(sample_rate=32000, window_size=1024, hop_size=320, mel_bins=64, fmin=50, fmax=14000, classes_num=527),
+    "panns-cnn14-16k": dict(sample_rate=16000, window_size=512, hop_size=160, mel_bins=64, fmin=50, fmax=8000, classes_num=527),
+}
+
+
+def get_card(card_id: str) -> ModelCard:
+    """The catalog's card (registry.yaml)."""
+    return get_registry().get(card_id)
+
+
+def catalog_env() -> dict[str, str]:
+    """Environment for a subprocess that finds panns-cnn14 by name."""
+    return dict(os.environ)
+
+
+def randomised_reference(card_id: str, seed: int) -> RefCnn14:
+    """panns_hear's Cnn14 with random weights, BatchNorm affine and running statistics randomised."""
+    torch.manual_seed(seed)
+    ref = RefCnn14(**REF_ARGS[card_id])
+    g = torch.Generator().manual_seed(seed + 1)
+    state = ref.state_dict()
+    for key, value in state.items():
+        if "extractor" in key or key.endswith("num_batches_tracked"):
+            continue
+        if key.endswith("running_var"):
+            state[key] = torch.rand(value.shape, generator=g) + 0.5
+        elif key.endswith("running_mean"):
+            state[key] = 0.2 * torch.randn(value.shape, generator=g)
+        elif "bn" in key and key.endswith("weight"):
+            state[key] = torch.rand(value.shape, generator=g) + 0.5
+        elif "bn" in key and key.endswith("bias"):
+            state[key] = 0.1 * torch.randn(value.shape, generator=g)
+    if "bn0.running_mean" in state:  # dB log-mel inputs: centre them roughly as the trained model does
+        state["bn0.running_mean"] = -40 + 5 * torch.randn(64, generator=g)
+        state["bn0.running_var"] = 300 + 50 * torch.rand(64, generator=g)
+    ref.load_state_dict(state)
+    return ref.eval()
+
+
+@pytest.fixture(scope="session")
+def cnn14_32k(tmp_path_factory):
+    """(reference, original .pth path) for the 32 kHz model; the .pth is {'model': state_dict}."""
+    ref = randomised_reference("panns-cnn14", seed=0)
+    path = tmp_path_factory.mktemp("panns") / "Cnn14_random.pth"
+    torch.save({"model": ref.state_dict(), "iteration": 0}, path)
+    return ref, path

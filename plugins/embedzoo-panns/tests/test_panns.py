@@ -1,0 +1,249 @@
+"""embedzoo-panns against panns_hear.models.Cnn14 (the reference) with random weights.
+
+- parity: the reference's {'model': state_dict} checkpoint, converted through the core, gives the
+  frontend (log-mel), every conv block, the embedding and the clipwise output within 1e-5 relative
+  error in float32 (forward hooks on the reference), for short clips and a 10 s clip;
+- conversion: lossless (every learnt tensor used once, frontend tensors checked then dropped);
+  bad checkpoints are refused naming the key;
+- the plugin's top-level module is torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from panns_testutil import cnn14_32k, get_card, randomised_reference  # noqa: F401 (fixture)
+from safetensors.torch import load_file, save_file
+
+from embedzoo import hub
+from embedzoo.errors import ConfigError, WeightsError
+from embedzoo_panns.model import Cnn14, checkpoint_filter_fn, create_model
+
+TOLERANCE = 1e-5
+BLOCKS = tuple(f"block{i}" for i in range(1, 7))
+LAYERS = ("logmel",) + BLOCKS + ("embedding", "logits")
+
+
+def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    assert tuple(ours.shape) == tuple(ref.shape), (tuple(ours.shape), tuple(ref.shape))
+    return float((ours.double() - ref.double()).abs().max() / ref.double().abs().max())
+
+
+def make_audio(rows: int, samples: int, sr: int, seed: int) -> torch.Tensor:
+    """Noise plus a chirp; row 0 has a stretch of exact silence (log-mel floor at -100 dB)."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(samples) / sr
+    audio = 0.1 * torch.randn(rows, samples, generator=g) + 0.3 * torch.sin(2 * math.pi * (200 + 800 * t) * t)
+    audio[0, samples // 4 : samples // 4 + sr // 5] = 0.0
+    return audio
+
+
+def reference_layers(ref, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every layer of the reference, taken with forward hooks, in our (batch, frames, width) layout."""
+    taken: dict[str, torch.Tensor] = {}
+    hooks = [ref.logmel_extractor.register_forward_hook(lambda m, i, o: taken.__setitem__("logmel", o[:, 0]))]
+    for k in range(1, 7):
+        def hook(m, i, o, name=f"block{k}"):
+            taken[name] = o.permute(0, 2, 1, 3).reshape(o.shape[0], o.shape[2], -1)
+        hooks.append(getattr(ref, f"conv_block{k}").register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            out = ref(audio)
+    finally:
+        for h in hooks:
+            h.remove()
+    taken["embedding"] = out["embedding"][:, None]
+    taken["logits"] = out["clipwise_output"][:, None]
+    return taken
+
+
+@pytest.fixture(scope="module")
+def model_32k(cnn14_32k) -> Cnn14:
+    _, path = cnn14_32k
+    card = get_card("panns-cnn14")
+    model = create_model(card)
+    model.load_state_dict(hub.convert_checkpoint(card, path), strict=True)
+    return model
+
+
+# ---- the plugin ---------------------------------------------------------------------------------
+
+
+def test_top_level_import_is_torch_free():
+    code = "import embedzoo_panns, sys; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_plugin_registers_the_family():
+    from embedzoo.plugins import family_module, load_plugins
+
+    assert load_plugins().families["panns"][0] == "embedzoo_panns.model"
+    module = family_module("panns")
+    assert module.create_model is create_model and module.checkpoint_filter_fn is checkpoint_filter_fn
+
+
+@pytest.mark.parametrize("card_id", ["panns-cnn14", "panns-cnn14-16k"])
+def test_architecture_matches_card(card_id):
+    card = get_card(card_id)
+    model = create_model(card)
+    assert not model.training
+    assert sum(p.numel() for p in model.parameters()) == card.params
+    assert model.layer_names == LAYERS == tuple(s.name for s in card.layers)
+    assert model.layer_widths == {s.name: s.width for s in card.layers}
+    assert model.state_dict().keys().isdisjoint({"frontend.dft_real", "frontend.dft_imag", "frontend.mel"})
+
+
+# ---- parity with panns_hear ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("samples", [32000, 45123])
+def test_every_layer_matches_reference_32k(cnn14_32k, model_32k, samples):
+    ref, _ = cnn14_32k
+    audio = make_audio(2, samples, 32000, seed=samples)
+    expected = reference_layers(ref, audio)
+    assert expected["logits"].std() > 1e-2, "reference output saturated: the test would be weak"
+    with torch.no_grad():
+        ours = dict(zip(LAYERS, model_32k.forward_layers(audio)))
+    assert ours["logmel"].shape == (2, 1 + samples // 320, 64)
+    for name in LAYERS:
+        assert ours[name].abs().max() > 0, name
+        assert rel_err(ours[name], expected[name]) < TOLERANCE, name
+
+
+def test_ten_seconds_matches_reference(cnn14_32k, model_32k):
+    ref, _ = cnn14_32k
+    audio = make_audio(1, 320000, 32000, seed=7)
+    expected = reference_layers(ref, audio)
+    with torch.no_grad():
+        logmel, block6, embedding, logits = model_32k.forward_layers(audio, ["logmel", "block6", "embedding", "logits"])
+    assert block6.shape == (1, 31, 4096)
+    for name, ours in [("logmel", logmel), ("block6", block6), ("embedding", embedding), ("logits", logits)]:
+        assert rel_err(ours, expected[name]) < TOLERANCE, name
+
+
+def test_every_layer_matches_reference_16k(tmp_path):
+    ref = randomised_reference("panns-cnn14-16k", seed=3)
+    path = tmp_path / "Cnn14_16k_random.pth"
+    torch.save({"model": ref.state_dict()}, path)
+    card = get_card("panns-cnn14-16k")
+    model = create_model(card)
+    model.load_state_dict(hub.convert_checkpoint(card, path), strict=True)
+    audio = make_audio(2, 20000, 16000, seed=4)
+    expected = reference_layers(ref, audio)
+    with torch.no_grad():
+        ours = dict(zip(LAYERS, model.forward_layers(audio)))
+    assert ours["logmel"].shape == (2, 1 + 20000 // 160, 64)
+    for name in LAYERS:
+        assert rel_err(ours[name], expected[name]) < TOLERANCE, name
+
+
+def test_scene_embedding_equals_reference_embedding(cnn14_32k, model_32k):
+    """Window-mode scene embedding of a 3 s clip (forwarded whole) is the reference's embedding."""
+    ref, _ = cnn14_32k
+    audio = make_audio(2, 96000, 32000, seed=9)
+    with torch.no_grad():
+        expected = ref(audio)["embedding"]
+    scene = model_32k.scene_embeddings(audio, 32000)
+    assert scene.shape == (2, 2048)
+    assert rel_err(scene, expected) < TOLERANCE
+
+
+def test_layer_subsets_and_stop_early(model_32k):
+    audio = make_audio(1, 32000, 32000, seed=2)
+    calls = []
+    hook = model_32k.blocks[3].register_forward_hook(lambda *_: calls.append("block4"))
+    try:
+        with torch.no_grad():
+            full = dict(zip(LAYERS, model_32k.forward_layers(audio)))
+            calls.clear()
+            (block3,) = model_32k.forward_layers(audio, ["block3"])
+            assert calls == []
+            logits, logmel = model_32k.forward_layers(audio, ["logits", "logmel"])
+    finally:
+        hook.remove()
+    assert torch.equal(block3, full["block3"]) and torch.equal(logits, full["logits"]) and torch.equal(logmel, full["logmel"])
+    with pytest.raises(ConfigError, match="block7"):
+        model_32k.forward_layers(audio, ["block7"])
+    with pytest.raises(ConfigError, match="samples"):
+        model_32k.forward_layers(audio[:, :5000], ["embedding"])
+
+
+# ---- conversion -----------------------------------------------------------------------------------
+
+
+def reference_to_ours(key: str) -> str:
+    if key.startswith("conv_block"):
+        return f"blocks.{int(key[10]) - 1}.{key.split('.', 1)[1]}"
+    return key.replace("fc_audioset.", "head.")
+
+
+def test_conversion_is_lossless(cnn14_32k, model_32k, tmp_path):
+    ref, path = cnn14_32k
+    source = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    converted = checkpoint_filter_fn({"model": source}, model_32k)
+    frontend = {k for k in source if "extractor" in k}
+    assert frontend == {"spectrogram_extractor.stft.conv_real.weight", "spectrogram_extractor.stft.conv_imag.weight", "logmel_extractor.melW"}
+    assert len(converted) == len(source) - 3 == len(model_32k.state_dict())
+    for key, tensor in source.items():
+        if key in frontend:
+            continue
+        assert torch.equal(converted[reference_to_ours(key)], tensor), key
+    out = tmp_path / "converted.safetensors"
+    save_file(converted, str(out))
+    again = create_model(model_32k.card)
+    again.load_state_dict(load_file(str(out)), strict=True)
+    assert all(torch.equal(v, converted[k]) for k, v in checkpoint_filter_fn(converted, again).items())
+
+
+def test_conversion_errors_name_the_key(cnn14_32k, model_32k):
+    ref, _ = cnn14_32k
+    good = ref.state_dict()
+    with pytest.raises(WeightsError, match=r"conv_block3\.bn2\.running_var"):
+        checkpoint_filter_fn({k: v for k, v in good.items() if k != "conv_block3.bn2.running_var"}, model_32k)
+    with pytest.raises(WeightsError, match=r"fc1\.weight"):
+        checkpoint_filter_fn(dict(good, **{"fc1.weight": torch.zeros(2048, 2047)}), model_32k)
+    with pytest.raises(WeightsError, match="stray"):
+        checkpoint_filter_fn(dict(good, stray=torch.zeros(1)), model_32k)
+    bad_mel = good["logmel_extractor.melW"].clone()
+    bad_mel[3, 0] += 1e-3
+    with pytest.raises(WeightsError, match="melW"):
+        checkpoint_filter_fn(dict(good, **{"logmel_extractor.melW": bad_mel}), model_32k)
+
+
+def test_16k_checkpoint_does_not_fit_32k(model_32k):
+    other = randomised_reference("panns-cnn14-16k", seed=5).state_dict()
+    with pytest.raises(WeightsError, match="frontend"):
+        checkpoint_filter_fn({"model": other}, model_32k)
+
+
+def test_frame_mode_is_refused_clearly(model_32k):
+    model_32k.configure(mode="frame")
+    try:
+        with pytest.raises(ConfigError, match="frame mode"):
+            model_32k.timestamp_embeddings(make_audio(1, 40000, 32000, seed=1), 32000)
+    finally:
+        model_32k.configure(mode="window")
+
+
+def test_timestamp_embeddings_window_mode(cnn14_32k, model_32k):
+    """Window mode: each timestamp's embedding is the reference's embedding of the 1 s window
+    centred on it (zero padding at the clip's ends)."""
+    ref, _ = cnn14_32k
+    audio = make_audio(1, 48000, 32000, seed=12)
+    model_32k.configure(hop_ms=500, window_ms=1000)
+    try:
+        embeddings, timestamps = model_32k.timestamp_embeddings(audio, 32000)
+    finally:
+        model_32k.configure(hop_ms=250)
+    assert torch.equal(timestamps[0], torch.tensor([0.0, 500.0, 1000.0, 1500.0]))
+    padded = torch.nn.functional.pad(audio, (16000, 16000))
+    windows = torch.stack([padded[0, c : c + 32000] for c in range(0, 48001, 16000)])
+    with torch.no_grad():
+        expected = ref(windows)["embedding"]
+    assert embeddings.shape == (1, 4, 2048)
+    assert rel_err(embeddings[0], expected) < TOLERANCE

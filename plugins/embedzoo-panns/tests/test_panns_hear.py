@@ -1,0 +1,35 @@
+"""Conformance: hear-validator passes on panns-cnn14 (random weights, converted to safetensors).
+
+The model runs at 32 kHz, which HEAR does not accept; the core's HEAR wrapper exposes a HEAR rate
+(48 kHz) and resamples, so the validator sees a conforming module.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from panns_testutil import catalog_env, get_card, randomised_reference
+from safetensors.torch import save_file
+
+from embedzoo import hub
+
+pytest.importorskip("hearvalidator")
+
+
+def test_hear_validator_passes(tmp_path):
+    ref = randomised_reference("panns-cnn14", seed=11)
+    original = tmp_path / "Cnn14_random.pth"
+    torch.save({"model": ref.state_dict()}, original)
+    weights = tmp_path / "panns-cnn14.safetensors"
+    save_file(hub.convert_checkpoint(get_card("panns-cnn14"), original), str(weights))
+    del ref
+    result = subprocess.run(
+        [sys.executable, "-m", "hearvalidator.validate", "embedzoo.hear", "-m", f"panns-cnn14?weights={weights}", "-d", "cpu"],
+        capture_output=True, text=True, timeout=600, env=catalog_env(), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Looks good!" in result.stdout
+    assert "Received embedding of shape: torch.Size([8, 2048])" in result.stdout
