@@ -1,0 +1,239 @@
+"""embedzoo-vggish against torchvggish (the reference implementation).
+
+- frontend: our torch log-mel equals `torchvggish.vggish_input.waveform_to_examples` (numpy, float64);
+- parity: random weights in torchvggish's own VGG, saved with torch.save in its original layout,
+  converted by the core (`embedzoo.load(..., weights=path)`), give every layer (forward hooks on the
+  reference), the embedding and the PCA postprocessing within 1e-5 relative error in float32;
+- the core's window path (timestamp embeddings) equals the reference on a 10 s clip;
+- conversion is lossless and names bad keys; the top-level module is torch-free.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torchvggish import torchvggish as tv
+from torchvggish import vggish_input
+
+import embedzoo
+from embedzoo.errors import ConfigError, WeightsError
+from embedzoo.registry import get_registry
+from embedzoo_vggish.model import EXAMPLE_HOP, EXAMPLE_SAMPLES, LAYERS, VGGish, checkpoint_filter_fn, create_model
+
+SR = 16000
+TOLERANCE = 1e-5
+
+
+def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    assert tuple(ours.shape) == tuple(ref.shape), (tuple(ours.shape), tuple(ref.shape))
+    return float((ours.double() - ref.double()).abs().max() / ref.double().abs().max())
+
+
+def randomised_reference(seed: int) -> tv.VGG:
+    """torchvggish's VGG (no postprocessor: it would download) with random weights scaled so that
+    activations stay O(1) through the stack (PyTorch's default init shrinks them ~100x)."""
+    torch.manual_seed(seed)
+    ref = tv._vgg(postprocess=False)
+    with torch.no_grad():
+        for module in ref.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                fan_in = module.weight[0].numel()
+                module.weight.normal_(0.0, (2.0 / fan_in) ** 0.5)
+                module.bias.uniform_(-0.1, 0.1)
+    return ref.eval()
+
+
+def random_pca(seed: int) -> dict[str, torch.Tensor]:
+    """A PCA parameter file in torchvggish's layout: eigenvectors (128, 128), means (128, 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    return {"pca_eigen_vectors": torch.randn(128, 128, generator=generator) * 0.3,
+            "pca_means": torch.rand(128, 1, generator=generator)}  # fmt: skip
+
+
+def reference_postprocess(embedding: torch.Tensor, pca: dict[str, torch.Tensor]) -> torch.Tensor:
+    """torchvggish.Postprocessor.postprocess, with its parameters set directly (no download)."""
+    post = tv.Postprocessor.__new__(tv.Postprocessor)
+    post._pca_matrix = pca["pca_eigen_vectors"].float()
+    post._pca_means = pca["pca_means"].reshape(-1, 1).float()
+    return post.postprocess(embedding)
+
+
+def make_audio(samples: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / SR
+    return (0.2 * rng.standard_normal(samples) + 0.5 * np.sin(2 * np.pi * (300 + 900 * t) * t)).astype(np.float32)
+
+
+def reference_layers(ref: tv.VGG, examples: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every layer of the reference through forward hooks on its own modules, as (N, frames, width)."""
+    pools = [m for m in ref.features if isinstance(m, torch.nn.MaxPool2d)]
+    caught: dict[str, torch.Tensor] = {}
+    hooks = [pool.register_forward_hook(lambda _m, _i, o, n=n: caught.__setitem__(f"block{n + 1}", o.clone()))
+             for n, pool in enumerate(pools)]  # fmt: skip
+    try:
+        with torch.no_grad():
+            embedding = ref(examples)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    out = {"logmel": examples[:, 0]}
+    for name, x in caught.items():
+        out[name] = x.permute(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1)
+    out["embedding"] = embedding[:, None]
+    return out
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> tuple[tv.VGG, dict[str, torch.Tensor], VGGish, Path, Path]:
+    """The original layout saved with torch.save, converted by the core; and a merged VGG+PCA file."""
+    tmp = tmp_path_factory.mktemp("vggish")
+    ref = randomised_reference(seed=0)
+    pca = random_pca(seed=1)
+    original = tmp / "vggish-random.pth"
+    torch.save(ref.state_dict(), original)
+    merged = tmp / "vggish-random-with-pca.pth"
+    torch.save({**ref.state_dict(), **pca}, merged)
+    model = embedzoo.load("vggish", weights=merged, device="cpu")
+    assert isinstance(model, VGGish) and not model.training
+    return ref, pca, model, original, merged
+
+
+# ---- the plugin ---------------------------------------------------------------------------------
+
+
+def test_top_level_import_is_torch_free():
+    code = "import embedzoo_vggish, sys; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_plugin_registers_the_family_and_card_matches():
+    from embedzoo.plugins import family_module, load_plugins
+
+    assert load_plugins().families["vggish"][0] == "embedzoo_vggish.model"
+    assert family_module("vggish").create_model is create_model
+    card = get_registry().get("vggish")
+    model = create_model(card)
+    assert sum(p.numel() for p in model.parameters()) == card.params
+    assert tuple(s.name for s in card.layers) == LAYERS
+    assert {s.name: s.width for s in card.layers} == model.layer_widths
+    assert card.min_window == card.max_window == EXAMPLE_SAMPLES == 15600
+
+
+# ---- parity -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("samples", [EXAMPLE_SAMPLES, EXAMPLE_SAMPLES + 4321])
+def test_frontend_matches_waveform_to_examples(samples):
+    audio = make_audio(samples, seed=samples)
+    expected = vggish_input.waveform_to_examples(audio.astype(np.float64), SR).detach()[0, 0]
+    model = create_model(get_registry().get("vggish"))
+    with torch.no_grad():
+        (ours,) = model.forward_layers(torch.from_numpy(audio[:EXAMPLE_SAMPLES])[None], ["logmel"])
+    assert rel_err(ours[0], expected) < TOLERANCE
+    # silence: log(0.01) everywhere
+    with torch.no_grad():
+        (quiet,) = model.forward_layers(torch.zeros(1, EXAMPLE_SAMPLES), ["logmel"])
+    assert torch.allclose(quiet, torch.full_like(quiet, float(np.log(0.01))))
+
+
+def test_every_layer_matches_torchvggish(converted):
+    ref, pca, model, _, _ = converted
+    clips = np.stack([make_audio(EXAMPLE_SAMPLES, seed=s) for s in (3, 4, 5)])
+    examples = torch.cat([vggish_input.waveform_to_examples(c.astype(np.float64), SR).detach() for c in clips])
+    expected = reference_layers(ref, examples)
+    expected["postprocessed"] = reference_postprocess(expected["embedding"][:, 0], pca)[:, None]
+    assert expected["embedding"].std() > 1e-2, "reference embedding is degenerate: the test would be weak"
+    with torch.no_grad():
+        ours = dict(zip(LAYERS, model.forward_layers(torch.from_numpy(clips))))
+    frames = {"logmel": 96, "block1": 48, "block2": 24, "block3": 12, "block4": 6, "embedding": 1, "postprocessed": 1}
+    for name in LAYERS:
+        assert ours[name].shape == (3, frames[name], model.layer_widths[name]), name
+        assert rel_err(ours[name], expected[name]) < TOLERANCE, name
+    # quantised to 0..255: equal except (rarely) one step where a value sits on a rounding edge
+    diff = (ours["postprocessed"] - expected["postprocessed"]).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01
+    assert len(set(ours["postprocessed"].flatten().tolist())) > 10
+
+
+def test_ten_seconds_through_the_core_equal_the_reference(converted):
+    """The core's windows are centred on k * 960 ms: the reference on the clip with 7800 leading
+    zeros (and trailing zeros to the last window's end) produces the same examples."""
+    ref, _, model, _, _ = converted
+    audio = make_audio(10 * SR, seed=6)
+    embeddings, timestamps = model.timestamp_embeddings(torch.from_numpy(audio)[None], SR)
+    count = timestamps.shape[1]
+    assert torch.allclose(timestamps[0], torch.arange(count) * 960.0)
+    padded = np.zeros(EXAMPLE_SAMPLES // 2 + (count - 1) * EXAMPLE_HOP + EXAMPLE_SAMPLES, np.float64)
+    padded[EXAMPLE_SAMPLES // 2 : EXAMPLE_SAMPLES // 2 + len(audio)] = audio
+    examples = vggish_input.waveform_to_examples(padded, SR).detach()[:count]
+    with torch.no_grad():
+        expected = ref(examples)
+    assert embeddings.shape == (1, count, 128)
+    assert rel_err(embeddings[0], expected) < TOLERANCE
+    scene = model.scene_embeddings(torch.from_numpy(audio)[None], SR)
+    assert scene.shape == (1, 128) and torch.isfinite(scene).all()
+
+
+def test_layer_subsets_stop_early_and_errors(converted):
+    _, _, model, _, _ = converted
+    audio = torch.from_numpy(make_audio(EXAMPLE_SAMPLES, seed=7))[None]
+    calls: list[str] = []
+    hook = model.embeddings.register_forward_hook(lambda *_: calls.append("fc"))
+    try:
+        with torch.no_grad():
+            full = dict(zip(LAYERS, model.forward_layers(audio)))
+            calls.clear()
+            b4, lm = model.forward_layers(audio, ["block4", "logmel"])
+    finally:
+        hook.remove()
+    assert calls == []
+    assert torch.equal(b4, full["block4"]) and torch.equal(lm, full["logmel"])
+    with pytest.raises(ConfigError, match="block5"):
+        model.forward_layers(audio, ["block5"])
+    with pytest.raises(ConfigError, match="15600"):
+        model.forward_layers(audio[:, :15000], ["embedding"])
+
+
+# ---- conversion ---------------------------------------------------------------------------------
+
+
+def test_conversion_is_lossless_and_pca_optional(converted, tmp_path):
+    ref, pca, model, original, _ = converted
+    source = torch.load(original, map_location="cpu", weights_only=True)
+    state = checkpoint_filter_fn(source, model)
+    for key, tensor in source.items():
+        assert torch.equal(state[key], tensor), key
+    assert set(state) == set(source) | {"pca.eigen_vectors", "pca.means"}
+    assert torch.isnan(state["pca.eigen_vectors"]).all() and torch.isnan(state["pca.means"]).all()  # not provided: not invented
+    merged = checkpoint_filter_fn({**source, **pca}, model)
+    assert torch.equal(merged["pca.means"], pca["pca_means"][:, 0])
+    assert torch.equal(merged["pca.eigen_vectors"], pca["pca_eigen_vectors"])
+    path = tmp_path / "vggish.safetensors"
+    save_file(state, str(path))
+    plain = embedzoo.load("vggish", weights=original, device="cpu")
+    assert all(torch.equal(v, load_file(str(path))[k]) for k, v in plain.state_dict().items() if not k.startswith("pca."))
+    audio = torch.from_numpy(make_audio(EXAMPLE_SAMPLES, seed=8))[None]
+    with torch.no_grad():
+        assert torch.equal(plain.forward_layers(audio, ["embedding"])[0], model.forward_layers(audio, ["embedding"])[0])
+        with pytest.raises(ConfigError, match="PCA"):
+            plain.forward_layers(audio, ["postprocessed"])
+
+
+def test_conversion_errors_name_the_key(converted):
+    ref, pca, model, _, _ = converted
+    good = ref.state_dict()
+    with pytest.raises(WeightsError, match=r"features\.3\.bias"):
+        checkpoint_filter_fn({k: v for k, v in good.items() if k != "features.3.bias"}, model)
+    with pytest.raises(WeightsError, match=r"embeddings\.4\.weight.*\(64, 4096\)"):
+        checkpoint_filter_fn(dict(good, **{"embeddings.4.weight": torch.zeros(64, 4096)}), model)
+    with pytest.raises(WeightsError, match="pproc"):
+        checkpoint_filter_fn(dict(good, pproc=torch.zeros(1)), model)
+    with pytest.raises(WeightsError, match="pca"):
+        checkpoint_filter_fn(dict(good, pca_means=pca["pca_means"]), model)
