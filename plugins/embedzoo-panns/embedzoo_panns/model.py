@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from embedzoo.card import ModelCard
+from embedzoo.hub import unwrap_state_dict
 from embedzoo.errors import CardError, ConfigError, WeightsError
 from embedzoo.extractor import Extractor
 
@@ -237,14 +238,6 @@ _FRONTEND_KEYS = {
 FRONTEND_ATOL = 1e-6
 
 
-def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    for wrapper in ("model", "state_dict"):
-        if wrapper in state_dict and isinstance(state_dict[wrapper], Mapping):
-            state_dict = state_dict[wrapper]
-            break
-    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state_dict.items()}
-
-
 def _our_key(key: str) -> str | None:
     if m := re.fullmatch(r"conv_block(\d)\.((?:conv|bn)[12]\.\w+)", key):
         return f"blocks.{int(m[1]) - 1}.{m[2]}"
@@ -271,9 +264,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: Cnn14) -> dict[st
     so a checkpoint with a different frontend is refused rather than silently mis-read.
     Already-converted state dicts pass through (checked). Raises WeightsError naming any key that
     is unused, missing, or of the wrong shape."""
-    if not isinstance(state_dict, Mapping):
-        raise WeightsError(f"expected a state dict for {model.card.id}, got a {type(state_dict).__name__}", hint="save {'model': model.state_dict()}")
-    source = _unwrap(state_dict)
+    source = unwrap_state_dict(state_dict, model.card.id)
     target = model.state_dict()
     out: dict[str, Tensor] = {}
     origin: dict[str, str] = {}

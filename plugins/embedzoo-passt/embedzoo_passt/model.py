@@ -35,6 +35,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from embedzoo.card import ModelCard
+from embedzoo.hub import unwrap_state_dict
 from embedzoo.errors import CardError, ConfigError, WeightsError
 from embedzoo.extractor import Extractor
 from embedzoo.frontends import MelSTFT
@@ -137,13 +138,6 @@ class PaSST(Extractor):
 _IGNORED = re.compile(r"^(device_proxy|mel\..*)$")
 
 
-def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, Tensor]:
-    for key in ("state_dict", "model"):
-        if key in state_dict and isinstance(state_dict[key], Mapping):
-            state_dict = state_dict[key]
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}
-
-
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: PaSST) -> dict[str, Tensor]:
     """An original PaSST checkpoint -> this model's keys (identical to hear21passt's PaSST keys).
 
@@ -153,7 +147,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: PaSST) -> dict[st
     patch projection are reshaped to the conv. Any other key, a missing key or a shape that does not
     fit raises WeightsError naming it.
     """
-    state = _unwrap(state_dict)
+    state = unwrap_state_dict(state_dict, model.card.id)
     if any(k.startswith("net_swa.") for k in state):
         prefix, other = "net_swa.", "net."
     elif any(k.startswith("net.") for k in state):

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from embedzoo.card import ModelCard
+from embedzoo.hub import unwrap_state_dict
 from embedzoo.errors import CardError, ConfigError, WeightsError
 from embedzoo.extractor import Extractor
 
@@ -191,14 +192,6 @@ class VGGish(Extractor):
 # ---- checkpoint conversion --------------------------------------------------------------------
 
 
-def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    for wrapper in ("state_dict", "model"):
-        if wrapper in state_dict and isinstance(state_dict[wrapper], Mapping):
-            state_dict = state_dict[wrapper]
-            break
-    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state_dict.items()}
-
-
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: VGGish) -> dict[str, Tensor]:
     """torchvggish's `vggish-10086976.pth` state dict (`features.N.*`, `embeddings.N.*`) -> ours, losslessly.
 
@@ -208,12 +201,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: VGGish) -> dict[s
     layer raises a clear error. Nothing else is invented; any unused, missing or mis-shaped key is a
     WeightsError naming it.
     """
-    if not isinstance(state_dict, Mapping):
-        raise WeightsError(
-            f"expected a state dict for {model.card.id}, got a {type(state_dict).__name__}",
-            hint="save the model's state_dict(), not the model object",
-        )
-    source = _unwrap(state_dict)
+    source = unwrap_state_dict(state_dict, model.card.id)
     target = model.state_dict()
     out: dict[str, Tensor] = {}
     for key, value in source.items():
