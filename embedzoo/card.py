@@ -97,12 +97,37 @@ class LayerSpec:
     """One layer a plugin exposes: `forward_layers` returns it as (batch, len(tokens)+frames, width).
 
     `tokens` names special tokens that precede the frame sequence (a transformer's cls and dist
-    tokens); they become readouts of their own.
+    tokens); they become readouts of their own. The rest describes layers that differ from the
+    card's defaults, as CNN blocks do:
+    - `bands`: each frame is a conv map flattened channel-major, (channels, bands) with frequency
+      fastest, so the `freq_pool` knob can pool over frequency;
+    - `frame_hop`, `frame_field`: this layer's frames advance by `frame_hop` samples and each sees
+      `frame_field` samples (0: the card's); pooling stages make a CNN's deep frames coarser;
+    - `pooled`: one vector per forward (a pooled embedding, logits) -- no frame sequence;
+    - `min_window`: the shortest input this layer is computed from (0: the card's).
     """
 
     name: str
     width: int
     tokens: tuple[str, ...] = ()
+    bands: int = 1
+    frame_hop: int = 0
+    frame_field: int = 0
+    pooled: bool = False
+    min_window: int = 0
+
+    def __post_init__(self) -> None:
+        if self.width <= 0 or self.bands <= 0 or self.width % self.bands:
+            raise CardError(f"layer {self.name}: width {self.width} must be a positive multiple of bands {self.bands}")
+        if self.tokens and self.bands > 1:
+            raise CardError(f"layer {self.name}: a layer with tokens cannot have frequency bands")
+        if min(self.frame_hop, self.frame_field, self.min_window) < 0:
+            raise CardError(f"layer {self.name}: frame_hop, frame_field and min_window cannot be negative")
+
+    @property
+    def channels(self) -> int:
+        """Width of one frame after pooling over frequency."""
+        return self.width // self.bands
 
 
 @dataclass(frozen=True)
@@ -146,11 +171,22 @@ class ModelCard:
             raise CardError(f"model {self.id}: need 0 < min_window <= max_window (samples)")
         if self.frame_hop <= 0 or self.frame_field <= 0 or self.frame_field > self.max_window:
             raise CardError(f"model {self.id}: need frame_hop > 0 and 0 < frame_field <= max_window")
+        for spec in self.layers:
+            if spec.frame_field > self.max_window or spec.min_window > self.max_window:
+                raise CardError(f"model {self.id}: layer {spec.name} has frame_field/min_window beyond max_window")
 
     @property
     def names(self) -> tuple[str, ...]:
         """The id and every alias: the names this card claims in the catalog."""
         return (self.id, *self.aliases)
+
+    def frame_geometry(self, spec: LayerSpec) -> tuple[int, int]:
+        """(frame_hop, frame_field) of a layer's frames, in samples."""
+        return spec.frame_hop or self.frame_hop, spec.frame_field or self.frame_field
+
+    def layer_min_window(self, spec: LayerSpec) -> int:
+        """The shortest input a layer is computed from; shorter segments are zero-padded to it."""
+        return spec.min_window or self.min_window
 
     def layer(self, name: str) -> LayerSpec:
         """The layer called `name`, or a ConfigError listing the ones that exist."""
@@ -191,19 +227,31 @@ def card_from_dict(data: Mapping[str, Any], provider: str = "registry.yaml") -> 
     if unknown:
         raise CardError(f"model {ident}: unknown card fields {sorted(unknown)}", hint=f"known fields: {sorted(known)}")
     try:
-        data["layers"] = tuple(
-            LayerSpec(name=str(layer["name"]), width=int(layer["width"]), tokens=tuple(layer.get("tokens", ())))
-            for layer in data.get("layers", ())
-        )
+        data["layers"] = tuple(_layer_from_dict(layer) for layer in data.get("layers", ()))
         data["sources"] = tuple(Source(**source) for source in data.get("sources", ()))
     except (KeyError, TypeError) as exc:
         raise CardError(f"model {ident}: malformed layers or sources ({exc})") from exc
+    except CardError as exc:
+        raise CardError(f"model {ident}: {exc.message}", hint=exc.hint) from exc
     data["aliases"] = tuple(data.get("aliases", ()))
     data["provider"] = provider
     try:
         return ModelCard(**data)
     except TypeError as exc:
         raise CardError(f"model {ident}: {exc}") from exc
+
+
+_LAYER_FIELDS = {f.name for f in dataclasses.fields(LayerSpec)}
+
+
+def _layer_from_dict(layer: Mapping[str, Any]) -> LayerSpec:
+    unknown = set(layer) - _LAYER_FIELDS
+    if unknown:
+        raise CardError(f"layer {layer.get('name', '?')}: unknown fields {sorted(unknown)}", hint=f"known: {sorted(_LAYER_FIELDS)}")
+    values = dict(layer)
+    values["name"], values["width"] = str(layer["name"]), int(layer["width"])
+    values["tokens"] = tuple(layer.get("tokens", ()))
+    return LayerSpec(**values)
 
 
 def card_to_dict(card: ModelCard) -> dict[str, Any]:

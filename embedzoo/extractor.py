@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Hashable, Iterable, Sequence
@@ -21,7 +22,7 @@ from torch import Tensor
 from embedzoo.card import LayerSpec, ModelCard
 from embedzoo.errors import AudioError, ConfigError
 from embedzoo.framing import ChunkFramer, Segments, WholeFramer, WindowFramer
-from embedzoo.knobs import Knobs, embedding_width, resolve_knobs
+from embedzoo.knobs import Knobs, embedding_width, frame_width, level_knobs, resolve_knobs
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -81,11 +82,23 @@ class Extractor(torch.nn.Module, abc.ABC):
 
     @property
     def scene_embedding_size(self) -> int:
-        return embedding_width(self.card, self.knobs)
+        return self._width(self.knobs)
 
     @property
     def timestamp_embedding_size(self) -> int:
-        return embedding_width(self.card, self.knobs)
+        return sum(self._width(knobs) for knobs in self.levels)
+
+    @property
+    def levels(self) -> list[Knobs]:
+        """The main knobs, then one set per `levels` preset (their timestamp embeddings are appended)."""
+        return level_knobs(self.card, self.knobs)
+
+    def _width(self, knobs: Knobs) -> int:
+        width = embedding_width(self.card, knobs)
+        if width is None:  # the 'flat' readout: as wide as the window has frames; measure it
+            probe = np.zeros((1, self._window(knobs)), dtype=np.float32)
+            width = int(self.embed_segments(probe, knobs=knobs).shape[-1])
+        return width
 
     @property
     def device(self) -> torch.device:
@@ -103,8 +116,12 @@ class Extractor(torch.nn.Module, abc.ABC):
 
     @property
     def window_samples(self) -> int:
-        ms = self.knobs.window_ms
-        return self.card.min_window if ms is None else self.card.ms_to_samples(ms)
+        return self._window(self.knobs)
+
+    def _window(self, knobs: Knobs) -> int:
+        if knobs.window_ms is not None:
+            return self.card.ms_to_samples(knobs.window_ms)
+        return max(self.card.layer_min_window(self.card.layer(name)) for name in knobs.layers)
 
     @property
     def scene_window_samples(self) -> int:
@@ -116,11 +133,17 @@ class Extractor(torch.nn.Module, abc.ABC):
         ms = self.knobs.scene_hop_ms
         return self.scene_window_samples // 2 if ms is None else self.card.ms_to_samples(ms)
 
-    @property
-    def chunk_samples(self) -> int:
+    def chunk_samples(self, frame_field: int) -> int:
         """Frame mode: the longest chunk one forward takes (within the batch budget)."""
         budget = int(self.knobs.batch_seconds * self.card.sample_rate)
-        return int(min(self.card.max_window, max(self.card.frame_field, budget)))
+        return int(min(self.card.max_window, max(frame_field, budget)))
+
+    def frame_groups(self) -> list[tuple[tuple[int, int], tuple[str, ...]]]:
+        """Frame mode: the chosen layers grouped by frame geometry (hop, field), one chunking each."""
+        groups: dict[tuple[int, int], list[str]] = {}
+        for name in self.knobs.layers:
+            groups.setdefault(self.card.frame_geometry(self.card.layer(name)), []).append(name)
+        return [(geometry, tuple(names)) for geometry, names in groups.items()]
 
     def batch_rows(self, size: int) -> int:
         """How many segments of `size` samples go into one forward."""
@@ -136,17 +159,20 @@ class Extractor(torch.nn.Module, abc.ABC):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def embed_segments(self, segments: np.ndarray | Tensor, frames: bool = False) -> Tensor:
+    def embed_segments(self, segments: np.ndarray | Tensor, frames: bool = False, knobs: Knobs | None = None) -> Tensor:
         """Forward a batch of equal-length segments and read out the chosen layers.
 
         Returns (n, width) -- one vector per segment, readout applied -- or, with `frames`, the
-        frame sequences (n, frames, width). Segments shorter than card.min_window are zero-padded
+        frame sequences (n, frames, width). `knobs` (default: this extractor's) picks layers,
+        `freq_pool` and readout. Segments shorter than the layers' `min_window` are zero-padded
         around their centre. Output is float32 on the CPU.
         """
         if self.training:
             raise ConfigError(f"{self.card.id} is in training mode", hint="call .eval() before extracting embeddings")
+        knobs = knobs or self.knobs
+        specs = [self.card.layer(name) for name in knobs.layers]
         batch = segments.float() if isinstance(segments, Tensor) else torch.from_numpy(np.array(segments, dtype=np.float32))
-        short = self.card.min_window - batch.shape[-1]
+        short = max(self.card.layer_min_window(spec) for spec in specs) - batch.shape[-1]
         if short > 0:
             batch = torch.nn.functional.pad(batch, (short // 2, short - short // 2))
         device = self.device
@@ -154,9 +180,8 @@ class Extractor(torch.nn.Module, abc.ABC):
             batch = batch.pin_memory().to(device, non_blocking=True)
         else:
             batch = batch.to(device)
-        specs = [self.card.layer(name) for name in self.knobs.layers]
         with torch.inference_mode(), self._autocast():
-            outputs = self.forward_layers(batch, list(self.knobs.layers))
+            outputs = self.forward_layers(batch, list(knobs.layers))
         if len(outputs) != len(specs):
             raise RuntimeError(f"{self.card.id}: forward_layers returned {len(outputs)} tensors for {len(specs)} layers")
         parts = []
@@ -164,17 +189,15 @@ class Extractor(torch.nn.Module, abc.ABC):
             output = output.float()
             if output.shape[-1] != spec.width:
                 raise RuntimeError(f"{self.card.id}: layer {spec.name} has width {output.shape[-1]}, card says {spec.width}")
+            output = pool_frequency(output, spec, knobs.freq_pool_parts)
             if frames:
                 parts.append(output[:, len(spec.tokens) :])
             else:
-                parts.extend(readout(output, spec, self.knobs.readout_parts))
+                parts.extend(readout(output, spec, knobs.readout_parts))
         if frames:
             lengths = {part.shape[1] for part in parts}
             if len(lengths) > 1:
-                raise ConfigError(
-                    f"layers {list(self.knobs.layers)} of {self.card.id} have different frame counts {sorted(lengths)}",
-                    hint="frame mode concatenates frame-aligned layers only; use mode 'window' for this mix",
-                )
+                raise RuntimeError(f"{self.card.id}: layers {list(knobs.layers)} of one frame geometry returned different frame counts {sorted(lengths)}")
         return torch.cat(parts, dim=-1).cpu()
 
     # ---- the public API ---------------------------------------------------------------------
@@ -241,6 +264,14 @@ class Extractor(torch.nn.Module, abc.ABC):
         return self.scene_embeddings(audio)
 
 
+def pool_frequency(output: Tensor, spec: LayerSpec, parts: Sequence[str]) -> Tensor:
+    """Pool a layer's channel-major (channels, bands) frames over its bands; tokens pass as they are."""
+    if spec.bands == 1 or tuple(parts) == ("flat",):
+        return output
+    maps = output.unflatten(-1, (spec.channels, spec.bands))
+    return torch.cat([maps.mean(dim=-1) if part == "mean" else maps.amax(dim=-1) for part in parts], dim=-1)
+
+
 def readout(output: Tensor, spec: LayerSpec, parts: Sequence[str]) -> list[Tensor]:
     """One (n, width) vector per readout part from a layer's (n, tokens+frames, width) output."""
     tokens = len(spec.tokens)
@@ -262,6 +293,8 @@ def readout(output: Tensor, spec: LayerSpec, parts: Sequence[str]) -> list[Tenso
             vectors.append(frames[:, 0])
         elif part == "last":
             vectors.append(frames[:, -1])
+        elif part == "flat":
+            vectors.append(frames.transpose(1, 2).flatten(1))
         else:
             raise ConfigError(f"unknown readout {part!r} for layer {spec.name}")
     return vectors
@@ -273,28 +306,46 @@ def readout(output: Tensor, spec: LayerSpec, parts: Sequence[str]) -> list[Tenso
 @dataclass
 class _Piece:
     key: Hashable
-    purpose: str  # "timestamp" | "scene"
+    track: str
     first_index: int
     data: np.ndarray
 
 
-class _Clip:
-    """Book-keeping of one clip inside a Session."""
+@dataclass(frozen=True)
+class _Track:
+    """One way a clip is cut and forwarded: 'timestamp:<level>', 'scene', or 'frames:<group>'."""
 
-    def __init__(self, extractor: Extractor, scene: bool, timestamp: bool):
-        knobs = extractor.knobs
+    name: str
+    knobs: Knobs
+    frames: bool = False
+    geometry: tuple[int, int] = (0, 0)  # frame mode: (frame_hop, frame_field) of its layers
+
+
+def _tracks(extractor: Extractor, scene: bool, timestamp: bool) -> list[_Track]:
+    knobs = extractor.knobs
+    if knobs.mode == "frame":
+        return [
+            _Track(f"frames:{i}", dataclasses.replace(knobs, layers=names), True, geometry)
+            for i, (geometry, names) in enumerate(extractor.frame_groups())
+        ]
+    tracks = [_Track(f"timestamp:{i}", level) for i, level in enumerate(extractor.levels)] if timestamp else []
+    return tracks + ([_Track("scene", knobs)] if scene else [])
+
+
+class _Clip:
+    """Book-keeping of one clip inside a Session: a framer and the results of each track."""
+
+    def __init__(self, extractor: Extractor, tracks: list[_Track]):
         self.framers: dict[str, Any] = {}
-        frame_mode = knobs.mode == "frame"
-        card = extractor.card
-        if frame_mode and (scene or timestamp):
-            chunk = ChunkFramer(extractor.chunk_samples, card.frame_hop, card.frame_field, knobs.pad_mode)
-            self.framers["frames"] = chunk
-        else:
-            if timestamp:
-                self.framers["timestamp"] = WindowFramer(extractor.window_samples, extractor.hop_samples, knobs.pad_mode)
-            if scene:
-                self.framers["scene"] = WholeFramer(extractor.scene_window_samples, extractor.scene_hop_samples, knobs.pad_mode)
-        self.want_scene, self.want_timestamp = scene, timestamp
+        for track in tracks:
+            knobs = track.knobs
+            if track.frames:
+                hop, field = track.geometry
+                self.framers[track.name] = ChunkFramer(extractor.chunk_samples(field), hop, field, knobs.pad_mode)
+            elif track.name == "scene":
+                self.framers[track.name] = WholeFramer(extractor.scene_window_samples, extractor.scene_hop_samples, knobs.pad_mode)
+            else:
+                self.framers[track.name] = WindowFramer(extractor._window(knobs), extractor.hop_samples, knobs.pad_mode)
         self.results: dict[str, dict[int, Tensor]] = {name: {} for name in self.framers}
         self.emitted: dict[str, int] = {name: 0 for name in self.framers}
         self.length = 0
@@ -313,6 +364,7 @@ class Session:
             raise ConfigError("ask for scene and/or timestamp embeddings")
         self.extractor = extractor
         self.scene, self.timestamp = scene, timestamp
+        self.tracks = {track.name: track for track in _tracks(extractor, scene, timestamp)}
         self.clips: dict[Hashable, _Clip] = {}
         self.queues: OrderedDict[tuple[str, int], list[_Piece]] = OrderedDict()
         self.queued_samples = 0
@@ -323,7 +375,7 @@ class Session:
     def open(self, key: Hashable) -> None:
         if key in self.clips:
             raise KeyError(f"clip {key!r} is already open in this session")
-        self.clips[key] = _Clip(self.extractor, self.scene, self.timestamp)
+        self.clips[key] = _Clip(self.extractor, list(self.tracks.values()))
 
     def push(self, key: Hashable, chunk: np.ndarray) -> None:
         clip = self.clips[key]
@@ -373,12 +425,16 @@ class Session:
 
     # -- internals --
 
-    def _enqueue(self, key: Hashable, purpose: str, segments: list[Segments]) -> None:
+    def _enqueue(self, key: Hashable, track: str, segments: list[Segments]) -> None:
         clip = self.clips[key]
         for seg in segments:
-            clip.emitted[purpose] += len(seg.data)
-            queue_key = (purpose if purpose == "frames" else "windows", seg.data.shape[1])
-            self.queues.setdefault(queue_key, []).append(_Piece(key, purpose, seg.first_index, seg.data))
+            clip.emitted[track] += len(seg.data)
+            # windows of one size share batches across clips, tracks and purposes when they are
+            # read out alike (the scene and the timestamp windows of a short clip, for example)
+            knobs = self.tracks[track].knobs
+            group = track if self.tracks[track].frames else repr((knobs.layers, knobs.readout, knobs.freq_pool))
+            queue_key = (group, seg.data.shape[1])
+            self.queues.setdefault(queue_key, []).append(_Piece(key, track, seg.first_index, seg.data))
             self.queued_samples += seg.data.size
 
     def _run_full(self) -> None:
@@ -393,16 +449,16 @@ class Session:
         pieces = self.queues.pop(queue_key)
         self.queued_samples -= sum(p.data.size for p in pieces)
         rows = self.extractor.batch_rows(queue_key[1])
-        frames = queue_key[0] == "frames"
-        owners = [(p.key, p.purpose, p.first_index + i) for p in pieces for i in range(len(p.data))]
+        track = self.tracks[pieces[0].track]
+        owners = [(p.key, p.track, p.first_index + i) for p in pieces for i in range(len(p.data))]
         blocks = [p.data for p in pieces]
         position = 0
         while position < len(owners):
             batch, taken = _take_rows(blocks, rows)
-            output = self.extractor.embed_segments(batch, frames=frames)
-            for row, (key, purpose, index) in enumerate(owners[position : position + taken]):
+            output = self.extractor.embed_segments(batch, frames=track.frames, knobs=track.knobs)
+            for row, (key, name, index) in enumerate(owners[position : position + taken]):
                 if key in self.clips:
-                    self.clips[key].results[purpose][index] = output[row]
+                    self.clips[key].results[name][index] = output[row]
             position += taken
         for key in {p.key for p in pieces}:
             self._collect(key)
@@ -417,25 +473,33 @@ class Session:
     def _finish(self, clip: _Clip) -> ClipEmbeddings:
         ex = self.extractor
         result = ClipEmbeddings()
-        if "frames" in clip.framers:
-            framer: ChunkFramer = clip.framers["frames"]
-            chunks = [clip.results["frames"][i][: framer.frames_in(i)] for i in range(len(clip.results["frames"]))]
-            frames = torch.cat(chunks) if chunks else torch.zeros(0, ex.scene_embedding_size)
-            if clip.want_scene:
-                result.scene = frames.mean(dim=0)
-            if clip.want_timestamp:
-                hop = ex.hop_samples
-                count = 1 + clip.length // hop
-                centres = np.arange(count) * hop
-                nearest = np.clip(np.rint(centres / ex.card.frame_hop).astype(np.int64), 0, len(frames) - 1)
-                result.timestamp = frames[torch.from_numpy(nearest)]
-                result.timestamps = torch.from_numpy(centres * 1000.0 / ex.card.sample_rate).float()
+        rate = ex.card.sample_rate
+        if ex.knobs.mode == "frame":
+            hop = ex.hop_samples
+            centres = np.arange(1 + clip.length // hop) * hop
+            scene_parts, timestamp_parts = {}, {}
+            for track in self.tracks.values():
+                framer: ChunkFramer = clip.framers[track.name]
+                rows = clip.results[track.name]
+                frames = torch.cat([rows[i][: framer.frames_in(i)] for i in range(len(rows))])
+                nearest = np.clip(np.rint(centres / track.geometry[0]).astype(np.int64), 0, len(frames) - 1)
+                widths = [frame_width(ex.card.layer(name), track.knobs) for name in track.knobs.layers]
+                for name, scene, stamp in zip(
+                    track.knobs.layers, frames.mean(dim=0).split(widths), frames[torch.from_numpy(nearest)].split(widths, dim=-1)
+                ):
+                    scene_parts[name], timestamp_parts[name] = scene, stamp
+            if self.scene:
+                result.scene = torch.cat([scene_parts[name] for name in ex.knobs.layers])
+            if self.timestamp:
+                result.timestamp = torch.cat([timestamp_parts[name] for name in ex.knobs.layers], dim=-1)
+                result.timestamps = torch.from_numpy(centres * 1000.0 / rate).float()
             return result
-        if "timestamp" in clip.framers:
-            rows = clip.results["timestamp"]
-            result.timestamp = torch.stack([rows[i] for i in range(len(rows))])
-            result.timestamps = (torch.arange(len(rows), dtype=torch.float64) * ex.hop_samples * 1000.0 / ex.card.sample_rate).float()
-        if "scene" in clip.framers:
+        if self.timestamp:
+            levels = [clip.results[f"timestamp:{i}"] for i in range(len(ex.levels))]
+            count = min(len(rows) for rows in levels)  # odd windows can give one window more
+            result.timestamp = torch.cat([torch.stack([rows[i] for i in range(count)]) for rows in levels], dim=-1)
+            result.timestamps = (torch.arange(count, dtype=torch.float64) * ex.hop_samples * 1000.0 / rate).float()
+        if self.scene:
             rows = clip.results["scene"]
             result.scene = torch.stack([rows[i] for i in range(len(rows))]).mean(dim=0)
         return result

@@ -5,7 +5,11 @@ model. Values come from, in order: the card's `defaults`, a named preset of the 
 
 - time resolution: `hop_ms` (timestamp hop), `scene_hop_ms` (hop of scene windows on long clips);
 - embedding level: `layers` (one or more, concatenated) and `readout` ('mean', 'max', 'center',
-  'first', 'last', or a layer's named token such as 'cls'; '+'-joined to concatenate);
+  'first', 'last', 'flat' (every frame of the window, flattened channel-major), or a layer's named
+  token such as 'cls'; '+'-joined to concatenate); `freq_pool` ('flat', 'mean', 'max',
+  'mean+max') pools CNN feature maps over frequency first;
+- `levels`: presets whose timestamp embeddings are appended to these (same hop and timestamps;
+  scene embeddings stay this configuration's) -- the 2-level recipes of the HEAR PaSST study;
 - receptive field: `window_ms` (timestamp window), `scene_window_ms` (longest scene forward);
 - `mode`: 'window' (one forward per timestamp window, the HEAR recipe) or 'frame' (one forward per
   chunk, the model's own frames read at the hop: cheap);
@@ -22,13 +26,16 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from embedzoo.card import ModelCard
+from embedzoo.card import LayerSpec, ModelCard
 from embedzoo.errors import ConfigError
 
 MODES = ("window", "frame")
 PAD_MODES = ("constant", "reflect")
 DTYPES = ("float32", "bfloat16", "float16")
 FRAME_READOUTS = ("mean", "max", "center", "first", "last")
+FREQ_POOLS = ("flat", "mean", "max", "mean+max")
+# a level inherits the main configuration but for the knobs that shape its windows and vectors
+LEVEL_KNOBS = ("layers", "readout", "freq_pool", "window_ms", "pad_mode")
 
 
 @dataclass(frozen=True)
@@ -48,10 +55,16 @@ class Knobs:
     dtype: str = "float32"
     preset: str | None = None
     input_rate: int | None = None
+    freq_pool: str = "flat"
+    levels: tuple[str, ...] = ()
 
     @property
     def readout_parts(self) -> tuple[str, ...]:
         return tuple(self.readout.split("+"))
+
+    @property
+    def freq_pool_parts(self) -> tuple[str, ...]:
+        return tuple(self.freq_pool.split("+"))
 
 
 KNOB_NAMES = tuple(f.name for f in dataclasses.fields(Knobs))
@@ -61,7 +74,7 @@ def _coerce(name: str, value: Any) -> Any:
     """Accept strings from the CLI / HEAR model strings as well as Python values."""
     if value is None:
         return None
-    if name == "layers":
+    if name in ("layers", "levels"):
         if isinstance(value, str):
             value = [part for part in value.replace(" ", "").split(",") if part]
         return tuple(str(v) for v in value)
@@ -98,6 +111,19 @@ def resolve_knobs(card: ModelCard, overrides: Mapping[str, Any] | None = None) -
     return knobs
 
 
+def level_knobs(card: ModelCard, knobs: Knobs) -> list[Knobs]:
+    """The main configuration followed by one per level: the level's preset applied to the knobs in
+    LEVEL_KNOBS, everything else (hop, mode, batching, dtype) shared with the main one."""
+    out = [knobs]
+    for name in knobs.levels:
+        preset = card.presets[name]
+        values = {k: _coerce(k, v) for k, v in preset.items() if k in LEVEL_KNOBS}
+        level = dataclasses.replace(knobs, levels=(), preset=name, **values)
+        check_knobs(card, level)
+        out.append(level)
+    return out
+
+
 def check_knobs(card: ModelCard, knobs: Knobs) -> None:
     """Raise ConfigError, naming the knob and the allowed values, for anything the model can't do."""
     if not knobs.layers:
@@ -109,6 +135,25 @@ def check_knobs(card: ModelCard, knobs: Knobs) -> None:
         raise ConfigError(f"pad_mode must be one of {PAD_MODES}, not {knobs.pad_mode!r}")
     if knobs.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {DTYPES}, not {knobs.dtype!r}")
+    if knobs.freq_pool not in FREQ_POOLS:
+        raise ConfigError(f"freq_pool must be one of {FREQ_POOLS}, not {knobs.freq_pool!r}")
+    if knobs.mode == "frame":
+        pooled = [spec.name for spec in specs if spec.pooled]
+        if pooled:
+            raise ConfigError(
+                f"layer(s) {pooled} of {card.id} are one vector per window, with no frames for frame mode",
+                hint="use mode 'window' for them, or choose layers with a frame sequence",
+            )
+    for name in knobs.levels:
+        if name not in card.presets:
+            raise ConfigError(f"level {name!r} is not a preset of {card.id}", hint=f"presets: {', '.join(card.presets) or 'none'}")
+        if card.presets[name].get("levels"):
+            raise ConfigError(f"preset {name!r} of {card.id} has levels of its own and cannot be a level")
+        if knobs.mode == "frame":
+            raise ConfigError("levels concatenate timestamp windows of several sizes; they need mode 'window'")
+        stray = sorted(set(card.presets[name]) - set(LEVEL_KNOBS) - {"hop_ms", "mode"})
+        if stray:
+            raise ConfigError(f"preset {name!r} sets {stray}, which a level shares with the main configuration", hint=f"a level sets only {', '.join(LEVEL_KNOBS)}")
     for part in knobs.readout_parts:
         if part in FRAME_READOUTS:
             continue
@@ -117,6 +162,8 @@ def check_knobs(card: ModelCard, knobs: Knobs) -> None:
                 f"readout {part!r} is a token of a whole window; frame mode reads the frame sequence",
                 hint=f"use mode 'window' for {part!r}, or a frame readout ({', '.join(FRAME_READOUTS)})",
             )
+        if part == "flat":
+            continue
         missing = [spec.name for spec in specs if part not in spec.tokens]
         if missing:
             tokens = sorted({t for spec in specs for t in spec.tokens})
@@ -146,7 +193,18 @@ def check_knobs(card: ModelCard, knobs: Knobs) -> None:
         raise ConfigError("batch_seconds must be positive")
 
 
-def embedding_width(card: ModelCard, knobs: Knobs) -> int:
-    """Width of one embedding vector: layers concatenated, each read out once per readout part."""
-    parts = 1 if knobs.mode == "frame" else len(knobs.readout_parts)
-    return sum(card.layer(name).width for name in knobs.layers) * parts
+def frame_width(spec: LayerSpec, knobs: Knobs) -> int:
+    """Width of one frame of a layer after `freq_pool`."""
+    if spec.bands == 1 or knobs.freq_pool == "flat":
+        return spec.width
+    return spec.channels * len(knobs.freq_pool_parts)
+
+
+def embedding_width(card: ModelCard, knobs: Knobs) -> int | None:
+    """Width of one embedding vector: layers concatenated, each read out once per readout part.
+    None when it depends on the window (the 'flat' readout); the extractor then measures it."""
+    if knobs.mode == "frame":
+        return sum(frame_width(card.layer(name), knobs) for name in knobs.layers)
+    if "flat" in knobs.readout_parts:
+        return None
+    return sum(frame_width(card.layer(name), knobs) for name in knobs.layers) * len(knobs.readout_parts)

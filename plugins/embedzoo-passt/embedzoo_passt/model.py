@@ -10,8 +10,9 @@ A DeiT-B distilled ViT on log-mel spectrograms, written from hear21passt's facts
   the reference's eval forward.
 
 Layers of `forward_layers` (each (batch, tokens + frames, width)):
-- `mel` (128): the front end, one frame per STFT frame (hop 320/160/100 samples, NOT the card's
-  frame_hop: window mode only);
+- `mel` (128): the front end, one frame per centred STFT frame (hop 320/160/100 samples, NOT the
+  card's frame_hop: window mode only; its own min_window, 600 samples, lets the 2levelmel recipe
+  read 6-frame windows);
 - `patch` (768): the patch embedding (conv output, before positional embeddings), one frame per
   patch column = mean over the frequency patches;
 - `block1`..`blockN` (768), `norm` (768, after the final LayerNorm): tokens `cls`, `dist`, then one
@@ -90,6 +91,11 @@ class PaSST(Extractor):
         unknown = [name for name in wanted if name not in self.layer_names]
         if unknown:
             raise ConfigError(f"{self.card.id} has no layer(s) {unknown}", hint=f"layers: {', '.join(self.layer_names)}")
+        if "mel" in wanted and self.knobs.mode == "frame":
+            raise ConfigError(
+                f"{self.card.id}: frame mode cannot tile the centred STFT frames of layer 'mel'",
+                hint="read 'mel' in window mode (e.g. preset mel6: readout 'flat' of a 6-frame window)",
+            )
         last = max(self.layer_names.index(name) for name in wanted)
         out: dict[str, Tensor] = {}
         mel = self.mel(audio)  # (B, F, T)

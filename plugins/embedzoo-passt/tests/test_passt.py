@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -19,13 +20,15 @@ import pytest
 import torch
 
 import embedzoo
-from embedzoo.errors import WeightsError
+from embedzoo.errors import ConfigError, WeightsError
+from embedzoo.knobs import resolve_knobs
 from embedzoo.registry import get_registry
 from embedzoo_passt.model import checkpoint_filter_fn, create_model
 
 passt_ref = pytest.importorskip("hear21passt.models.passt")
 from hear21passt import base as ref_base  # noqa: E402
 from hear21passt import base2level as ref_2level  # noqa: E402
+from hear21passt import base2levelmel as ref_2levelmel  # noqa: E402
 from hear21passt.models.preprocess import AugmentMelSTFT  # noqa: E402
 from hear21passt.wrapper import PasstBasicWrapper  # noqa: E402
 
@@ -139,16 +142,66 @@ def test_base_scene_and_timestamp_embeddings(reference, checkpoint, clips, clip:
     assert torch.allclose(times.double(), ref_times.double())
 
 
-def test_base2level_is_base_plus_wide800(reference, checkpoint) -> None:
-    """hear21passt.base2level timestamps = cat(base at 160 ms, base at 800 ms windows)."""
-    audio = 0.3 * torch.randn(1, int(0.7 * SR), generator=torch.Generator().manual_seed(9))
+@pytest.mark.parametrize("module,preset", [(ref_2level, "2level"), (ref_2levelmel, "2levelmel")])
+@pytest.mark.parametrize("seconds", [0.12, 1.07])
+def test_two_level_recipes(reference, checkpoint, module, preset: str, seconds: float) -> None:
+    """hear21passt.base2level(mel) as one preset: timestamps = cat(160 ms windows, 800/640 ms
+    windows[, the 6 mel frames of a 60 ms window, flattened]); scenes are base's."""
+    audio = 0.3 * torch.randn(2, int(seconds * SR), generator=torch.Generator().manual_seed(9))
+    model = embedzoo.load(CARD, weights=checkpoint, device="cpu", preset=preset)
+    ts, times = model.timestamp_embeddings(audio)
+    assert model.timestamp_embedding_size == ts.shape[-1] == {"2level": 2590, "2levelmel": 3358}[preset]
+    assert torch.isfinite(ts).all()
+    scene = model.scene_embeddings(audio)
+    assert model.scene_embedding_size == scene.shape[-1] == 1295 and torch.isfinite(scene).all()
     with torch.no_grad():
-        ref_ts, ref_times = ref_2level.get_timestamp_embeddings(audio, reference)
-    narrow = embedzoo.load(CARD, weights=checkpoint, device="cpu", preset="base")
-    wide = embedzoo.load(CARD, weights=checkpoint, device="cpu", preset="wide800")
-    ts = torch.cat([narrow.timestamp_embeddings(audio)[0], wide.timestamp_embeddings(audio)[0]], dim=-1)
-    assert ts.shape[-1] == 2590
+        if seconds * 1000 > 400:
+            assert rel_err(scene, module.get_scene_embeddings(audio, reference)) < TOLERANCE
+            ref_ts, ref_times = module.get_timestamp_embeddings(audio, reference)
+        else:  # shorter than one patch: the reference's scene crashes, ours pads to 4801 samples
+            with pytest.raises(RuntimeError, match="Kernel size"):
+                module.get_scene_embeddings(audio, reference)
+            # and its timestamps fail to reflect-pad a clip shorter than half the wide window
+            with pytest.raises(RuntimeError, match="Padding size"):
+                module.get_timestamp_embeddings(audio, reference)
+            ref_ts, ref_times = ref_base.get_timestamp_embeddings(audio, reference)
+            if preset == "2levelmel":  # the levels it can compute: base and the mel frames
+                mels, _ = reference.get_timestamp_mels(audio, window_size=1920)
+                assert rel_err(ts[..., -768:], mels) < TOLERANCE
+            ts = ts[..., :1295]
     assert rel_err(ts, ref_ts) < TOLERANCE
+    assert torch.allclose(times.double(), ref_times.double())
+
+
+@pytest.mark.parametrize(
+    "card_id,module,arch,kwargs",
+    [
+        ("passt-s-hop100-ap473", "hop100base2lvlmel", "stfthop100", {"input_tdim": 3200, "hopsize": 100}),
+        ("passt-s-hop160-ap473", "hop160base2lvlmel", "stfthop160", {"input_tdim": 2000, "hopsize": 160}),
+    ],
+)
+def test_stft_hop_two_level_mel_recipes(card_id: str, module: str, arch: str, kwargs: dict, tmp_path: Path) -> None:
+    """The hop100/hop160 2lvlmel modules: 800 ms second level, mel windows of 6 STFT hops."""
+    reference = reference_wrapper(arch, seed=4, **kwargs)
+    recipe = importlib.import_module(f"hear21passt.{module}")
+    path = tmp_path / "original.pt"
+    torch.save(reference.net.state_dict(), path)
+    audio = 0.3 * torch.randn(1, int(0.9 * SR), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref_ts, ref_times = recipe.get_timestamp_embeddings(audio, reference)
+    model = embedzoo.load(card_id, weights=path, device="cpu", preset="2levelmel")
+    ts, times = model.timestamp_embeddings(audio)
+    assert rel_err(ts, ref_ts) < TOLERANCE
+    assert torch.allclose(times.double(), ref_times.double())
+
+
+def test_levels_are_checked() -> None:
+    with pytest.raises(ConfigError, match="not a preset"):
+        resolve_knobs(get_registry().get(CARD), {"levels": "nosuch"})
+    with pytest.raises(ConfigError, match="mode 'window'"):
+        resolve_knobs(get_registry().get(CARD), {"preset": "2level", "mode": "frame"})
+    with pytest.raises(ConfigError, match="has levels of its own"):
+        resolve_knobs(get_registry().get(CARD), {"levels": "2level"})
 
 
 def test_ten_second_scene(reference, checkpoint) -> None:
