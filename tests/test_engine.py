@@ -175,3 +175,68 @@ def test_a_model_in_training_mode_is_refused(toy):
     toy.train()
     with pytest.raises(ConfigError, match="training mode"):
         toy.scene_embeddings(torch.randn(1, 100))
+
+
+# ---- per-layer geometry: frequency bands, coarser frames, pooled layers, levels ------------------
+
+
+@pytest.fixture
+def cnn():
+    from toymodel import ToyCNN
+
+    return ToyCNN().eval()
+
+
+def test_freq_pool_pools_channel_major_bands(cnn):
+    audio = torch.randn(2, 300, generator=torch.Generator().manual_seed(4))
+    maps = cnn.maps(audio)  # (batch, frames, channels, bands)
+    for pool, expected in [
+        ("flat", maps.flatten(2)),
+        ("mean", maps.mean(dim=-1)),
+        ("max", maps.amax(dim=-1)),
+        ("mean+max", torch.cat([maps.mean(dim=-1), maps.amax(dim=-1)], dim=-1)),
+    ]:
+        cnn.configure(freq_pool=pool, readout="mean+max")
+        vectors = cnn.embed_segments(audio)
+        assert vectors.shape[-1] == cnn.scene_embedding_size == 2 * expected.shape[-1]
+        assert close(vectors, torch.cat([expected.mean(dim=1), expected.amax(dim=1)], dim=-1))
+    with pytest.raises(ConfigError, match="freq_pool"):
+        cnn.configure(freq_pool="median")
+
+
+def test_flat_readout_flattens_frames_channel_major_and_measures_its_width(cnn):
+    cnn.configure(layers="map", readout="flat", window_ms=2.0)  # 32 samples: 7 frames of 6
+    audio = torch.randn(1, 32)
+    assert cnn.scene_embedding_size == 42
+    assert close(cnn.embed_segments(audio), cnn.maps(audio).flatten(2).transpose(1, 2).flatten(1))
+
+
+def test_frame_mode_reads_each_layer_at_its_own_frame_rate(cnn):
+    audio = torch.randn(1, 1000, generator=torch.Generator().manual_seed(5))
+    cnn.configure(layers="map,coarse", mode="frame", hop_ms=1.0, freq_pool="mean")  # hop 16 samples
+    emb, times = cnn.timestamp_embeddings(audio)
+    padded_fine = torch.nn.functional.pad(audio, (4, 8))
+    fine = cnn.maps(padded_fine).mean(dim=-1)[:, : 1 + 1000 // 4]  # centred on 4j
+    padded_coarse = torch.nn.functional.pad(audio, (6, 12))
+    coarse_maps = cnn.maps(padded_coarse)
+    coarse = coarse_maps[:, : coarse_maps.shape[1] // 2 * 2].unflatten(1, (-1, 2)).mean(dim=2).mean(dim=-1)
+    coarse = coarse[:, : 1 + 1000 // 8]  # centred on 8j
+    assert emb.shape == (1, 1 + 1000 // 16, 4) and cnn.timestamp_embedding_size == 4
+    assert close(emb[0, :, :2], fine[0, ::4][: emb.shape[1]])
+    assert close(emb[0, :, 2:], coarse[0, ::2][: emb.shape[1]])
+    assert close(cnn.scene_embeddings(audio)[0], torch.cat([fine[0].mean(dim=0), coarse[0].mean(dim=0)]))
+
+
+def test_pooled_layers_refuse_frame_mode(cnn):
+    with pytest.raises(ConfigError, match="frame mode"):
+        cnn.configure(layers="pooled", mode="frame")
+    cnn.configure(layers="pooled", mode="window")
+    assert cnn.embed_segments(torch.randn(3, 64)).shape == (3, 2)
+
+
+def test_a_layer_min_window_replaces_the_card_one(cnn):
+    cnn.configure(layers="raw", readout="flat", window_ms=0.25)  # 4 samples, card min_window 16
+    audio = torch.arange(1.0, 5.0)[None]
+    assert close(cnn.embed_segments(audio), audio)
+    cnn.configure(layers="raw,map", readout="mean")  # the deeper need wins: padded to 16
+    assert cnn.embed_segments(audio).shape == (1, 7)

@@ -66,3 +66,48 @@ def reference_timestamps(model: ToyExtractor, audio: torch.Tensor, window: int, 
         outs.append(model.embed_segments(segment))
     times = torch.arange(segments.shape[1]) * hop * 1000.0 / model.card.sample_rate
     return torch.stack(outs, dim=1), times
+
+
+# A toy CNN: layers with frequency bands, a coarser frame rate, and a pooled vector -- the per-layer
+# geometry CNN plugins declare. "map": 2 channels x 3 bands per native frame (hop 4, field 8);
+# "coarse": pairs of native frames (hop 8, field 12); "pooled": one vector per forward.
+TOY_CNN_CARD = ModelCard(
+    id="toycnn",
+    family="toy",
+    plugin="tests",
+    sample_rate=16000,
+    layers=(
+        LayerSpec("map", 6, bands=3),
+        LayerSpec("coarse", 6, bands=3, frame_hop=8, frame_field=12),
+        LayerSpec("pooled", 2, pooled=True),
+        LayerSpec("raw", 1, min_window=2),
+    ),
+    frame_hop=4,
+    frame_field=8,
+    min_window=16,
+    max_window=400,
+    defaults={"layers": ["map"], "readout": "mean", "hop_ms": 0.5, "window_ms": 2.0, "batch_seconds": 0.02},
+)
+
+
+class ToyCNN(ToyExtractor):
+    def __init__(self) -> None:
+        super().__init__(TOY_CNN_CARD)
+
+    @torch.no_grad()
+    def maps(self, audio: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, 2 channels, 3 bands), channel-major like a flattened conv map."""
+        return torch.tanh(self.proj(self.frames(audio))).unflatten(-1, (2, 3))
+
+    def forward_layers(self, audio, layers=None):
+        layers = list(layers or [spec.name for spec in self.card.layers])
+        if layers == ["raw"]:
+            return [audio[:, :, None]]
+        maps = self.maps(audio)
+        out = {
+            "map": maps.flatten(2),
+            "coarse": maps[:, : maps.shape[1] // 2 * 2].unflatten(1, (-1, 2)).mean(dim=2).flatten(2),
+            "pooled": maps.amax(dim=(1, 3))[:, None],
+            "raw": audio[:, :, None],
+        }
+        return [out[name] for name in layers]
