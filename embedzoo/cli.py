@@ -18,7 +18,9 @@ from embedzoo.errors import EmbedzooError
 KNOB_OPTIONS = [
     click.option("--preset", default=None, help="A named preset of the model's knobs (see `embedzoo info`)."),
     click.option("--layers", default=None, help="Layer(s) to read, comma-separated; concatenated in that order."),
-    click.option("--readout", default=None, help="mean | max | center | first | last | a token (cls, dist...); join with '+'."),
+    click.option("--readout", default=None, help="mean | max | center | first | last | flat | a token (cls, dist...); join with '+'."),
+    click.option("--freq-pool", type=click.Choice(["flat", "mean", "max", "mean+max"]), default=None, help="Pool CNN feature maps over frequency before the readout (flat keeps channels x bands)."),
+    click.option("--levels", default=None, help="Presets whose timestamp embeddings are appended (e.g. the 2-level recipes), comma-separated."),
     click.option("--mode", type=click.Choice(["window", "frame"]), default=None, help="window: one forward per timestamp window (HEAR recipe); frame: the model's own frames from one forward per chunk (cheap)."),
     click.option("--hop-ms", type=float, default=None, help="Time resolution: hop between timestamp embeddings, ms."),
     click.option("--window-ms", type=float, default=None, help="Receptive field: window each timestamp embedding sees, ms."),
@@ -38,7 +40,7 @@ def knob_options(func):
 
 def knobs_from(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Pop the knob options out of a command's kwargs, keeping only those the user gave."""
-    names = ("preset", "layers", "readout", "mode", "hop_ms", "window_ms", "scene_window_ms", "scene_hop_ms", "pad_mode", "batch_size", "dtype")
+    names = ("preset", "layers", "readout", "freq_pool", "levels", "mode", "hop_ms", "window_ms", "scene_window_ms", "scene_hop_ms", "pad_mode", "batch_size", "dtype")
     given = {name: kwargs.pop(name, None) for name in names}
     return {name: value for name, value in given.items() if value is not None}
 
