@@ -1,0 +1,408 @@
+"""OpenL3 (Cramer, Wu, Salamon, Bello 2019) audio embedding networks as embedzoo extractors.
+
+Twelve released models: input representation `mel128` | `mel256` | `linear`, trained on `music` or
+`env` (environmental) AudioSet videos, with a 512- or 6144-d embedding. The weights are the
+torchopenl3 port (`torchopenl3_{repr}_{content}_{size}.pth.tar`) of the authors' Keras models.
+
+One forward is one 1 s window at 48 kHz (48000 samples: min_window = max_window). The network:
+
+- frontend, as kapre 0.1.4 computes it (and torchopenl3 re-implements it): an STFT as a Conv1d of
+  periodic-Hann x DFT kernels, hop 242, no centring. `linear`: n_fft 512, magnitude (257 bins).
+  `mel128`/`mel256`: n_fft 2048 on the window zero-padded by 982 samples each side (Keras 'same'
+  padding computed for a 1 s input), power, an HTK mel filterbank 0-24 kHz, then the square root.
+  Then "decibels" as kapre defines them for amplitudes: 10*log10(max(x, 1e-10)), minus the maximum
+  of the whole window, floored at -80. The window-wide maximum makes every frame depend on the
+  whole window, which is why OpenL3 has no frame mode (see `forward_layers`);
+- BatchNorm over the (single-channel) spectrogram, then four conv blocks of two 3x3 convolutions
+  (64, 128, 256, 512 channels), each conv followed by BatchNorm + ReLU and blocks 1-3 by a 2x2 max
+  pool; block 4's second convolution (`audio_embedding_layer`) has neither BatchNorm nor ReLU;
+- embedding: a max pool of block 4's map -- the whole map for 512-d; (F/4, 8) for 6144-d, leaving 4
+  bands x 3 time steps x 512 channels -- flattened (band, time, channel), channels fastest.
+
+Layers (what `forward_layers` returns, each (batch, frames, width)):
+- `spectrogram`: the normalised frontend output (before the first BatchNorm), one frame per STFT
+  frame (199 for mel, 197 for linear), 128 / 256 / 257 bins;
+- `block1`..`block4`: a conv block's output, time steps as frames, (channels, bands) flattened
+  channel-major with frequency fastest (`bands` in the card): 64x{64,128,128}, 128x{32,64,64},
+  256x{16,32,32}, 512x{16,32,32};
+- `embedding`: the pooled 512 / 6144-d embedding, one vector per window (`pooled` in the card).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from embedzoo.card import ModelCard
+from embedzoo.errors import CardError, ConfigError, WeightsError
+from embedzoo.extractor import Extractor
+from embedzoo.hub import unwrap_state_dict
+
+__all__ = ["OpenL3", "OpenL3Cfg", "KapreFrontend", "create_model", "checkpoint_filter_fn", "htk_mel_filterbank", "dft_kernels"]
+
+SAMPLE_RATE = 48000
+WINDOW = 48000  # one second: the only input size the embedding is defined for
+HOP = 242
+AMIN = 1e-10
+DYNAMIC_RANGE = 80.0
+BN_EPS = 1e-3  # Keras' BatchNormalization default, kept by the port
+CHANNELS = (64, 128, 256, 512)
+LAYERS = ("spectrogram", "block1", "block2", "block3", "block4", "embedding")
+
+
+@dataclass(frozen=True)
+class OpenL3Cfg:
+    """One OpenL3 variant: its input representation and embedding size (content type changes weights only)."""
+
+    input_repr: str
+    embedding_size: int
+
+    @property
+    def n_fft(self) -> int:
+        return 512 if self.input_repr == "linear" else 2048
+
+    @property
+    def bins(self) -> int:
+        """Frequency bins of the spectrogram the network sees."""
+        return {"linear": 257, "mel128": 128, "mel256": 256}[self.input_repr]
+
+    @property
+    def pad(self) -> tuple[int, int]:
+        """kapre's Keras 'same' padding, computed for a 1 s input whatever the input's length."""
+        if self.input_repr == "linear":
+            return (0, 0)
+        rest = WINDOW % HOP
+        total = max(self.n_fft - (HOP if rest == 0 else rest), 0)
+        return (total // 2, total - total // 2)
+
+    def frames(self, samples: int) -> int:
+        """STFT frames of an input of `samples` samples."""
+        return (samples + sum(self.pad) - self.n_fft) // HOP + 1
+
+    def block_bands(self) -> tuple[int, ...]:
+        """Frequency bands after each block (floor-halved by the three 2x2 pools)."""
+        bands, out = self.bins, []
+        for index in range(4):
+            bands = bands // 2 if index < 3 else bands
+            out.append(bands)
+        return tuple(out)
+
+    def embedding_pool(self) -> tuple[int, int]:
+        """Max-pool (bands, time steps) over block 4's map of a 1 s window."""
+        bands, steps = self.block_bands()[-1], self.frames(WINDOW) // 8
+        return (bands, steps) if self.embedding_size == 512 else (bands // 4, 8)
+
+
+# ---- frontend ------------------------------------------------------------------------------------
+
+
+def dft_kernels(n_fft: int) -> tuple[Tensor, Tensor]:
+    """kapre 0.1.4's STFT kernels, (n_fft // 2 + 1, 1, n_fft) float32: cos / -sin of 2 pi k n / N
+    in float64 times the periodic Hann window rounded to float32 (as kapre and torchopenl3 do)."""
+    n = torch.arange(n_fft, dtype=torch.float64)
+    w = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * 2 * math.pi / n_fft
+    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64).float().double()
+    angle = w[:, None] * n[None, :]
+    return (torch.cos(angle) * window).float()[:, None, :], (-torch.sin(angle) * window).float()[:, None, :]
+
+
+def htk_mel_filterbank(n_fft: int, n_mels: int, norm: str = "l1") -> Tensor:
+    """(n_mels, n_fft // 2 + 1) float32 HTK-mel triangles, 0 Hz to 24 kHz at 48 kHz, as
+    `librosa.filters.mel(htk=True, norm=1)` gives them. `norm`: "l1" -- each filter sums to 1, what
+    librosa >= 0.8 means by norm=1 (torchopenl3's buffer today); "area" -- Slaney's 2 / bandwidth,
+    what librosa < 0.8 (and kapre 0.1.4 at OpenL3's training time) meant by norm=1."""
+    fft_freqs = torch.linspace(0, SAMPLE_RATE / 2, n_fft // 2 + 1, dtype=torch.float64)
+    top = 2595.0 * math.log10(1.0 + (SAMPLE_RATE / 2) / 700.0)
+    mel_f = 700.0 * (10.0 ** (torch.linspace(0.0, top, n_mels + 2, dtype=torch.float64) / 2595.0) - 1.0)
+    fdiff = mel_f[1:] - mel_f[:-1]
+    ramps = mel_f[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = torch.clamp(torch.minimum(lower, upper), min=0.0).float().double()  # librosa fills a float32 array
+    if norm == "area":
+        weights = weights * (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, None]
+    elif norm == "l1":
+        length = weights.sum(dim=1, keepdim=True)
+        weights = weights / torch.where(length < torch.finfo(torch.float32).tiny, torch.ones_like(length), length)
+    else:
+        raise ValueError(f"mel norm must be 'l1' or 'area', not {norm!r}")
+    return weights.float()
+
+
+class KapreFrontend(nn.Module):
+    """OpenL3's spectrogram, batched: (batch, samples) -> (batch, bins, frames), as kapre 0.1.4 /
+    torchopenl3 compute it (see the module docstring); every op in the reference's order, so the
+    result agrees to float32 rounding.
+
+    The DFT kernels are recomputed (non-persistent); the mel filterbank is a persistent buffer: the
+    released files carry their own (built by whichever librosa the porters had), and the model
+    uses the one its checkpoint brings, after `checkpoint_filter_fn` has checked it is one of the
+    two known HTK filterbanks.
+    """
+
+    def __init__(self, cfg: OpenL3Cfg):
+        super().__init__()
+        self.cfg = cfg
+        real, imag = dft_kernels(cfg.n_fft)
+        self.register_buffer("dft_real", real, persistent=False)
+        self.register_buffer("dft_imag", imag, persistent=False)
+        self.mel: Tensor | None
+        if cfg.input_repr == "linear":
+            self.mel = None
+        else:
+            self.register_buffer("mel", htk_mel_filterbank(cfg.n_fft, cfg.bins, "l1"))
+        self.log10 = torch.tensor(math.log(10.0), dtype=torch.float32).item()
+
+    def forward(self, audio: Tensor) -> Tensor:
+        x = audio[:, None, :].float()
+        if any(self.cfg.pad):
+            x = F.pad(x, self.cfg.pad)
+        real = F.conv1d(x, self.dft_real, stride=HOP)
+        imag = F.conv1d(x, self.dft_imag, stride=HOP)
+        power = real.pow(2) + imag.pow(2)  # (batch, n_fft // 2 + 1, frames)
+        amplitude = torch.sqrt(power if self.mel is None else torch.matmul(self.mel, power))
+        db = 10 * torch.log(torch.clamp(amplitude, min=AMIN)) / self.log10
+        db = db - torch.amax(db, dim=(1, 2), keepdim=True)
+        return torch.clamp(db, min=-DYNAMIC_RANGE)
+
+
+# ---- the network ---------------------------------------------------------------------------------
+
+
+class ConvBlock(nn.Module):
+    """3x3 conv, BatchNorm, ReLU, 3x3 conv, then BatchNorm + ReLU + 2x2 max pool -- except the last
+    block, whose second conv (the `audio_embedding_layer`) is left raw."""
+
+    def __init__(self, in_chs: int, out_chs: int, last: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chs, out_chs, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(out_chs, eps=BN_EPS)
+        self.conv2 = nn.Conv2d(out_chs, out_chs, 3, padding=1)
+        self.last = last
+        self.bn2 = None if last else nn.BatchNorm2d(out_chs, eps=BN_EPS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv2(F.relu(self.bn1(self.conv1(x))))
+        if self.bn2 is None:
+            return x
+        return F.max_pool2d(F.relu(self.bn2(x)), 2)
+
+
+class OpenL3(Extractor):
+    """An OpenL3 audio network behind embedzoo's extractor interface."""
+
+    def __init__(self, card: ModelCard, cfg: OpenL3Cfg):
+        super().__init__(card)
+        self.cfg = cfg
+        self.frontend = KapreFrontend(cfg)
+        self.bn0 = nn.BatchNorm2d(1, eps=BN_EPS)
+        chs = (1,) + CHANNELS
+        self.blocks = nn.ModuleList(ConvBlock(chs[i], chs[i + 1], last=i == 3) for i in range(4))
+        bands = cfg.block_bands()
+        self.layer_bands: dict[str, int] = {"spectrogram": 1, **{f"block{i + 1}": bands[i] for i in range(4)}, "embedding": 1}
+        self.layer_widths: dict[str, int] = {
+            "spectrogram": cfg.bins,
+            **{f"block{i + 1}": CHANNELS[i] * bands[i] for i in range(4)},
+            "embedding": cfg.embedding_size,
+        }
+        self.memory_format = torch.contiguous_format
+        self._check_card()
+
+    def _check_card(self) -> None:
+        card = self.card
+        if card.sample_rate != SAMPLE_RATE or card.frame_hop != HOP or card.max_window != WINDOW:
+            raise CardError(f"model {card.id}: OpenL3 runs at {SAMPLE_RATE} Hz on {WINDOW}-sample windows with frames every {HOP} samples")
+        for spec in card.layers:
+            if spec.name not in self.layer_widths:
+                raise CardError(f"model {card.id}: OpenL3 has no layer {spec.name!r}", hint=f"OpenL3's layers are {', '.join(LAYERS)}")
+            width, bands = self.layer_widths[spec.name], self.layer_bands[spec.name]
+            if spec.width != width or spec.tokens or getattr(spec, "bands", 1) != bands:
+                raise CardError(f"model {card.id}: layer {spec.name} is {width} wide in {bands} band(s) without tokens; the card disagrees")
+
+    # -- settings --
+
+    def configure(self, **knobs: Any) -> "OpenL3":
+        """As Extractor.configure, refusing frame mode up front (see `forward_layers`)."""
+        before = (self.knobs, getattr(self, "_overrides", {}))
+        super().configure(**knobs)
+        if self.knobs.mode == "frame":
+            self.knobs, self._overrides = before
+            raise _no_frame_mode(self.card.id)
+        return self
+
+    # -- forward --
+
+    def forward_intermediates(self, audio: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
+        """Raw stage outputs for the named layers: spectrogram (B, bins, frames), blockK
+        (B, C, bands, steps), embedding (B, D). Stops after the deepest stage asked."""
+        deepest = max(LAYERS.index(name) for name in names)
+        out: dict[str, Tensor] = {}
+        spec = self.frontend(audio)
+        out["spectrogram"] = spec
+        x = self.bn0(spec[:, None]).contiguous(memory_format=self.memory_format)
+        for index, block in enumerate(self.blocks[: min(deepest, 4)]):
+            x = block(x)
+            out[f"block{index + 1}"] = x
+        if deepest == LAYERS.index("embedding"):
+            pool = self.cfg.embedding_pool()
+            if x.shape[-1] != self.cfg.frames(WINDOW) // 8:
+                raise ConfigError(f"{self.card.id}: the embedding is defined for {WINDOW}-sample windows only, got {audio.shape[-1]} samples")
+            pooled = F.max_pool2d(x, pool)
+            out["embedding"] = pooled.permute(0, 2, 3, 1).flatten(1)  # (band, step, channel), channels fastest
+        return out
+
+    def forward_layers(self, audio: Tensor, layers: Sequence[str] | None = None) -> list[Tensor]:
+        """audio (batch, samples) -> per layer (batch, frames, width); see the module docstring.
+
+        Frame mode is refused: the frontend subtracts the maximum of the whole window from every
+        frame, so no layer's frames are a function of their own receptive field alone -- a long
+        chunk would be normalised by the chunk's loudest moment, not OpenL3's 1 s window's."""
+        if self.knobs.mode == "frame":
+            raise _no_frame_mode(self.card.id)
+        names = [spec.name for spec in self.card.layers] if layers is None else list(layers)
+        for name in names:
+            if name not in LAYERS:
+                raise ConfigError(f"model {self.card.id} has no layer {name!r}", hint=f"choose from: {', '.join(LAYERS)}")
+        if audio.ndim != 2 or audio.shape[-1] + sum(self.cfg.pad) < self.cfg.n_fft + 7 * HOP:
+            raise ConfigError(f"OpenL3 needs audio of shape (batch, samples), {WINDOW} samples a window; got {tuple(audio.shape)}")
+        raw = self.forward_intermediates(audio, names)
+        outputs = []
+        for name in names:
+            x = raw[name]
+            if name == "spectrogram":
+                x = x.transpose(1, 2)
+            elif name.startswith("block"):
+                x = x.permute(0, 3, 1, 2).flatten(2)  # (B, steps, C*bands), channel-major
+            else:
+                x = x[:, None, :]
+            outputs.append(x.contiguous())
+        return outputs
+
+
+def _no_frame_mode(model_id: str) -> ConfigError:
+    return ConfigError(
+        f"model {model_id} has no frame mode: OpenL3's frontend normalises each 1 s window by its own maximum, "
+        "so its frames depend on the whole window, not on their own receptive field",
+        hint="use mode 'window' (one forward per timestamp window, OpenL3's own recipe)",
+    )
+
+
+# ---- checkpoint conversion ------------------------------------------------------------------------
+
+# torchopenl3 module -> ours: batch_normalization_1 is the input BatchNorm, then per block
+# conv2d_{2k-1}, batch_normalization_{2k}, conv2d_{2k}, batch_normalization_{2k+1}
+_THEIRS = {"batch_normalization_1": "bn0", "audio_embedding_layer": "blocks.3.conv2"}
+for _k in range(4):
+    _THEIRS[f"conv2d_{2 * _k + 1}"] = f"blocks.{_k}.conv1"
+    _THEIRS[f"batch_normalization_{2 * _k + 2}"] = f"blocks.{_k}.bn1"
+    if _k < 3:
+        _THEIRS[f"conv2d_{2 * _k + 2}"] = f"blocks.{_k}.conv2"
+        _THEIRS[f"batch_normalization_{2 * _k + 3}"] = f"blocks.{_k}.bn2"
+_OURS = {ours: theirs for theirs, ours in _THEIRS.items()}
+_DFT_KEYS = {"speclayer.dft_real_kernels": "dft_real", "speclayer.dft_imag_kernels": "dft_imag"}
+_MEL_KEY = "speclayer.mel_basis"
+DFT_ATOL = 1e-6
+MEL_RTOL = 1e-4  # per filter, relative to its peak: float32 rounding passes, another normalisation does not
+
+
+def _our_key(key: str) -> str | None:
+    module, _, leaf = key.rpartition(".")
+    return f"{_THEIRS[module]}.{leaf}" if module in _THEIRS else None
+
+
+def _their_key(key: str) -> str:
+    if key == "frontend.mel":
+        return _MEL_KEY
+    module, _, leaf = key.rpartition(".")
+    return f"{_OURS.get(module, module)}.{leaf}"
+
+
+def mel_norm_of(mel: Tensor, cfg: OpenL3Cfg) -> str | None:
+    """Which known HTK filterbank (`"l1"` or `"area"`) a checkpoint's mel basis is, or None."""
+    if tuple(mel.shape) != (cfg.bins, cfg.n_fft // 2 + 1) or not torch.isfinite(mel).all():
+        return None
+    mel = mel.detach().double().cpu()
+    for norm in ("l1", "area"):
+        ours = htk_mel_filterbank(cfg.n_fft, cfg.bins, norm).double()
+        peak = ours.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
+        if bool(((mel - ours).abs() <= MEL_RTOL * peak).all()):
+            return norm
+    return None
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: OpenL3) -> dict[str, Tensor]:
+    """A torchopenl3 `.pth.tar` (a plain state dict of `PytorchOpenl3`) -> ours, losslessly.
+
+    - every learnt tensor (BatchNorm and conv weights, BatchNorm running statistics and counters) is
+      used once under its new name (`conv2d_N`, `batch_normalization_N`, `audio_embedding_layer`
+      -> `bn0`, `blocks.K.{conv,bn}{1,2}`);
+    - the STFT kernels (`speclayer.dft_{real,imag}_kernels`) are compared with the ones we compute
+      (within 1e-6) and dropped, so a file of another STFT size is refused;
+    - the mel basis (`speclayer.mel_basis`, mel models only) is kept as `frontend.mel` after a
+      check that it is the HTK filterbank of this variant, normalised either way librosa's
+      norm=1 has meant (sum 1, or Slaney's area): the file decides, as it does in torchopenl3.
+    Already-converted state dicts pass through the same checks. Raises WeightsError naming any key
+    that is unused, missing, of the wrong shape, or a frontend tensor that does not match."""
+    source = unwrap_state_dict(state_dict, model.card.id)
+    target = model.state_dict()
+    out: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    for key, value in source.items():
+        if not isinstance(value, Tensor):
+            raise WeightsError(f"checkpoint key {key!r} holds a {type(value).__name__}, not a tensor")
+        if key in _DFT_KEYS:
+            ours = getattr(model.frontend, _DFT_KEYS[key])
+            if tuple(value.shape) != tuple(ours.shape) or float((value.float().cpu() - ours.cpu()).abs().max()) > DFT_ATOL:
+                raise WeightsError(
+                    f"checkpoint frontend tensor {key!r} (shape {tuple(value.shape)}) differs from {model.card.id}'s STFT kernels "
+                    f"(shape {tuple(ours.shape)})",
+                    hint="the checkpoint is of another input representation: pick the card that matches its file name",
+                )
+            continue
+        ours_key = "frontend.mel" if key == _MEL_KEY else (key if key in target else _our_key(key))
+        if ours_key is None or ours_key not in target:
+            raise WeightsError(f"checkpoint key {key!r} has no place in {model.card.id}", hint="is this a torchopenl3 checkpoint of this variant? nothing may be left unused")
+        if ours_key in out:
+            raise WeightsError(f"checkpoint keys {origin[ours_key]!r} and {key!r} both map to {ours_key!r}")
+        if ours_key == "frontend.mel" and mel_norm_of(value, model.cfg) is None:
+            raise WeightsError(
+                f"checkpoint frontend tensor {key!r} (shape {tuple(value.shape)}) is not the {model.cfg.bins}-band HTK mel filterbank "
+                f"of {model.card.id}",
+                hint="the checkpoint is of another input representation: pick the card that matches its file name",
+            )
+        expected = tuple(target[ours_key].shape)
+        if tuple(value.shape) != expected:
+            raise WeightsError(f"checkpoint key {key!r} has shape {tuple(value.shape)}; {model.card.id} needs {expected} for {ours_key!r}")
+        out[ours_key] = value.to(target[ours_key].dtype).contiguous()
+        origin[ours_key] = key
+    missing = [k for k in target if k not in out]
+    if missing:
+        raise WeightsError(f"checkpoint lacks {', '.join(repr(_their_key(k)) for k in missing)} for {model.card.id}", hint="the checkpoint is truncated or of another OpenL3 variant")
+    return {k: out[k] for k in target}
+
+
+# ---- configs --------------------------------------------------------------------------------------
+
+INPUT_REPRS = ("mel128", "mel256", "linear")
+CONTENT_TYPES = ("music", "env")
+EMBEDDING_SIZES = (512, 6144)
+
+
+def create_model(card: ModelCard) -> OpenL3:
+    """An OpenL3 network of the card's `config.input_repr` / `config.embedding_size`, randomly
+    initialised, in eval mode (`config.content_type` only selects the weights)."""
+    config = card.config
+    cfg = OpenL3Cfg(str(config.get("input_repr")), int(config.get("embedding_size", 0)))
+    if cfg.input_repr not in INPUT_REPRS or cfg.embedding_size not in EMBEDDING_SIZES or config.get("content_type") not in CONTENT_TYPES:
+        raise CardError(
+            f"model {card.id}: OpenL3 config {dict(config)} is unknown",
+            hint=f"set config.input_repr ({', '.join(INPUT_REPRS)}), config.content_type ({', '.join(CONTENT_TYPES)}) "
+            f"and config.embedding_size ({', '.join(map(str, EMBEDDING_SIZES))})",
+        )
+    return OpenL3(card, cfg).eval()
+
