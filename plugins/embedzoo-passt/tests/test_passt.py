@@ -246,6 +246,10 @@ def test_long_clip_scene_is_mean_of_windows(reference, checkpoint) -> None:
     [
         ("passt-s-n-ap468", "passt_s_p16_s16_128_ap468", {"fstride": 16, "tstride": 16}),
         ("passt-s-hop160-ap473", "stfthop160", {"input_tdim": 2000, "hopsize": 160}),
+        ("passt-l-kd-ap47", "passt_l_kd_p16_128_ap47", {}),
+        ("passt-s-openmic-ap85", "openmic", {"n_classes": 20}),
+        ("passt-s-fsd50k-ap655", "fsd50k", {"n_classes": 200, "input_tdim": 2000}),
+        ("passt-s-n-fsd50k-ap642", "fsd50k-n", {"n_classes": 200, "input_tdim": 2000, "fstride": 16, "tstride": 16}),
     ],
 )
 def test_variant_layers(card_id: str, arch: str, kwargs: dict, tmp_path: Path) -> None:
