@@ -222,12 +222,34 @@ def test_16k_checkpoint_does_not_fit_32k(model_32k):
 
 
 def test_frame_mode_is_refused_clearly(model_32k):
-    model_32k.configure(mode="frame")
+    with pytest.raises(ConfigError, match="frame mode"):  # pooled layers: at configure time
+        model_32k.configure(mode="frame")
+    model_32k.configure(mode="frame", layers="block3")
     try:
         with pytest.raises(ConfigError, match="frame mode"):
             model_32k.timestamp_embeddings(make_audio(1, 40000, 32000, seed=1), 32000)
     finally:
-        model_32k.configure(mode="window")
+        model_32k.configure(mode="window", layers="embedding")
+
+
+def test_freq_pool_reads_block_maps_over_frequency(cnn14_32k, model_32k):
+    """`freq_pool` on a block = the reference's conv map pooled over its frequency bins."""
+    ref, _ = cnn14_32k
+    audio = make_audio(2, 32000, 32000, seed=3)
+    maps = {}
+    hook = ref.conv_block3.register_forward_hook(lambda m, i, o: maps.__setitem__("b3", o))  # (B, C, T, F)
+    with torch.no_grad():
+        ref(audio)
+    hook.remove()
+    b3 = maps["b3"]
+    freq = torch.cat([b3.mean(dim=-1), b3.amax(dim=-1)], dim=1)  # (B, 2C, T)
+    model_32k.configure(layers="block3", freq_pool="mean+max", readout="mean+max", window_ms=1000)
+    try:
+        assert model_32k.scene_embedding_size == 4 * 256
+        ours = model_32k.embed_segments(audio)
+    finally:
+        model_32k.configure(layers="embedding", freq_pool="flat", readout="mean")
+    assert rel_err(ours, torch.cat([freq.mean(dim=-1), freq.amax(dim=-1)], dim=1)) < TOLERANCE
 
 
 def test_timestamp_embeddings_window_mode(cnn14_32k, model_32k):
