@@ -48,6 +48,8 @@ RECIPES = {
     "hop100base": "passt-s-hop100-ap473",
     "hop160base": "passt-s-hop160-ap473",
 }
+# the cards that get a `-small` twin (the base card's serves test_passt_memory)
+SMALL_CARDS = (*RECIPES.values(), "passt-s-ap476")
 SMALL = {"embed_dim": 64, "depth": 2, "num_heads": 1}
 FULL_WIDTH = 768
 PRESET = "base"
@@ -86,7 +88,7 @@ def small_card_entry(card_id: str) -> dict[str, Any]:
 def small_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The `-small` cards in an extra catalog file for the duration of this module."""
     path = tmp_path_factory.mktemp("catalog") / "passt-small.yaml"
-    path.write_text(yaml.safe_dump({"models": [small_card_entry(card_id) for card_id in RECIPES.values()]}))
+    path.write_text(yaml.safe_dump({"models": [small_card_entry(card_id) for card_id in SMALL_CARDS]}))
     before = os.environ.get("EMBEDZOO_REGISTRY")
     os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(filter(None, [before, str(path)]))
     get_registry.cache_clear()
