@@ -332,6 +332,12 @@ def _tracks(extractor: Extractor, scene: bool, timestamp: bool) -> list[_Track]:
     return tracks + ([_Track("scene", knobs)] if scene else [])
 
 
+def _scene_is_windowed(knobs: Knobs) -> bool:
+    """A readout whose width depends on the window ('flat') cannot read a whole clip: the scene is
+    then the mean of the timestamp windows' vectors."""
+    return "flat" in knobs.readout_parts
+
+
 class _Clip:
     """Book-keeping of one clip inside a Session: a framer and the results of each track."""
 
@@ -342,7 +348,7 @@ class _Clip:
             if track.frames:
                 hop, field = track.geometry
                 self.framers[track.name] = ChunkFramer(extractor.chunk_samples(field), hop, field, knobs.pad_mode)
-            elif track.name == "scene":
+            elif track.name == "scene" and not _scene_is_windowed(knobs):
                 self.framers[track.name] = WholeFramer(extractor.scene_window_samples, extractor.scene_hop_samples, knobs.pad_mode)
             else:
                 self.framers[track.name] = WindowFramer(extractor._window(knobs), extractor.hop_samples, knobs.pad_mode)

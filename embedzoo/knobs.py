@@ -5,7 +5,8 @@ model. Values come from, in order: the card's `defaults`, a named preset of the 
 
 - time resolution: `hop_ms` (timestamp hop), `scene_hop_ms` (hop of scene windows on long clips);
 - embedding level: `layers` (one or more, concatenated) and `readout` ('mean', 'max', 'center',
-  'first', 'last', 'flat' (every frame of the window, flattened channel-major), or a layer's named
+  'first', 'last', 'flat' (every frame of the window, flattened channel-major; scenes are then the
+  mean of the timestamp windows' vectors), or a layer's named
   token such as 'cls'; '+'-joined to concatenate); `freq_pool` ('flat', 'mean', 'max',
   'mean+max') pools CNN feature maps over frequency first;
 - `levels`: presets whose timestamp embeddings are appended to these (same hop and timestamps;

@@ -240,3 +240,12 @@ def test_a_layer_min_window_replaces_the_card_one(cnn):
     assert close(cnn.embed_segments(audio), audio)
     cnn.configure(layers="raw,map", readout="mean")  # the deeper need wins: padded to 16
     assert cnn.embed_segments(audio).shape == (1, 7)
+
+
+def test_a_flat_readout_scene_is_the_mean_of_its_windows(cnn):
+    cnn.configure(layers="map", readout="flat", window_ms=2.0, hop_ms=0.5)
+    audio = torch.randn(2, 700, generator=torch.Generator().manual_seed(6))
+    stamps, _ = cnn.timestamp_embeddings(audio)
+    scene = cnn.scene_embeddings(audio)
+    assert scene.shape == (2, cnn.scene_embedding_size) == (2, stamps.shape[-1])
+    assert close(scene, stamps.mean(dim=1))
