@@ -311,3 +311,36 @@ def test_conversion_names_what_does_not_fit(reference) -> None:
 def test_plugin_module_is_torch_free() -> None:
     code = "import sys, embedzoo_passt; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bad_input_through_the_pipeline(checkpoint, tmp_path: Path) -> None:
+    """Stereo 44.1 kHz, a 50 ms clip, a NaN and an empty file in one job: the good ones are embedded
+    (down-mixed, resampled, padded), the bad ones are named in errors.jsonl, nothing else is lost."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from embedzoo.audio import collect_inputs, load_audio
+    from embedzoo.pipeline import embed_files
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    t = np.arange(int(0.6 * 44100)) / 44100
+    sf.write(clips / "stereo.wav", np.stack([np.sin(2 * np.pi * 440 * t), 0.5 * np.sin(2 * np.pi * 660 * t)], 1), 44100)
+    sf.write(clips / "short.wav", 0.3 * np.random.default_rng(0).standard_normal(1600), 32000)
+    nan = np.zeros(32000, np.float32)
+    nan[16000] = np.nan
+    sf.write(clips / "nan.wav", nan, 32000, subtype="FLOAT")
+    sf.write(clips / "empty.wav", np.zeros(0, np.float32), 32000)
+    model = embedzoo.load(CARD, weights=checkpoint, device="cpu", preset="base", hop_ms=250)
+    summary = embed_files(model, collect_inputs([clips]), tmp_path / "out", workers=0)
+    assert summary.done == 2 and {f.name for f in summary.failed} == {"nan.wav", "empty.wav"}
+    errors = {e["name"]: e["error"] for e in map(json.loads, (tmp_path / "out" / "errors.jsonl").read_text().splitlines())}
+    assert "NaN" in errors["nan.wav"] and "0.500 s" in errors["nan.wav"] and "empty" in errors["empty.wav"]
+    for name in ("stereo.wav", "short.wav"):
+        audio, _ = load_audio(clips / name, SR)
+        want = model.embed([audio])[0]
+        got = np.load(tmp_path / "out" / "timestamp" / f"{name}.embedding.npy")
+        assert got.shape == (1 + len(audio) // 8000, 1295)
+        assert rel_err(torch.from_numpy(got), want.timestamp) < TOLERANCE  # batched with other files
