@@ -1,12 +1,25 @@
-"""Spectrogram front ends in plain torch: batched, on any device, no torchaudio needed.
+"""Spectrogram front ends in plain torch: batched, on any device, no torchaudio or librosa needed.
 
+Building blocks:
+- `hz_to_mel` / `mel_to_hz` (slaney or HTK scale) and `mel_filterbank`: the triangular mel filter
+  banks of librosa / torchaudio (triangles linear in Hz, optional slaney area norm) and of HTK /
+  VGGish / TensorFlow (triangles linear in mel), in float64;
 - `kaldi_mel_banks`: Kaldi's triangular mel filter bank (as `torchaudio.compliance.kaldi.get_mel_banks`
   builds it, without VTLN warping), reproduced op for op so it matches in float32;
+- `dft_kernels`, `ConvSTFTPower`: torchlibrosa's STFT (a Conv1d with DFT x periodic-Hann kernels),
+  power spectrum; `power_to_db`: librosa's `power_to_db`;
+- `DBMelSpectrogram`: STFT power -> slaney mel -> dB, PANNs' frontend (torchlibrosa's `Spectrogram`
+  + `LogmelFilterBank`);
+- `VGGishLogMel`: |STFT| of unpadded frames -> HTK mel -> log(x + offset), VGGish's frontend
+  (`vggish_input.waveform_to_examples`), with its 0.96 s example framing;
 - `MelSTFT`: pre-emphasis -> STFT power -> mel -> log -> affine normalisation, the eval-mode
   `AugmentMelSTFT` of PaSST (hear21passt) and EfficientAT, parameterised for their variants.
 
-Output layout of `MelSTFT`: (batch, n_mels, frames), frame k centred on sample k*hop of the
-pre-emphasised signal (STFT `center=True`).
+`ConvSTFTPower`, `DBMelSpectrogram` and `VGGishLogMel` run in float32 also under autocast (a log of
+a bfloat16 power spectrum loses the quiet bands); `MelSTFT` keeps its mel product in float32.
+Output layout: (batch, frames, bins) for `ConvSTFTPower`, `DBMelSpectrogram` and
+`VGGishLogMel`, as their references return it; (batch, n_mels, frames) for `MelSTFT`, frame k
+centred on sample k*hop of the pre-emphasised signal (STFT `center=True`).
 """
 
 from __future__ import annotations
@@ -50,6 +63,81 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: float, fmin: float, fm
     down = (right - mel) / (right - center)
     banks = torch.max(torch.zeros(1), torch.min(up, down))
     return F.pad(banks, (0, 1), value=0.0)
+
+
+# ---- mel scales and filter banks ------------------------------------------------------------------
+
+MEL_SCALES = ("slaney", "htk")
+
+
+def hz_to_mel(freq: Tensor, scale: str = "slaney") -> Tensor:
+    """Hz -> mel. "slaney" (librosa's default, Slaney's Auditory Toolbox): linear below 1 kHz
+    (f / (200/3)), logarithmic above; "htk": 2595 log10(1 + f/700) (= 1127 ln(1 + f/700), Kaldi's
+    and VGGish's form, up to rounding)."""
+    if scale == "htk":
+        return 2595.0 * torch.log10(1.0 + freq / 700.0)
+    if scale != "slaney":
+        raise ValueError(f"mel scale must be one of {MEL_SCALES}, not {scale!r}")
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    log_part = min_log_hz / f_sp + torch.log(torch.clamp(freq, min=1e-10) / min_log_hz) / logstep
+    return torch.where(freq >= min_log_hz, log_part, freq / f_sp)
+
+
+def mel_to_hz(mel: Tensor, scale: str = "slaney") -> Tensor:
+    """The inverse of `hz_to_mel`."""
+    if scale == "htk":
+        return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+    if scale != "slaney":
+        raise ValueError(f"mel scale must be one of {MEL_SCALES}, not {scale!r}")
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    return torch.where(mel >= min_log_mel, min_log_hz * torch.exp(logstep * (mel - min_log_mel)), f_sp * mel)
+
+
+def mel_filterbank(
+    sample_rate: float,
+    n_fft: int,
+    n_mels: int,
+    fmin: float = 0.0,
+    fmax: float | None = None,
+    *,
+    scale: str = "slaney",
+    norm: str | None = "slaney",
+    triangles: str = "hz",
+) -> Tensor:
+    """Triangular mel filters as a (n_fft // 2 + 1, n_mels) float64 matrix: `spectrum @ bank` is
+    the mel spectrum. Band edges are n_mels + 2 points equally spaced in mel from fmin to fmax
+    (default: Nyquist); FFT bin k sits at k * sample_rate / n_fft.
+
+    - `triangles="hz"`: each filter is linear in Hz between its edges -- librosa.filters.mel and
+      torchaudio.functional.melscale_fbanks (PANNs: scale "slaney", norm "slaney");
+    - `triangles="mel"`: linear in mel -- HTK, TensorFlow's linear_to_mel_weight_matrix and
+      VGGish's mel_features (scale "htk", norm None);
+    - `norm="slaney"` divides each filter by half its width in Hz (constant energy per band);
+      None leaves peaks at 1.
+
+    The DC bin gets weight 0 (fmin >= 0), as HTK requires.
+    """
+    nyquist = sample_rate / 2
+    fmax = nyquist if fmax is None else fmax
+    if not 0.0 <= fmin < fmax <= nyquist:
+        raise ValueError(f"mel band edges must satisfy 0 <= fmin < fmax <= {nyquist}, got {fmin}, {fmax}")
+    if norm not in ("slaney", None) or triangles not in ("hz", "mel"):
+        raise ValueError(f"norm must be 'slaney' or None and triangles 'hz' or 'mel', not {norm!r}, {triangles!r}")
+    f64 = torch.float64
+    fft_freqs = torch.linspace(0.0, nyquist, n_fft // 2 + 1, dtype=f64)
+    edges_mel = torch.linspace(float(hz_to_mel(torch.tensor(float(fmin), dtype=f64), scale)),
+                               float(hz_to_mel(torch.tensor(float(fmax), dtype=f64), scale)), n_mels + 2, dtype=f64)  # fmt: skip
+    edges_hz = mel_to_hz(edges_mel, scale)
+    edges, points = (edges_hz, fft_freqs) if triangles == "hz" else (edges_mel, hz_to_mel(fft_freqs, scale))
+    width = edges[1:] - edges[:-1]
+    ramps = edges[:, None] - points[None, :]
+    rising = -ramps[:-2] / width[:-1, None]
+    falling = ramps[2:] / width[1:, None]
+    weights = torch.clamp(torch.minimum(rising, falling), min=0.0)  # (n_mels, bins)
+    if norm == "slaney":
+        weights = weights * (2.0 / (edges_hz[2 : n_mels + 2] - edges_hz[:n_mels]))[:, None]
+    return weights.T.contiguous()
 
 
 class MelSTFT(nn.Module):
@@ -103,3 +191,153 @@ class MelSTFT(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_mels={self.n_mels}, sr={self.sample_rate}, win={self.win_length}, hop={self.hop}, n_fft={self.n_fft}, fmax={self.fmax}"
+
+
+# ---- torchlibrosa's STFT, dB (PANNs) ----------------------------------------------------------------
+
+
+def dft_kernels(n_fft: int) -> tuple[Tensor, Tensor]:
+    """torchlibrosa's STFT conv kernels, (n_fft // 2 + 1, 1, n_fft) each, in float64: real and
+    imaginary parts of exp(-2 pi i k n / N) times a periodic Hann window. The phase k n is reduced
+    mod N before scaling, so high bins keep full precision."""
+    n = torch.arange(n_fft, dtype=torch.float64)
+    k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)
+    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+    angle = 2 * math.pi * torch.remainder(k[:, None] * n[None, :], n_fft) / n_fft
+    return (torch.cos(angle) * window)[:, None, :], (-torch.sin(angle) * window)[:, None, :]
+
+
+class ConvSTFTPower(nn.Module):
+    """torchlibrosa's `Spectrogram` (power 2): (batch, samples) -> (batch, 1 + samples // hop, n_fft // 2 + 1).
+
+    Frames of n_fft samples every `hop`, centred (reflect padding of n_fft // 2 on both sides, so
+    frame j is centred on sample j*hop; needs samples > n_fft // 2), periodic Hann window, computed
+    as torchlibrosa does: a strided Conv1d with the `dft_kernels` (float32 buffers), re^2 + im^2.
+    The kernels are non-persistent: recomputed, never stored with a model's weights.
+    """
+
+    def __init__(self, n_fft: int, hop: int):
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+        real, imag = dft_kernels(n_fft)
+        self.register_buffer("dft_real", real.float(), persistent=False)
+        self.register_buffer("dft_imag", imag.float(), persistent=False)
+
+    def frames(self, samples: int) -> int:
+        """Frames produced for an input of `samples` samples."""
+        return 1 + samples // self.hop
+
+    def forward(self, audio: Tensor) -> Tensor:
+        with torch.autocast(device_type=audio.device.type, enabled=False):
+            x = F.pad(audio[:, None, :].float(), (self.n_fft // 2, self.n_fft // 2), mode="reflect")
+            real = F.conv1d(x, self.dft_real, stride=self.hop)
+            imag = F.conv1d(x, self.dft_imag, stride=self.hop)
+            return (real**2 + imag**2).transpose(1, 2)
+
+    def extra_repr(self) -> str:
+        return f"n_fft={self.n_fft}, hop={self.hop}"
+
+
+def power_to_db(power: Tensor, amin: float = 1e-10, ref: float = 1.0, top_db: float | None = None) -> Tensor:
+    """librosa's power_to_db for a batch: 10 log10(max(x, amin)) - 10 log10(max(ref, amin)); with
+    `top_db`, floored at each row's (first axis) maximum minus top_db."""
+    db = 10.0 * torch.log10(torch.clamp(power, min=amin)) - 10.0 * math.log10(max(ref, amin))
+    if top_db is not None:
+        if top_db < 0:
+            raise ValueError(f"top_db must be non-negative, got {top_db}")
+        peak = db.amax(dim=tuple(range(1, db.ndim)), keepdim=True) if db.ndim > 1 else db.amax()
+        db = torch.maximum(db, peak - top_db)
+    return db
+
+
+class DBMelSpectrogram(nn.Module):
+    """PANNs' frontend (torchlibrosa's `Spectrogram` + `LogmelFilterBank`), batched:
+    (batch, samples) -> (batch, 1 + samples // hop, n_mels) in dB.
+
+    `ConvSTFTPower` (n_fft, hop, centred), a mel filter bank (`mel_filterbank`; librosa's slaney
+    scale and norm by default), `power_to_db` (ref 1, amin 1e-10, no top_db by default). The
+    filter bank is a non-persistent float32 buffer `mel` (bins, n_mels), like the STFT kernels.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        n_fft: int,
+        hop: int,
+        n_mels: int,
+        fmin: float = 0.0,
+        fmax: float | None = None,
+        *,
+        scale: str = "slaney",
+        norm: str | None = "slaney",
+        amin: float = 1e-10,
+        top_db: float | None = None,
+    ):
+        super().__init__()
+        self.stft = ConvSTFTPower(n_fft, hop)
+        self.amin, self.top_db = amin, top_db
+        self.register_buffer("mel", mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax, scale=scale, norm=norm).float(), persistent=False)
+
+    def frames(self, samples: int) -> int:
+        """Frames produced for an input of `samples` samples."""
+        return self.stft.frames(samples)
+
+    def forward(self, audio: Tensor) -> Tensor:
+        power = self.stft(audio)
+        with torch.autocast(device_type=audio.device.type, enabled=False):
+            return power_to_db(torch.matmul(power, self.mel), amin=self.amin, top_db=self.top_db)
+
+
+# ---- VGGish ---------------------------------------------------------------------------------------
+
+
+class VGGishLogMel(nn.Module):
+    """VGGish's log-mel (`vggish_input.waveform_to_examples` before framing), batched:
+    (batch, samples >= win_length) -> (batch, 1 + (samples - win_length) // hop, n_mels).
+
+    Frames of `win_length` samples every `hop`, no padding; periodic Hann window; |rfft| zero-padded
+    to n_fft (magnitude, not power); HTK mel filters (`mel_filterbank(scale="htk", norm=None,
+    triangles=triangles)`: linear in mel is VGGish's mel_features matrix, "hz" torchaudio's, as
+    torch-vggish-yamnet uses); log(mel + log_offset). The defaults are VGGish's (16 kHz,
+    25 ms / 10 ms, 512, 64 bands 125-7500 Hz, offset 0.01); YAMNet's log offset is 0.001.
+    `examples` frames the result into VGGish's 0.96 s examples.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        win_length: int = 400,
+        hop: int = 160,
+        n_fft: int = 512,
+        n_mels: int = 64,
+        fmin: float = 125.0,
+        fmax: float = 7500.0,
+        log_offset: float = 0.01,
+        triangles: str = "mel",
+    ):
+        super().__init__()
+        self.win_length, self.hop, self.n_fft, self.log_offset = win_length, hop, n_fft, log_offset
+        index = torch.arange(win_length, dtype=torch.float64)
+        window = 0.5 - 0.5 * torch.cos(2 * math.pi / win_length * index)  # mel_features.periodic_hann
+        self.register_buffer("window", window.float(), persistent=False)
+        bank = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax, scale="htk", norm=None, triangles=triangles)
+        self.register_buffer("mel", bank.float(), persistent=False)
+
+    def frames(self, samples: int) -> int:
+        """Frames produced for an input of `samples` samples (0 when shorter than one window)."""
+        return max(0, 1 + (samples - self.win_length) // self.hop)
+
+    def forward(self, audio: Tensor) -> Tensor:
+        with torch.autocast(device_type=audio.device.type, enabled=False):
+            frames = audio.float().unfold(-1, self.win_length, self.hop) * self.window
+            magnitude = torch.fft.rfft(frames, n=self.n_fft).abs()
+            return torch.log(magnitude @ self.mel + self.log_offset)
+
+    def examples(self, audio: Tensor, frames: int = 96, hop: int = 96) -> Tensor:
+        """(batch, samples) -> (batch, examples, frames, n_mels): the log-mel cut into examples of
+        `frames` frames every `hop` frames, a trailing partial example dropped -- VGGish's 0.96 s
+        non-overlapping examples by default, as waveform_to_examples returns them for one clip."""
+        return self(audio).unfold(1, frames, hop).transpose(2, 3)
+
+    def extra_repr(self) -> str:
+        return f"win={self.win_length}, hop={self.hop}, n_fft={self.n_fft}, n_mels={self.mel.shape[1]}, log_offset={self.log_offset}"

@@ -1,15 +1,29 @@
 """embedzoo.frontends against the references: Kaldi mel banks (torchaudio.compliance.kaldi) and
-PaSST's AugmentMelSTFT in eval mode (hear21passt), in float32, for every STFT hop PaSST ships."""
+PaSST's AugmentMelSTFT in eval mode (hear21passt), in float32, for every STFT hop PaSST ships; the
+generic mel filter banks against librosa and torchaudio (independent oracles, both triangle kinds),
+the STFT power against torch.stft, power_to_db against librosa, VGGish's example framing against
+torchvggish, and the float32 guarantee under autocast. (The PANNs and VGGish plugins' tests check
+DBMelSpectrogram and VGGishLogMel end to end against panns_hear and torchvggish.)"""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from embedzoo.frontends import MelSTFT, kaldi_mel_banks
+from embedzoo.frontends import (
+    ConvSTFTPower,
+    DBMelSpectrogram,
+    MelSTFT,
+    VGGishLogMel,
+    hz_to_mel,
+    kaldi_mel_banks,
+    mel_filterbank,
+    mel_to_hz,
+    power_to_db,
+)
 
 torchaudio = pytest.importorskip("torchaudio")
-preprocess = pytest.importorskip("hear21passt.models.preprocess")
 
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -27,6 +41,7 @@ def test_kaldi_mel_banks_match_torchaudio(n_mels: int, fmin: float, fmax: float)
 
 @pytest.mark.parametrize("hop", [320, 160, 100])
 def test_melstft_matches_hear21passt(hop: int) -> None:
+    preprocess = pytest.importorskip("hear21passt.models.preprocess")
     ref = preprocess.AugmentMelSTFT(n_mels=128, sr=32000, win_length=800, hopsize=hop, n_fft=1024, freqm=48,
                                     timem=192, htk=False, fmin=0.0, fmax=None, norm=1, fmin_aug_range=10,
                                     fmax_aug_range=2000).eval()
@@ -45,3 +60,122 @@ def test_melstft_matches_hear21passt(hop: int) -> None:
 def test_melstft_rejects_bad_band() -> None:
     with pytest.raises(ValueError, match="fmin"):
         kaldi_mel_banks(128, 1024, 32000, 16000.0, 15000.0)
+
+
+# ---- generic mel filter banks, STFT power, dB (PANNs' and VGGish's building blocks) ----------------
+
+BANKS = [(32000, 1024, 64, 50.0, 14000.0), (16000, 512, 64, 50.0, 8000.0), (48000, 2048, 128, 0.0, None), (22050, 2048, 40, 300.0, 9000.0)]
+
+
+@pytest.mark.parametrize("scale", ["slaney", "htk"])
+@pytest.mark.parametrize("norm", ["slaney", None])
+@pytest.mark.parametrize("sr,n_fft,n_mels,fmin,fmax", BANKS)
+def test_mel_filterbank_matches_librosa(sr, n_fft, n_mels, fmin, fmax, scale, norm) -> None:
+    librosa = pytest.importorskip("librosa")
+    ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=scale == "htk", norm=norm, dtype=np.float64)
+    ours = mel_filterbank(sr, n_fft, n_mels, fmin, fmax, scale=scale, norm=norm)
+    assert ours.dtype == torch.float64 and ours.shape == (n_fft // 2 + 1, n_mels)
+    assert rel_err(ours, torch.from_numpy(ref).T) < 1e-10
+    assert not ours[0].any() and (ours.sum(dim=0) > 0).all()  # DC bin unused; no empty band
+
+
+@pytest.mark.parametrize("scale", ["slaney", "htk"])
+@pytest.mark.parametrize("norm", ["slaney", None])
+def test_mel_filterbank_matches_torchaudio(scale, norm) -> None:
+    ref = torchaudio.functional.melscale_fbanks(513, 50.0, 14000.0, 64, 32000, norm=norm, mel_scale=scale)  # float32
+    ours = mel_filterbank(32000, 1024, 64, 50.0, 14000.0, scale=scale, norm=norm)
+    assert rel_err(ours, ref) < 1e-5
+
+
+@pytest.mark.parametrize("n_mels,fmin,fmax", [(64, 125.0, 7500.0), (128, 20.0, 8000.0)])
+def test_mel_triangles_match_kaldi(n_mels, fmin, fmax) -> None:
+    """`triangles="mel"` (HTK / VGGish) is Kaldi's construction: triangles linear in 1127 ln(1 + f/700)."""
+    ref, _ = torchaudio.compliance.kaldi.get_mel_banks(n_mels, 512, 16000, fmin, fmax, 100.0, -500.0, 1.0)  # (n_mels, 256) float32
+    ours = mel_filterbank(16000, 512, n_mels, fmin, fmax, scale="htk", norm=None, triangles="mel")
+    # Kaldi works in float32 on mel values of ~3000: its weights carry ~1e-5 of rounding (eps(3000) / band width)
+    assert rel_err(ours[:256], ref.T) < 3e-5
+    assert not ours[256].any()  # Nyquist: Kaldi's column is zero; here fmax <= Nyquist puts no weight there
+    assert rel_err(ours.float(), kaldi_mel_banks(n_mels, 512, 16000, fmin, fmax).T) < 3e-5
+
+
+def test_mel_triangles_match_vggish_mel_matrix() -> None:
+    mel_features = pytest.importorskip("torchvggish.mel_features")
+    ref = mel_features.spectrogram_to_mel_matrix(64, 257, 16000, 125.0, 7500.0)
+    ours = mel_filterbank(16000, 512, 64, 125.0, 7500.0, scale="htk", norm=None, triangles="mel")
+    assert rel_err(ours, torch.from_numpy(ref)) < 1e-12
+
+
+@pytest.mark.parametrize("scale", ["slaney", "htk"])
+def test_mel_scales_match_librosa_and_invert(scale) -> None:
+    librosa = pytest.importorskip("librosa")
+    freqs = torch.tensor([0.0, 20.0, 440.0, 999.0, 1000.0, 1001.0, 4000.0, 16000.0, 24000.0], dtype=torch.float64)
+    mels = hz_to_mel(freqs, scale)
+    assert rel_err(mels, torch.from_numpy(np.asarray(librosa.hz_to_mel(freqs.numpy(), htk=scale == "htk")))) < 1e-12
+    assert torch.allclose(mel_to_hz(mels, scale), freqs, rtol=1e-12, atol=1e-9)
+
+
+def test_mel_filterbank_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="fmin"):
+        mel_filterbank(16000, 512, 64, 125.0, 9000.0)
+    with pytest.raises(ValueError, match="mel scale"):
+        mel_filterbank(16000, 512, 64, scale="kaldi")
+    with pytest.raises(ValueError, match="triangles"):
+        mel_filterbank(16000, 512, 64, triangles="bark")
+
+
+@pytest.mark.parametrize("n_fft,hop", [(1024, 320), (512, 160), (400, 100)])
+def test_conv_stft_power_equals_torch_stft(n_fft, hop) -> None:
+    """torchlibrosa's Conv1d STFT is the centred (reflect) STFT with a periodic Hann window."""
+    audio = 0.3 * torch.randn(2, 12345, generator=torch.Generator().manual_seed(n_fft))
+    ours = ConvSTFTPower(n_fft, hop)(audio)
+    spec = torch.stft(audio.double(), n_fft, hop, window=torch.hann_window(n_fft, periodic=True, dtype=torch.float64),
+                      center=True, pad_mode="reflect", return_complex=True)  # fmt: skip
+    assert ours.shape == (2, ConvSTFTPower(n_fft, hop).frames(12345), n_fft // 2 + 1)
+    assert rel_err(ours, spec.abs().pow(2).transpose(1, 2)) < 1e-5
+
+
+def test_conv_stft_power_matches_torchlibrosa() -> None:
+    stft = pytest.importorskip("torchlibrosa.stft")
+    ref = stft.Spectrogram(n_fft=1024, hop_length=320, win_length=1024, window="hann", center=True, pad_mode="reflect", freeze_parameters=True)
+    audio = 0.3 * torch.randn(2, 32000, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = ref(audio)[:, 0]  # (batch, 1, frames, bins)
+    assert rel_err(ConvSTFTPower(1024, 320)(audio), expected) < 1e-5
+
+
+@pytest.mark.parametrize("top_db", [None, 80.0])
+@pytest.mark.parametrize("ref_power", [1.0, 0.5])
+def test_power_to_db_matches_librosa(top_db, ref_power) -> None:
+    librosa = pytest.importorskip("librosa")
+    g = torch.Generator().manual_seed(1)
+    power = torch.rand(3, 50, 64, generator=g, dtype=torch.float64) ** 12  # spans ~15 decades
+    power[0, :5] = 0.0  # silence: the amin floor
+    ours = power_to_db(power, amin=1e-10, ref=ref_power, top_db=top_db)
+    for row in range(3):  # librosa floors at the array's maximum: one clip at a time
+        expected = librosa.power_to_db(power[row].numpy(), ref=ref_power, amin=1e-10, top_db=top_db)
+        assert rel_err(ours[row], torch.from_numpy(expected)) < 1e-12
+    with pytest.raises(ValueError, match="top_db"):
+        power_to_db(power, top_db=-1.0)
+
+
+def test_vggish_examples_match_waveform_to_examples() -> None:
+    """Framing into 0.96 s examples: one clip of 3.5 s gives torchvggish's three examples."""
+    vggish_input = pytest.importorskip("torchvggish.vggish_input")
+    audio = 0.3 * torch.randn(56000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    expected = vggish_input.waveform_to_examples(audio.numpy(), 16000).detach()[:, 0]  # (3, 96, 64)
+    frontend = VGGishLogMel()
+    ours = frontend.examples(audio[None])
+    assert frontend.frames(56000) == 348 and ours.shape == (1, 3, 96, 64)
+    assert rel_err(ours[0], expected) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["conv_stft", "db_mel", "vggish"])
+def test_frontends_stay_float32_under_autocast(name) -> None:
+    frontend = {"conv_stft": lambda: ConvSTFTPower(512, 160), "db_mel": lambda: DBMelSpectrogram(16000, 512, 160, 64, 50.0, 8000.0),
+                "vggish": VGGishLogMel}[name]()  # fmt: skip
+    audio = 0.3 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(3))
+    exact = frontend(audio)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        cast = frontend(audio.bfloat16())
+    assert cast.dtype == torch.float32
+    assert rel_err(cast, frontend(audio.bfloat16().float())) < 1e-6 and exact.shape == cast.shape

@@ -15,13 +15,13 @@ Layers (what `forward_layers` returns, each (batch, frames, width)):
   reference's `clipwise_output`): one whole-window vector, returned as one frame.
 
 Numerically this follows `panns_hear.models.Cnn14` (the original audioset_tagging_cnn code) and its
-torchlibrosa frontend, whose STFT is a Conv1d with DFT x window kernels; we compute the same
-kernels in float64 and run the same convolution.
+torchlibrosa frontend, whose STFT is a Conv1d with DFT x window kernels: the core's
+`embedzoo.frontends.DBMelSpectrogram` computes the same kernels in float64 and runs the same
+convolution.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -34,8 +34,9 @@ from embedzoo.card import ModelCard
 from embedzoo.hub import unwrap_state_dict
 from embedzoo.errors import CardError, ConfigError, WeightsError
 from embedzoo.extractor import Extractor
+from embedzoo.frontends import DBMelSpectrogram
 
-__all__ = ["Cnn14", "PannsCfg", "LogMelFrontend", "create_model", "checkpoint_filter_fn", "slaney_mel_filterbank"]
+__all__ = ["Cnn14", "PannsCfg", "create_model", "checkpoint_filter_fn"]
 
 CHANNELS = (64, 128, 256, 512, 1024, 2048)
 CLASSES = 527
@@ -52,76 +53,6 @@ class PannsCfg:
     mel_bins: int = 64
     fmin: float = 50.0
     fmax: float = 14000.0
-
-
-# ---- frontend (to move into embedzoo.frontends) ------------------------------------------------
-
-
-def _hz_to_mel_slaney(f: Tensor) -> Tensor:
-    f_sp = 200.0 / 3
-    min_log_hz, logstep = 1000.0, math.log(6.4) / 27.0
-    min_log_mel = min_log_hz / f_sp
-    return torch.where(f >= min_log_hz, min_log_mel + torch.log(torch.clamp(f, min=1e-10) / min_log_hz) / logstep, f / f_sp)
-
-
-def _mel_to_hz_slaney(m: Tensor) -> Tensor:
-    f_sp = 200.0 / 3
-    min_log_hz, logstep = 1000.0, math.log(6.4) / 27.0
-    min_log_mel = min_log_hz / f_sp
-    return torch.where(m >= min_log_mel, min_log_hz * torch.exp(logstep * (m - min_log_mel)), f_sp * m)
-
-
-def slaney_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> Tensor:
-    """librosa.filters.mel(htk=False, norm='slaney') in float64 torch: (n_fft // 2 + 1, n_mels)."""
-    fft_freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
-    mel_pts = torch.linspace(float(_hz_to_mel_slaney(torch.tensor(float(fmin), dtype=torch.float64))),
-                             float(_hz_to_mel_slaney(torch.tensor(float(fmax), dtype=torch.float64))), n_mels + 2, dtype=torch.float64)  # fmt: skip
-    mel_f = _mel_to_hz_slaney(mel_pts)
-    fdiff = mel_f[1:] - mel_f[:-1]
-    ramps = mel_f[:, None] - fft_freqs[None, :]
-    lower = -ramps[:-2] / fdiff[:-1, None]
-    upper = ramps[2:] / fdiff[1:, None]
-    weights = torch.clamp(torch.minimum(lower, upper), min=0.0)
-    enorm = 2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels])
-    return (weights * enorm[:, None]).T.contiguous()
-
-
-def dft_kernels(n_fft: int) -> tuple[Tensor, Tensor]:
-    """torchlibrosa's STFT conv kernels, (n_fft // 2 + 1, 1, n_fft) each, from float64:
-    real/imag parts of exp(-2 pi i k n / N) times a periodic Hann window."""
-    n = torch.arange(n_fft, dtype=torch.float64)
-    k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)
-    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
-    angle = 2 * math.pi * torch.remainder(k[:, None] * n[None, :], n_fft) / n_fft
-    return (torch.cos(angle) * window)[:, None, :], (-torch.sin(angle) * window)[:, None, :]
-
-
-class LogMelFrontend(nn.Module):
-    """PANNs' frontend in plain torch, batched: (batch, samples) -> (batch, frames, mel_bins) dB.
-
-    STFT n_fft / hop with a periodic Hann window, centred with reflect padding (frame j is centred
-    on sample j*hop), as a Conv1d with DFT kernels exactly as torchlibrosa computes it; power
-    spectrum; slaney mel filterbank (librosa's); 10*log10(max(x, 1e-10)) (ref 1, no top_db).
-    The kernels are non-persistent buffers: they are recomputed, never stored in our weights.
-
-    TODO: move into `embedzoo.frontends` next to the other families' frontends.
-    """
-
-    def __init__(self, sample_rate: int, n_fft: int, hop: int, n_mels: int, fmin: float, fmax: float):
-        super().__init__()
-        self.n_fft, self.hop = n_fft, hop
-        real, imag = dft_kernels(n_fft)
-        self.register_buffer("dft_real", real.float(), persistent=False)
-        self.register_buffer("dft_imag", imag.float(), persistent=False)
-        self.register_buffer("mel", slaney_mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax).float(), persistent=False)
-
-    def forward(self, audio: Tensor) -> Tensor:
-        x = F.pad(audio[:, None, :].float(), (self.n_fft // 2, self.n_fft // 2), mode="reflect")
-        real = F.conv1d(x, self.dft_real, stride=self.hop)
-        imag = F.conv1d(x, self.dft_imag, stride=self.hop)
-        power = (real**2 + imag**2).transpose(1, 2)  # (batch, frames, bins)
-        mel = torch.matmul(power, self.mel)
-        return 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
 
 
 # ---- the network ---------------------------------------------------------------------------------
@@ -150,7 +81,7 @@ class Cnn14(Extractor):
     def __init__(self, card: ModelCard, cfg: PannsCfg):
         super().__init__(card)
         self.cfg = cfg
-        self.frontend = LogMelFrontend(cfg.sample_rate, cfg.n_fft, cfg.hop, cfg.mel_bins, cfg.fmin, cfg.fmax)
+        self.frontend = DBMelSpectrogram(cfg.sample_rate, cfg.n_fft, cfg.hop, cfg.mel_bins, cfg.fmin, cfg.fmax)
         self.bn0 = nn.BatchNorm2d(cfg.mel_bins)
         chs = (1,) + CHANNELS
         self.blocks = nn.ModuleList(ConvBlock(chs[i], chs[i + 1], 2 if i < 5 else 1) for i in range(6))
@@ -229,10 +160,10 @@ class Cnn14(Extractor):
 
 # ---- checkpoint conversion ------------------------------------------------------------------------
 
-# the reference's frontend tensors: recomputed by us; checked against ours, then dropped
+# the reference's frontend tensors -> our frontend's buffers: recomputed by us; checked, then dropped
 _FRONTEND_KEYS = {
-    "spectrogram_extractor.stft.conv_real.weight": "dft_real",
-    "spectrogram_extractor.stft.conv_imag.weight": "dft_imag",
+    "spectrogram_extractor.stft.conv_real.weight": "stft.dft_real",
+    "spectrogram_extractor.stft.conv_imag.weight": "stft.dft_imag",
     "logmel_extractor.melW": "mel",
 }
 FRONTEND_ATOL = 1e-6
@@ -272,7 +203,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: Cnn14) -> dict[st
         if not isinstance(value, Tensor):
             raise WeightsError(f"checkpoint key {key!r} holds a {type(value).__name__}, not a tensor")
         if key in _FRONTEND_KEYS:
-            ours = getattr(model.frontend, _FRONTEND_KEYS[key])
+            ours = model.frontend.get_buffer(_FRONTEND_KEYS[key])
             if tuple(value.shape) != tuple(ours.shape) or not torch.allclose(value.float().cpu(), ours.cpu(), rtol=0, atol=FRONTEND_ATOL):
                 raise WeightsError(
                     f"checkpoint frontend tensor {key!r} (shape {tuple(value.shape)}) differs from {model.card.id}'s "

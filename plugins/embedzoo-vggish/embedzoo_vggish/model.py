@@ -14,6 +14,10 @@ Layers (each (batch, frames, width)):
   torchvggish's `Postprocessor` (AudioSet's released features), 1 frame. Needs the PCA parameters in
   the checkpoint (see `checkpoint_filter_fn`).
 
+The log-mel frontend is the core's `embedzoo.frontends.VGGishLogMel` (|STFT| 512 of 400-sample
+frames every 160, 64 HTK mel bands 125-7500 Hz, log(x + 0.01)), equal to torchvggish's
+`vggish_input.waveform_to_examples` to float32 precision.
+
 Module names follow torchvggish (`features.N`, `embeddings.N`), so conversion is a checked identity
 plus the two PCA tensors.
 """
@@ -30,8 +34,9 @@ from embedzoo.card import ModelCard
 from embedzoo.hub import unwrap_state_dict
 from embedzoo.errors import CardError, ConfigError, WeightsError
 from embedzoo.extractor import Extractor
+from embedzoo.frontends import VGGishLogMel
 
-__all__ = ["VGGish", "LogMelFrontend", "create_model", "checkpoint_filter_fn", "mel_matrix"]
+__all__ = ["VGGish", "create_model", "checkpoint_filter_fn"]
 
 SAMPLE_RATE = 16000
 WIN = 400  # 25 ms
@@ -47,44 +52,6 @@ QUANTIZE_MIN, QUANTIZE_MAX = -2.0, 2.0
 CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M")
 LAYERS = ("logmel", "block1", "block2", "block3", "block4", "embedding", "postprocessed")
 PCA_KEYS = {"pca_eigen_vectors": "pca.eigen_vectors", "pca_means": "pca.means"}  # PCA file -> ours
-
-
-def mel_matrix(num_spectrogram_bins: int = N_FFT // 2 + 1) -> np.ndarray:
-    """(bins, 64) HTK mel weights exactly as VGGish's mel_features.spectrogram_to_mel_matrix (float64)."""
-
-    def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
-        return 1127.0 * np.log(1.0 + np.asarray(hz) / 700.0)
-
-    bins_mel = hz_to_mel(np.linspace(0.0, SAMPLE_RATE / 2.0, num_spectrogram_bins))
-    edges = np.linspace(hz_to_mel(FMIN), hz_to_mel(FMAX), N_MELS + 2)
-    weights = np.empty((num_spectrogram_bins, N_MELS))
-    for i in range(N_MELS):
-        lower, centre, upper = edges[i : i + 3]
-        weights[:, i] = np.maximum(0.0, np.minimum((bins_mel - lower) / (centre - lower), (upper - bins_mel) / (upper - centre)))
-    weights[0, :] = 0.0  # HTK: the DC bin contributes nothing
-    return weights
-
-
-class LogMelFrontend(nn.Module):
-    """VGGish's log-mel frontend in plain torch, batched: |rfft_512(periodic_hann_400 * frame)|,
-    frames every 160 samples without padding, 64 HTK mel bands 125-7500 Hz, log(x + 0.01).
-
-    Matches torchvggish.vggish_input (numpy, float64) to float32 precision. It belongs in
-    `embedzoo.frontends` (an HTK mel bank + magnitude STFT) and should move there once that module
-    has these pieces; it is kept here so the plugin does not depend on an unsettled core API.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        window = 0.5 - 0.5 * np.cos(2 * np.pi / WIN * np.arange(WIN))
-        self.register_buffer("window", torch.from_numpy(window).float(), persistent=False)
-        self.register_buffer("mel", torch.from_numpy(mel_matrix()).float(), persistent=False)
-
-    def forward(self, audio: Tensor) -> Tensor:
-        """(batch, samples >= 400) -> (batch, 1 + (samples - 400) // 160, 64)."""
-        frames = audio.float().unfold(-1, WIN, HOP) * self.window
-        magnitude = torch.fft.rfft(frames, n=N_FFT).abs()
-        return torch.log(magnitude @ self.mel + LOG_OFFSET)
 
 
 def make_features() -> nn.Sequential:
@@ -118,7 +85,7 @@ class VGGish(Extractor):
 
     def __init__(self, card: ModelCard):
         super().__init__(card)
-        self.frontend = LogMelFrontend()
+        self.frontend = VGGishLogMel(SAMPLE_RATE, WIN, HOP, N_FFT, N_MELS, FMIN, FMAX, LOG_OFFSET)
         self.features = make_features()
         self.embeddings = nn.Sequential(
             nn.Linear(512 * 4 * 6, 4096), nn.ReLU(True), nn.Linear(4096, 4096), nn.ReLU(True), nn.Linear(4096, 128), nn.ReLU(True)
