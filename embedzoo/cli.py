@@ -69,6 +69,9 @@ def main() -> None:
       embedzoo pull crepe-tiny                   fetch, verify and convert weights once
       embedzoo embed crepe-tiny clips/ -o out/   embeddings for a folder of audio
       embedzoo validate crepe-tiny               HEAR 2021 API conformance
+      embedzoo make-task pitch tasks/pitch       a synthetic task in the HEAR layout
+      embedzoo eval crepe-tiny tasks/pitch       HEAR-style downstream evaluation
+      embedzoo sweep crepe-tiny tasks/pitch --layers conv4 --layers conv5 -o sweep/
     """
 
 
@@ -411,6 +414,234 @@ def cache_verify() -> None:
         click.echo(f"{'ok  ' if ok else 'FAIL'} {entry.model_id} {entry.path}{'' if ok else ': ' + problem}")
         bad += not ok
     sys.exit(1 if bad else 0)
+
+
+# ---- downstream evaluation: make-task, eval, sweep ---------------------------------------------
+
+TASK_KINDS = ("pitch", "scene", "scene-multilabel", "event")  # embedzoo.tasks.KINDS, kept here so --help stays light
+
+DOWNSTREAM_OPTIONS = [
+    click.option("--scene-from", type=click.Choice(["scene", "timestamp"]), default="scene", show_default=True, help="Scene tasks: the model's scene embedding, or the mean of its timestamp embeddings (then hop and window shape it)."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seeds the grid sampling, initialisation, shuffling and dropout (and 'random' weights)."),
+    click.option("--grid-points", type=int, default=8, show_default=True, help="Hyper-parameter grid points tried on the first split."),
+    click.option("--max-epochs", type=int, default=None, help="Epochs at most (HEAR: 500)."),
+    click.option("--patience", type=int, default=None, help="Validation checks without gain before stopping (HEAR: 20, a check every 3 epochs)."),
+    click.option("--hidden-dim", type=int, default=None, help="Width of the hidden layers (HEAR: 1024)."),
+    click.option("--standardize", is_flag=True, help="z-score embeddings with the training split's statistics (not HEAR's recipe)."),
+    click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, ..."),
+    click.option("--workers", type=int, default=1, show_default=True, help="Decoding worker processes (0: in the main process)."),
+    click.option("--from", "mirror", type=click.Path(file_okay=False, path_type=Path), default=None, help="A local mirror folder for the weights."),
+    click.option("--offline", is_flag=True, help="Never use the network."),
+    click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+]
+
+
+def downstream_options(func):
+    for option in reversed(DOWNSTREAM_OPTIONS):
+        func = option(func)
+    return func
+
+
+def _eval_settings(kwargs: dict[str, Any]):
+    from embedzoo.evaluate import EvalSettings
+
+    return EvalSettings(
+        seed=kwargs.pop("seed"),
+        grid_points=kwargs.pop("grid_points"),
+        max_epochs=kwargs.pop("max_epochs"),
+        patience=kwargs.pop("patience"),
+        hidden_dim=kwargs.pop("hidden_dim"),
+        scene_from=kwargs.pop("scene_from"),
+        standardize=kwargs.pop("standardize"),
+    )
+
+
+def _stage_progress(quiet: bool):
+    """A rich progress bar driven by evaluate's (stage, done, total) callback, or nothing."""
+    if quiet:
+        return None, None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_console_err())
+    tasks: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return bar, update
+
+
+def _console_err():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@main.command("make-task")
+@click.argument("kind", type=click.Choice(TASK_KINDS))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--size", type=click.Choice(["tiny", "small", "medium"]), default="small", show_default=True, help="How many examples (small: what the tests use).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
+@click.option("--sample-rate", "sample_rates", type=int, multiple=True, help="Rate(s) to write the audio at (repeatable; default 16000).")
+@click.option("--folds", type=int, default=0, help="Write K folds (k-fold split mode) instead of train/valid/test.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing task folder.")
+def make_task_command(kind: str, out_dir: Path, size: str, seed: int, sample_rates: tuple[int, ...], folds: int, overwrite: bool) -> None:
+    """Write a synthetic task of KIND into OUT_DIR, in the HEAR 2021 task layout.
+
+    \b
+      pitch             harmonic tones over several octaves, timbres unseen in training
+                        held out for validation and test (pitch_acc, chroma_acc)
+      scene             noise colours, chirps, click trains, AM tones, one per clip (top1_acc, mAP, ...)
+      scene-multilabel  the same sources mixed, one to three per clip (mAP, d_prime, aucroc)
+      event             tones, noise bursts and chirps with onsets and offsets in 3 s clips
+                        (event onset F-measure, 200 ms and 50 ms; onset-offset)
+    """
+    from embedzoo.tasks import describe, make_task
+
+    task = make_task(kind, out_dir, size=size, seed=seed, sample_rates=sample_rates or (16000,), folds=folds, overwrite=overwrite)
+    click.echo(f"wrote {out_dir}")
+    click.echo(describe(task))
+
+
+@main.command("eval")
+@click.argument("model")
+@click.argument("task_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@knob_options
+@click.option("--weights", default=None, help="A weights file (.safetensors or original), or 'random': the architecture with its initial weights, a control.")
+@downstream_options
+@click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Results JSON (default: embedzoo-results/<task>/<model>-<settings>.json).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead of the table.")
+def eval_command(model: str, task_dir: Path, weights: str | None, out_path: Path | None, as_json: bool, **kwargs: Any) -> None:
+    """Evaluate MODEL on the HEAR-layout task in TASK_DIR: frozen embeddings, a shallow MLP.
+
+    Embeddings are cached per model, weights, knobs and file in the embedzoo cache, so a second
+    run (or a sweep) reuses them. Scores are on the test split(s), with hyper-parameters chosen on
+    the first split's validation data.
+    """
+    from embedzoo.evaluate import evaluate, result_lines, result_table, write_json, _digest, _slug
+
+    knobs = knobs_from(kwargs)
+    settings = _eval_settings(kwargs)
+    bar, update = _stage_progress(kwargs["quiet"] or as_json)
+    common = dict(settings=settings, weights=weights, knobs=knobs, device=kwargs["device"], workers=kwargs["workers"], offline=kwargs["offline"] or None, mirror=kwargs["mirror"], progress=update)
+    if bar is not None:
+        with bar:
+            result = evaluate(model, task_dir, **common)
+    else:
+        result = evaluate(model, task_dir, **common)
+    if out_path is None:
+        key = _digest([result["weights"], result["knobs"], result["scene_from"], result["seed"], result["grid_points"], result["hparams"], result["task"]["path"]], 10)
+        out_path = Path("embedzoo-results") / _slug(result["task"]["name"]) / f"{_slug(model)}-{key}.json"
+    write_json(out_path, result)
+    if as_json:
+        from embedzoo.evaluate import _finite
+
+        click.echo(json.dumps(_finite(result), indent=2))
+        return
+    from rich.table import Table
+
+    out = _console()
+    for line in result_lines(result):
+        out.print(line)
+    columns, rows = result_table(result)
+    table = Table(title=f"{result['model']} on {result['task']['name']} (* primary)")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"results: {out_path}")
+
+
+def _values(raw: tuple[str, ...], cast: Any) -> list[Any]:
+    """Sweep values from repeated options, each also comma- or space-separated (numbers, modes)."""
+    out = []
+    for item in raw:
+        for part in item.replace(",", " ").split():
+            value = cast(part)
+            if value not in out:
+                out.append(value)
+    return out
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True)
+@click.argument("task_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--layers", "layer_values", multiple=True, help="Layer choices (repeat the option, or separate with spaces); 'a,b' is one choice: a and b concatenated.")
+@click.option("--hop-ms", "hop_values", multiple=True, help="Hops to try, ms (repeat, or '10,25,50').")
+@click.option("--window-ms", "window_values", multiple=True, help="Windows to try, ms (repeat, or '64,256,1024').")
+@click.option("--mode", "mode_values", multiple=True, help="Modes to try: window, frame (repeat, or 'window,frame').")
+@click.option("--readout", default=None, help="Readout for every point (see `embedzoo embed --help`).")
+@click.option("--preset", default=None, help="A preset of the models' knobs for every point.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None, help="Autocast dtype (float32 is exact).")
+@click.option("--batch-size", type=int, default=None, help="Windows per forward.")
+@downstream_options
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for runs/*.json, results.csv and the plots.")
+def sweep(models: tuple[str, ...], task_dir: Path, layer_values: tuple[str, ...], hop_values: tuple[str, ...], window_values: tuple[str, ...],
+          mode_values: tuple[str, ...], out_dir: Path, **kwargs: Any) -> None:
+    """Evaluate MODELS on TASK_DIR over a grid of knobs; write a CSV and plots into OUT.
+
+    \b
+      embedzoo sweep crepe-tiny 'crepe-tiny?weights=random' tasks/pitch \\
+          --layers conv3 --layers conv4 --layers conv5 --layers conv6 --hop-ms 10,50 -o sweep/
+
+    Every combination of the given values is one point (a knob not given stays at each model's
+    default). Cached embeddings are reused; finished points are kept in OUT/runs/, so an
+    interrupted sweep resumes where it stopped. Plots: OUT/score_vs_<knob>.png, one line per
+    model, the best test score over the other knobs.
+    """
+    from embedzoo.evaluate import sweep as run_sweep
+
+    grid: dict[str, list[Any]] = {}
+    layers = [part for item in layer_values for part in item.split()]
+    if layers:
+        grid["layers"] = list(dict.fromkeys(layers))
+    if hop_values:
+        grid["hop_ms"] = _values(hop_values, float)
+    if window_values:
+        grid["window_ms"] = _values(window_values, float)
+    if mode_values:
+        grid["mode"] = _values(mode_values, str)
+    knobs = {k: v for k in ("readout", "preset", "dtype", "batch_size") if (v := kwargs.pop(k)) is not None}
+    settings = _eval_settings(kwargs)
+    quiet = kwargs["quiet"]
+    progress_bar = None
+    if not quiet:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        progress_bar = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[point]}"), console=_console_err())
+    bar_task = None
+
+    def on_point(index: int, total: int, point: Any, status: str) -> None:
+        label = f"{point.model} " + " ".join(f"{k}={v}" for k, v in point.overrides.items() if v is not None)
+        if progress_bar is not None and bar_task is not None:
+            progress_bar.update(bar_task, total=total, completed=index + (status != "running"), point=f"{label} [{status}]")
+        elif not quiet and status != "running":
+            click.echo(f"[{index + 1}/{total}] {label}: {status}")
+
+    common = dict(grid=grid, knobs=knobs, settings=settings, device=kwargs["device"], workers=kwargs["workers"], offline=kwargs["offline"] or None, mirror=kwargs["mirror"], on_point=on_point)
+    if progress_bar is not None:
+        with progress_bar:
+            bar_task = progress_bar.add_task("sweep", total=None, point="")
+            rows = run_sweep(list(models), task_dir, out_dir, **common)
+    else:
+        rows = run_sweep(list(models), task_dir, out_dir, **common)
+    from rich.table import Table
+
+    table = Table(title=f"sweep on {task_dir} ({len(rows)} points)")
+    varying = [k for k in ("layers", "hop_ms", "window_ms", "mode") if k in grid]
+    metric = next((r["primary_metric"] for r in rows if r.get("primary_metric")), "score")
+    for column in ["model", *varying, metric]:
+        table.add_column(column)
+    for row in rows:
+        score = row.get("primary_score")
+        table.add_row(row["model"], *[str(row[k]) for k in varying], row["error"] and f"failed: {row['error']}" or (f"{score:.4f}" if isinstance(score, float) else "-"))
+    if not quiet:
+        _console().print(table)
+    click.echo(f"results: {out_dir / 'results.csv'}; plots: " + (", ".join(p.name for p in sorted(out_dir.glob('score_vs_*.png'))) or "none (no knob took two values)"))
+    sys.exit(1 if any(r["error"] for r in rows) else 0)
 
 
 if __name__ == "__main__":
