@@ -2,12 +2,14 @@
 
 Written from the facts of `torch_vggish_yamnet` (its `yamnet/model.py`, `input_proc.py`, `params.py`,
 a port of the TF model whose released weights are w-hc's `yamnet.pth`) on timm building blocks:
-- front end (`YamnetLogMel`): 16 kHz, frames of 400 samples every 160, periodic Hann, |rfft_512|
-  (magnitude), 64 HTK mel bands 125-7500 Hz with torchaudio's triangles (drawn in Hz), log(x + 0.001).
-  The reference centres its STFT (reflect padding); here frame t covers samples [160 t, 160 t + 400)
-  of the input, so a forward sees only its own samples and 400 + 95 x 160 = 15600 samples are
-  exactly one 96-frame (0.96 s) YAMNet patch. The reference's centred frames are recovered by
-  padding the clip by 200 samples (the core's `pad_mode`, see docs/models/yamnet.md);
+- front end (the core's `VGGishLogMel` with YAMNet's settings): 16 kHz, frames of 400 samples every
+  160, periodic Hann, |rfft_512| (magnitude), 64 HTK mel bands 125-7500 Hz with torchaudio's
+  triangles (drawn in Hz, as the reference's torchaudio MelSpectrogram), log(x + 0.001). The
+  reference centres its STFT (reflect padding); here frame t covers samples [160 t, 160 t + 400) of
+  the input -- the same values, since |DFT| does not change when the windowed frame moves inside the
+  512 points -- so a forward sees only its own samples and 400 + 95 x 160 = 15600 samples are
+  exactly one 96-frame (0.96 s) YAMNet patch. The reference's centred frames are those of the clip
+  padded by 200 samples (see docs/models/yamnet.md);
 - `blocks[0]`: 3x3 conv, stride 2, 32 channels, BatchNorm (eps 1e-4), ReLU (timm `ConvNormAct`);
 - `blocks[1..13]`: MobileNetV1 depthwise-separable blocks (timm `DepthwiseSeparableConv`: 3x3
   depthwise, BN, ReLU, 1x1 pointwise, BN, ReLU, no skip), strides and widths as in `ARCH`;
@@ -36,7 +38,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 from timm.layers import ConvNormAct
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv
@@ -45,9 +46,10 @@ from torch import Tensor, nn
 from embedzoo.card import ModelCard
 from embedzoo.errors import CardError, ConfigError, WeightsError
 from embedzoo.extractor import Extractor
+from embedzoo.frontends import VGGishLogMel
 from embedzoo.hub import unwrap_state_dict
 
-__all__ = ["YAMNet", "YamnetLogMel", "block_geometry", "create_model", "checkpoint_filter_fn", "release_key_map"]
+__all__ = ["YAMNet", "block_geometry", "create_model", "checkpoint_filter_fn", "release_key_map"]
 
 SAMPLE_RATE = 16000
 WIN, HOP, N_FFT = 400, 160, 512  # 25 ms frames every 10 ms
@@ -66,43 +68,6 @@ ARCH: tuple[tuple[int, int], ...] = (
 BLOCKS = tuple(f"block{k}" for k in range(1, len(ARCH) + 1))
 LAYERS = ("logmel", *BLOCKS, "embedding", "logits")
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-
-# ---- front end --------------------------------------------------------------------------------
-
-
-def htk_mel_filterbank(n_freqs: int = N_FFT // 2 + 1) -> Tensor:
-    """(n_freqs, 64) triangular filters as torchaudio's `melscale_fbanks(norm=None, mel_scale="htk")`
-    builds them: band edges equally spaced on the HTK mel scale, triangles drawn over linear Hz."""
-    to_mel = lambda hz: 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)  # noqa: E731
-    freqs = np.linspace(0.0, SAMPLE_RATE // 2, n_freqs)
-    edges = 700.0 * (10.0 ** (np.linspace(to_mel(FMIN), to_mel(FMAX), N_MELS + 2) / 2595.0) - 1.0)
-    slopes = edges[None, :] - freqs[:, None]  # (n_freqs, n_mels + 2)
-    widths = np.diff(edges)
-    down = -slopes[:, :-2] / widths[:-1]
-    up = slopes[:, 2:] / widths[1:]
-    return torch.from_numpy(np.maximum(0.0, np.minimum(down, up))).float()
-
-
-class YamnetLogMel(nn.Module):
-    """torch-vggish-yamnet's log-mel (`VGGishLogMelSpectrogram`, YAMNet's 0.001 offset), uncentred.
-
-    (batch, samples >= 400) -> (batch, 1 + (samples - 400) // 160, 64); frame t is
-    log(|rfft_512(hann_400 * x[160 t : 160 t + 400])| @ mel + 0.001). The magnitude of a DFT does not
-    change when the windowed frame moves inside the 512 points, so this equals torchaudio's
-    centred-window STFT frame centred on sample 160 t + 200.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("window", torch.hann_window(WIN, periodic=True, dtype=torch.float64).float(), persistent=False)
-        self.register_buffer("mel", htk_mel_filterbank(), persistent=False)
-
-    def forward(self, audio: Tensor) -> Tensor:
-        with torch.autocast(device_type=audio.device.type, enabled=False):
-            frames = audio.float().unfold(-1, WIN, HOP) * self.window
-            magnitude = torch.fft.rfft(frames, n=N_FFT).abs()
-            return torch.log(magnitude @ self.mel + LOG_OFFSET)
 
 
 # ---- geometry ---------------------------------------------------------------------------------
@@ -166,7 +131,8 @@ class YAMNet(Extractor):
 
     def __init__(self, card: ModelCard, channels_last: bool = True):
         super().__init__(card)
-        self.frontend = YamnetLogMel()
+        # torch-vggish-yamnet's log-mel, uncentred: torchaudio's HTK triangles (drawn in Hz), offset 0.001
+        self.frontend = VGGishLogMel(SAMPLE_RATE, WIN, HOP, N_FFT, N_MELS, FMIN, FMAX, log_offset=LOG_OFFSET, triangles="hz")
         norm = partial(nn.BatchNorm2d, eps=BN_EPS)
         blocks: list[nn.Module] = []
         in_chs = 1

@@ -196,7 +196,7 @@ def test_frame_mode_equals_the_reference_network_over_the_whole_clip(setup):
             expected = as_frames(caught[k])[0, offset : offset + count]
             assert rel_err(frames[0], expected) < TOLERANCE, k
     finally:
-        model.configure(mode="window", layers="embedding", hop_ms=480, pad_mode="constant", batch_seconds=32)
+        model.configure(mode="window", layers="embedding", hop_ms=480, pad_mode="constant", batch_seconds=128)
 
 
 def test_defaults_and_pooled_layers(setup):

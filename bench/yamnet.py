@@ -1,0 +1,155 @@
+"""Benchmark: embedzoo's YAMNet against torch-vggish-yamnet looping over files, same weights, same
+inputs, one run.
+
+Random weights (the reference's `YAMNet`, BatchNorm randomised, saved in the layout of w-hc's
+`yamnet.pth` and converted by the plugin), so nothing is downloaded; generated 10 s files at 16 kHz
+(no resampling on either side). Two jobs, both the 1024-d `embedding` of 0.975 s windows:
+- `tf`: TF YAMNet's recipe, a window every 480 ms (embedzoo's defaults). Reference: per file,
+  soundfile -> its log-mel of the whole clip (`WaveformToInput.mel_trans_ope`) -> 96-frame patches
+  every 48 frames -> one batched forward;
+- `patches`: the reference's own whole-clip path (`WaveformToInput()(clip)`: non-overlapping patches,
+  one every 960 ms) against embedzoo at `hop_ms=960`.
+The reference runs on the clip delayed by 7600 zero samples: its patch k then sees exactly
+embedzoo's window k (timestamps k x hop, zero padding), and both jobs check that the two sides agree
+(relative error) before the times count. embedzoo runs its pipeline (`embed_files`, npy outputs
+written, 0 decoding workers). Each time is the best of `--repeat` runs (the machine is shared).
+
+Then a sweep of embedzoo's settings on the `tf` job: channels_last (card config) x batch_seconds
+(knob); the fastest is what the plugin ships (see bench/RESULTS.md).
+
+    python bench/yamnet.py [--files 16] [--sweep-files 4] [--threads 2] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch_vggish_yamnet import yamnet as reference
+from torch_vggish_yamnet.input_proc import WaveformToInput
+
+from embedzoo.audio import collect_inputs
+from embedzoo.pipeline import embed_files
+from embedzoo.registry import get_card
+from embedzoo_vggish.yamnet import checkpoint_filter_fn, create_model
+
+RATE = 16000
+DELAY = 7600  # the reference's patch k is centred 7600 samples after k x 15360 (its STFT is centred)
+
+
+def make_files(folder: Path, count: int, seconds: float) -> list[Path]:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * RATE)) / RATE
+    paths = []
+    for i in range(count):
+        x = 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) + 0.05 * rng.standard_normal(len(t))
+        paths.append(folder / f"clip{i:03d}.wav")
+        sf.write(paths[-1], x.astype(np.float32), RATE)
+    return paths
+
+
+def reference_network() -> torch.nn.Module:
+    """torch-vggish-yamnet's YAMNet with random weights and BatchNorm statistics."""
+    torch.manual_seed(0)
+    net = reference.yamnet(pretrained=False)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight)
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def build_ours(release: dict[str, torch.Tensor], channels_last: bool):
+    card = get_card("yamnet")
+    model = create_model(dataclasses.replace(card, config={**card.config, "channels_last": channels_last}))
+    model.load_state_dict(checkpoint_filter_fn(release, model), strict=True)
+    return model
+
+
+def reference_job(net, paths: list[Path], patch_hop: int) -> tuple[float, np.ndarray]:
+    """Embeddings of every file's patches (96 frames every `patch_hop` frames), file by file."""
+    front = WaveformToInput()
+    first = None
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for path in paths:
+            audio = torch.from_numpy(sf.read(path, dtype="float32")[0])
+            count = len(audio) // (patch_hop * 160) + 1  # as many as embedzoo's windows
+            delayed = torch.cat([torch.zeros(DELAY), audio, torch.zeros(16000)])[None]
+            if patch_hop == 96:
+                patches = front(delayed, RATE)[:count]  # the reference's own path: (N, 1, 96, 64)
+            else:
+                mel = front.mel_trans_ope(delayed)[0].T  # (frames, 64)
+                patches = mel.unfold(0, 96, patch_hop).transpose(1, 2)[:count, None]
+            embedding, _ = net(patches)
+            first = embedding.flatten(1).numpy() if first is None else first
+    return time.perf_counter() - start, first
+
+
+def ours_job(model, paths: list[Path], out: Path) -> tuple[float, np.ndarray]:
+    files = collect_inputs([paths[0].parent])[: len(paths)]
+    start = time.perf_counter()
+    embed_files(model, files, out, scene=False, timestamp=True, workers=0, overwrite=True)
+    elapsed = time.perf_counter() - start
+    return elapsed, np.load(out / "timestamp" / f"{files[0].name}.embedding.npy")
+
+
+def best_of(repeat: int, job: Callable[[], tuple[float, np.ndarray]]) -> tuple[float, np.ndarray]:
+    runs = [job() for _ in range(repeat)]
+    return min(r[0] for r in runs), runs[0][1]
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=16)
+    parser.add_argument("--sweep-files", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    net = reference_network()
+    release = net.state_dict()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_files(Path(tmp) / "audio", args.files, args.seconds)
+        print(f"yamnet: {args.files} files x {args.seconds:g} s at 16 kHz, CPU, {args.threads} torch threads, best of {args.repeat}")
+
+        sweep = {}
+        for channels_last in (False, True):
+            for batch_seconds in (8.0, 32.0, 128.0):
+                model = build_ours(release, channels_last).configure(batch_seconds=batch_seconds)
+                seconds, _ = best_of(args.repeat, lambda: ours_job(model, paths[: args.sweep_files], Path(tmp) / "sweep"))
+                sweep[(channels_last, batch_seconds)] = seconds
+                print(f"  sweep tf: channels_last={channels_last!s:5} batch_seconds={batch_seconds:5.0f}: {seconds:6.2f} s")
+        best = min(sweep, key=sweep.get)
+        print(f"  fastest: channels_last={best[0]}, batch_seconds={best[1]:g}")
+
+        ours = build_ours(release, best[0])
+        for job, hop_ms, patch_hop in (("tf (480 ms hop)", 480, 48), ("patches (960 ms hop)", 960, 96)):
+            ours.configure(batch_seconds=best[1], hop_ms=hop_ms)
+            theirs_s, theirs_first = best_of(args.repeat, lambda: reference_job(net, paths, patch_hop))
+            ours_s, ours_first = best_of(args.repeat, lambda: ours_job(ours, paths, Path(tmp) / "out"))
+            print(f"{job}: reference loop {theirs_s:6.2f} s, embedzoo {ours_s:6.2f} s, ratio {theirs_s / ours_s:.2f}x "
+                  f"(max rel. difference {rel(ours_first, theirs_first):.1e})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
