@@ -258,7 +258,8 @@ def train(
     """Train one grid point with early stopping on the validation primary score; keep the best epoch."""
     device = torch.device(device)
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # the caller's random state is left as it was
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         model = Predictor(train_data.x.shape[1], train_data.y.shape[1], hp).to(device)
@@ -327,7 +328,7 @@ def run_downstream(
     seed: int = 0,
     device: str | torch.device = "cpu",
     standardize: bool = False,
-    on_step: Callable[[str], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
     **fixed: Any,
 ) -> Outcome:
     """Select hyper-parameters on the first (train, valid, test) split, reuse them on the others,
@@ -336,18 +337,19 @@ def run_downstream(
     if standardize:
         splits = [tuple(standardized(*split)) for split in splits]  # type: ignore[misc]
     points = sample_grid(grid_points, seed, **fixed)
+    steps = len(points) + len(splits) - 1  # trainings: the grid on the first split, then one per other split
     first_train, first_valid, _ = splits[0]
     trained = []
     for index, hp in enumerate(points):
         trained.append(train(first_train, first_valid, hp, scorer, seed=_seed_for(seed, index), device=device))
         if on_step:
-            on_step(f"grid point {index + 1}/{len(points)}")
+            on_step(index + 1, steps)
     best = max(trained, key=lambda t: t.validation_score)  # first of equals: max keeps the earliest
     results = []
     for split_index, (train_data, valid_data, test_data) in enumerate(splits):
         model = best if split_index == 0 else train(train_data, valid_data, best.hparams, scorer, seed=_seed_for(seed, 1000 + split_index), device=device)
         if split_index and on_step:
-            on_step(f"split {split_index + 1}/{len(splits)}")
+            on_step(len(points) + split_index, steps)
         probs = predict(model.model, test_data.x, scorer.prediction_type, torch.device(device))
         results.append(
             {

@@ -29,7 +29,7 @@ import itertools
 import json
 import math
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -71,7 +71,7 @@ class ModelHandle:
 
 def split_weights(spec: str) -> tuple[str, str | None]:
     """'crepe-tiny?weights=random&hop_ms=50' -> ('crepe-tiny?hop_ms=50', 'random')."""
-    name, sep, query = spec.partition("?")
+    name, _, query = spec.partition("?")
     weights, kept = None, []
     for item in filter(None, query.split("&")):
         key, _, value = item.partition("=")
@@ -97,6 +97,7 @@ def open_model(
     seed: int = 0,
     offline: bool | None = None,
     mirror: str | Path | None = None,
+    cache_dir: str | Path | None = None,
     knobs: dict[str, Any] | None = None,
 ) -> ModelHandle:
     """Load a model for evaluation. `weights`: None (the catalog's, pulled once), a file, or
@@ -120,16 +121,17 @@ def open_model(
         extractor = extractor.to(pick_device(device)).eval()
         weights_id = f"random:seed={seed}:torch={torch.__version__}"
     else:
-        extractor = load(name_spec, weights=weights, device=device, offline=offline, mirror=mirror, **(knobs or {}))
-        weights_id = f"file:sha256={sha256_file(Path(weights).expanduser())}" if weights is not None else _catalog_weights_id(extractor.card)
+        extractor = load(name_spec, weights=weights, device=device, offline=offline, mirror=mirror, cache_dir=cache_dir, **(knobs or {}))
+        weights_id = f"file:sha256={sha256_file(Path(weights).expanduser())}" if weights is not None else _catalog_weights_id(extractor.card, cache_dir)
     return ModelHandle(spec, extractor, weights_id)
 
 
-def _catalog_weights_id(card: Any) -> str:
-    """The pulled weights: where they came from, the original's and the conversion's sha256."""
+def _catalog_weights_id(card: Any, cache_dir: str | Path | None = None) -> str:
+    """The pulled weights: where they came from (with the hf revision or url), the original's
+    sha256 (pinned by the card or recorded at first download) and the conversion's sha256."""
     from embedzoo import hub
 
-    meta = read_meta(hub.converted_path(card)) or {}
+    meta = read_meta(hub.converted_path(card, cache_dir)) or {}
     if not meta.get("safetensors_sha256"):
         raise EvalError(f"the converted weights of {card.id} have no meta.json", hint=f"run `embedzoo pull --force {card.id}`")
     return f"{meta.get('source')}:original={meta.get('original_sha256')}:converted={meta['safetensors_sha256']}"
@@ -166,7 +168,7 @@ def _scene_settings(extractor: "Extractor") -> Iterator[None]:
     from embedzoo.knobs import resolve_knobs
 
     saved = extractor.knobs
-    base = resolve_knobs(extractor.card, {"layers": saved.layers})
+    base = resolve_knobs(extractor.card)
     extractor.knobs = dataclasses.replace(saved, hop_ms=base.hop_ms, window_ms=base.window_ms, levels=())
     try:
         yield
@@ -223,7 +225,7 @@ def embed_task(
             progress("embedding", done, total)
 
     scene = kind == "scene"
-    with _scene_settings(extractor) if scene else _nothing():
+    with _scene_settings(extractor) if scene else nullcontext():
         summary = embed_files(
             extractor, list(unique.values()), out_dir, scene=scene, timestamp=not scene, fmt="npy", workers=workers, weights=handle.weights_id, on_progress=on_progress
         )
@@ -242,11 +244,6 @@ def embed_task(
     first = next(iter(vectors.values()))
     size = int(first.shape[-1] if scene else first[0].shape[-1])
     return Embedded(vectors, size, summary.done, summary.skipped, time.perf_counter() - start)
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _multi_hot(labels: Sequence[str], index: dict[str, int]) -> np.ndarray:
@@ -344,8 +341,9 @@ def evaluate(
         raise EvalError(f"task {task.name} asks for metrics embedzoo does not compute: {unknown}", hint="known: see embedzoo.metrics.SCORES")
     if scores[0].kind != ("event" if task.embedding_type == "event" else "scene"):
         raise EvalError(f"task {task.name}: the primary metric {scores[0].name} does not fit a {task.embedding_type} task")
+    unknown += [s.name for s in scores if s.kind != scores[0].kind]
     scores = [s for s in scores if s.kind == scores[0].kind]
-    handle = model if isinstance(model, ModelHandle) else open_model(model, weights=weights, device=device, seed=settings.seed, offline=offline, mirror=mirror, knobs=knobs)
+    handle = model if isinstance(model, ModelHandle) else open_model(model, weights=weights, device=device, seed=settings.seed, offline=offline, mirror=mirror, cache_dir=cache_dir, knobs=knobs)
     if isinstance(model, ModelHandle) and knobs:
         handle.extractor.configure(**knobs)
     kind = "timestamp" if task.embedding_type == "event" or settings.scene_from == "timestamp" else "scene"
@@ -354,12 +352,9 @@ def evaluate(
     data_splits = task.data_splits()
     splits = [tuple(split_data(task, embedded, s[part], settings.scene_from) for part in ("train", "valid", "test")) for s in data_splits]
     scorer = Scorer(scores, task.labels, task.prediction_type, postprocessing_grid(task.postprocessing_grid) if task.embedding_type == "event" else [])
-    steps = settings.grid_points + len(splits) - 1
-    counter = iter(range(1, steps + 1))
-
-    def on_step(message: str) -> None:
+    def on_step(done: int, total: int) -> None:
         if progress:
-            progress("training", next(counter), steps)
+            progress("training", done, total)
 
     device_type = handle.extractor.device.type
     outcome = run_downstream(
@@ -571,6 +566,9 @@ def sweep(
         raise ConfigError(f"sweep knobs are {SWEEP_KNOBS}, not {sorted(unknown)}")
     if any(v is None for values in grid.values() for v in values):
         raise ConfigError("sweep values cannot be None: leave a knob out of the grid to keep the model's default")
+    plotted = [k for k in SWEEP_KNOBS if len(set(map(str, grid.get(k) or [None]))) > 1]
+    if plotted:
+        _matplotlib()  # say what is missing before hours of work, not after
     given = {m.label if isinstance(m, ModelHandle) else m: m for m in models}
     points = sweep_points(list(given), grid)
     rows: list[dict[str, Any]] = []
@@ -579,7 +577,7 @@ def sweep(
         if point.model not in handles:
             handles.clear()  # one model in memory at a time
             model = given[point.model]
-            handles[point.model] = model if isinstance(model, ModelHandle) else open_model(model, device=device, seed=settings.seed, offline=offline, mirror=mirror, knobs=knobs)
+            handles[point.model] = model if isinstance(model, ModelHandle) else open_model(model, device=device, seed=settings.seed, offline=offline, mirror=mirror, cache_dir=cache_dir, knobs=knobs)
         handle = handles[point.model]
         if on_point:
             on_point(index, len(points), point, "running")
@@ -612,7 +610,7 @@ def sweep(
         if on_point:
             on_point(index, len(points), point, status)
     write_csv(out / "results.csv", rows)
-    plot_sweep(rows, out, [k for k in SWEEP_KNOBS if len(set(map(str, grid.get(k) or [None]))) > 1], task.name)
+    plot_sweep(rows, out, plotted, task.name)
     return rows
 
 
@@ -625,15 +623,21 @@ def _slug(text: str) -> str:
 _X_LABELS = {"layers": "layer(s)", "hop_ms": "hop (ms): time resolution", "window_ms": "window (ms): receptive field", "mode": "extraction mode"}
 
 
-def plot_sweep(rows: list[dict[str, Any]], out_dir: Path, knobs: Sequence[str], task_name: str) -> list[Path]:
-    """score_vs_<knob>.png for each knob: one line per model, the best score over the other knobs."""
-    if not knobs:
-        return []
+def _matplotlib() -> tuple[Any, Any]:
+    """matplotlib's Agg canvas and Figure (no pyplot, no global state), or an error saying what to install."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise EmbedzooError("the sweep plots need matplotlib", hint="pip install 'embedzoo[eval]'") from None
+        raise EmbedzooError("the sweep plots need matplotlib, which is not installed", hint="pip install 'embedzoo[eval]'") from None
+    return FigureCanvasAgg, Figure
+
+
+def plot_sweep(rows: list[dict[str, Any]], out_dir: Path, knobs: Sequence[str], task_name: str) -> list[Path]:
+    """score_vs_<knob>.png for each knob: one line per model, the best score over the other knobs."""
+    if not knobs:
+        return []
+    FigureCanvasAgg, Figure = _matplotlib()
     ok = [r for r in rows if not r.get("error") and r.get("primary_score") is not None and math.isfinite(r["primary_score"])]
     metric = next((r["primary_metric"] for r in ok), "score")
     paths = []

@@ -15,8 +15,8 @@ Splits: `trainvaltest` is one split (train / valid / test); a k-fold task lists 
 rest the training data.
 
 The synthetic tasks are small, deterministic (same seed, same bytes) and hard enough to tell a
-good embedding from a random one: `pitch` (harmonic tones of several timbres over two or more
-octaves; pitch_acc and chroma_acc), `scene` and `scene-multilabel` (noise colours, chirps, click
+good embedding from a random one: `pitch` (harmonic tones of random timbres over two to four
+octaves, the validation and test timbres unseen in training; pitch_acc and chroma_acc), `scene` and `scene-multilabel` (noise colours, chirps, click
 trains, AM tones, one per clip or mixed), `event` (tones, noise bursts and chirps with known onsets
 and offsets in longer clips; event-based onset F-measure). This module is torch-free.
 """
@@ -30,7 +30,7 @@ import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -535,12 +535,3 @@ def describe(task: Task) -> str:
         f"{task.name}: {task.embedding_type} / {task.prediction_type}, {len(task.labels)} labels, "
         f"{counts} files, audio at {', '.join(str(r) for r in task.sample_rates())} Hz, metrics {', '.join(task.evaluation)}"
     )
-
-
-def iter_files(task: Task, rate: int, splits: Iterable[str] | None = None) -> list[tuple[str, str, Path]]:
-    """(split, file name, audio path) for every file of the splits, in split-file order."""
-    out = []
-    for split in splits or task.splits:
-        for name in task.targets(split):
-            out.append((split, name, task.audio_path(rate, split, name)))
-    return out

@@ -223,6 +223,16 @@ def test_sweep_records_points_a_model_cannot_do(tmp_path, scene_task):
     assert (tmp_path / "s" / "score_vs_window_ms.png").is_file()
 
 
+def test_sweep_without_matplotlib_says_what_to_install_before_working(tmp_path, scene_task, monkeypatch):
+    from embedzoo.errors import EmbedzooError
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # an import of it now fails
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(EmbedzooError) as caught:
+        sweep([toy()], scene_task, tmp_path / "s", grid={"hop_ms": [5.0, 10.0]}, settings=QUICK, workers=0, cache_dir=tmp_path / "c")
+    assert "embedzoo[eval]" in caught.value.hint and not list((tmp_path / "s" / "runs").glob("*.json"))
+
+
 # ---- the command line ----------------------------------------------------------------------------
 
 

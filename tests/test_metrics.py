@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import math
 
+import dcase_util
 import numpy as np
 import pytest
+import sed_eval
 from scipy import ndimage, stats
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 
@@ -24,10 +26,6 @@ from embedzoo.metrics import (
     roc_auc,
     top1_accuracy,
 )
-
-sed_eval = pytest.importorskip("sed_eval")
-dcase_util = pytest.importorskip("dcase_util")
-
 
 def scores_with_ties(rng: np.random.Generator, n: int, labels: int) -> np.ndarray:
     """Scores rounded to 1 decimal: plenty of ties, which is where AP/AUC definitions differ."""
