@@ -92,6 +92,18 @@ class OpenL3Cfg:
             out.append(bands)
         return tuple(out)
 
+    def geometry(self) -> dict[str, tuple[int, int]]:
+        """(frame_hop, frame_field) in samples of each framed layer: 3x3 convs widen the field by
+        two frames of their input, 2x2 pools double the hop."""
+        out = {"spectrogram": (HOP, self.n_fft)}
+        field, jump = 1, 1  # in STFT frames
+        for index in range(4):
+            field += 4 * jump
+            if index < 3:
+                field, jump = field + jump, jump * 2
+            out[f"block{index + 1}"] = (jump * HOP, (field - 1) * HOP + self.n_fft)
+        return out
+
     def embedding_pool(self) -> tuple[int, int]:
         """Max-pool (bands, time steps) over block 4's map of a 1 s window."""
         bands, steps = self.block_bands()[-1], self.frames(WINDOW) // 8
@@ -159,16 +171,18 @@ class KapreFrontend(nn.Module):
         self.log10 = torch.tensor(math.log(10.0), dtype=torch.float32).item()
 
     def forward(self, audio: Tensor) -> Tensor:
-        x = audio[:, None, :].float()
-        if any(self.cfg.pad):
-            x = F.pad(x, self.cfg.pad)
-        real = F.conv1d(x, self.dft_real, stride=HOP)
-        imag = F.conv1d(x, self.dft_imag, stride=HOP)
-        power = real.pow(2) + imag.pow(2)  # (batch, n_fft // 2 + 1, frames)
-        amplitude = torch.sqrt(power if self.mel is None else torch.matmul(self.mel, power))
-        db = 10 * torch.log(torch.clamp(amplitude, min=AMIN)) / self.log10
-        db = db - torch.amax(db, dim=(1, 2), keepdim=True)
-        return torch.clamp(db, min=-DYNAMIC_RANGE)
+        # always float32, also under autocast: 80 "dB" of amplitude is a ratio of 1e-8
+        with torch.autocast(device_type=audio.device.type, enabled=False):
+            x = audio[:, None, :].float()
+            if any(self.cfg.pad):
+                x = F.pad(x, self.cfg.pad)
+            real = F.conv1d(x, self.dft_real, stride=HOP)
+            imag = F.conv1d(x, self.dft_imag, stride=HOP)
+            power = real.pow(2) + imag.pow(2)  # (batch, n_fft // 2 + 1, frames)
+            amplitude = torch.sqrt(power if self.mel is None else torch.matmul(self.mel, power))
+            db = 10 * torch.log(torch.clamp(amplitude, min=AMIN)) / self.log10
+            db = db - torch.amax(db, dim=(1, 2), keepdim=True)
+            return torch.clamp(db, min=-DYNAMIC_RANGE)
 
 
 # ---- the network ---------------------------------------------------------------------------------
@@ -183,7 +197,6 @@ class ConvBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_chs, out_chs, 3, padding=1)
         self.bn1 = nn.BatchNorm2d(out_chs, eps=BN_EPS)
         self.conv2 = nn.Conv2d(out_chs, out_chs, 3, padding=1)
-        self.last = last
         self.bn2 = None if last else nn.BatchNorm2d(out_chs, eps=BN_EPS)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -221,8 +234,11 @@ class OpenL3(Extractor):
             if spec.name not in self.layer_widths:
                 raise CardError(f"model {card.id}: OpenL3 has no layer {spec.name!r}", hint=f"OpenL3's layers are {', '.join(LAYERS)}")
             width, bands = self.layer_widths[spec.name], self.layer_bands[spec.name]
-            if spec.width != width or spec.tokens or getattr(spec, "bands", 1) != bands:
+            if spec.width != width or spec.tokens or spec.bands != bands or spec.pooled != (spec.name == "embedding"):
                 raise CardError(f"model {card.id}: layer {spec.name} is {width} wide in {bands} band(s) without tokens; the card disagrees")
+            geometry = self.cfg.geometry().get(spec.name)
+            if geometry is not None and card.frame_geometry(spec) != geometry:
+                raise CardError(f"model {card.id}: layer {spec.name} has frames every {geometry[0]} samples, each seeing {geometry[1]}; the card disagrees")
 
     # -- settings --
 

@@ -207,6 +207,17 @@ def test_layer_subsets_stop_early(pairs):
         model.forward_layers(torch.zeros(1, 40000), ["embedding"])
 
 
+def test_frontend_stays_float32_under_autocast(pairs):
+    """-80 "dB" of amplitude is a ratio of 1e-8: the spectrogram must not be computed in bfloat16."""
+    _, _, model = pairs["openl3-mel256-music-6144"]
+    audio = make_audio(1, SR, seed=6)
+    with torch.no_grad():
+        (exact,) = model.forward_layers(audio, ["spectrogram"])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            (mixed,) = model.forward_layers(audio, ["spectrogram"])
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, exact)
+
+
 def test_frame_mode_is_refused_with_the_reason(pairs):
     _, _, model = pairs["openl3-mel128-env-512"]
     with pytest.raises(ConfigError, match="normalises each 1 s window"):
