@@ -17,4 +17,13 @@ for plugin in plugins/embedzoo-*/; do
   if grep -q '^test *=' "$plugin/pyproject.toml"; then "${PIP[@]}" -e "${plugin%/}[test]"; fi
 done
 export PYTHONUNBUFFERED=1
-exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
+# one worker per core (EMBEDZOO_TEST_WORKERS=0 runs in-process); a module's tests stay on one
+# worker, so its reference model is built once
+WORKERS="${EMBEDZOO_TEST_WORKERS:-$(nproc)}"
+PARALLEL=()
+if [ "$WORKERS" != 0 ]; then
+  PARALLEL=(-n "$WORKERS" --dist loadfile)
+  # share the cores between the workers instead of each torch taking them all
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / WORKERS > 0 ? $(nproc) / WORKERS : 1 ))}"
+fi
+exec "$VENV/bin/python" -m pytest -p no:cacheprovider "${PARALLEL[@]}" "$@"
