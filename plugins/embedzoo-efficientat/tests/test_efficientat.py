@@ -14,6 +14,7 @@ arguments), with random weights saved in EfficientAT's release format and conver
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import tracemalloc
@@ -165,6 +166,24 @@ def test_hear_all_se_preset_is_the_authors_8423_d_recipe(mn04):
     scene = model.scene_embeddings(audio, 32000)
     assert scene.shape == (2, 527 + 384 + sum(model.layer_widths[n] for n in names[2:]))
     assert rel_err(scene, torch.cat([expected[n][:, 0] for n in names], dim=1)) < TOLERANCE
+
+
+def test_channels_last_setting_changes_speed_not_results(mn04):
+    """`channels_last` (the default, faster on CPU) against plain NCHW convolutions, same weights."""
+    ref, path, model = mn04
+    card = dataclasses.replace(model.card, config={**model.card.config, "channels_last": False})
+    plain = create_model(card)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    audio = make_audio(2, 20000, seed=16)
+    with torch.no_grad():
+        nhwc, nchw = model.forward_intermediates(audio, ["block5"])["block5"], plain.forward_intermediates(audio, ["block5"])["block5"]
+    assert nhwc.is_contiguous(memory_format=torch.channels_last) and not nhwc.is_contiguous()
+    assert nchw.is_contiguous() and not nchw.is_contiguous(memory_format=torch.channels_last)
+    ours = assert_layers_match(plain, ref, audio, ["block5", "se13", "features", "logits"])
+    with torch.no_grad():
+        fast = dict(zip(ours, model.forward_layers(audio, list(ours))))
+    for name in ours:
+        assert rel_err(fast[name], ours[name]) < TOLERANCE, name
 
 
 def test_layer_subsets_stop_early(mn04):
