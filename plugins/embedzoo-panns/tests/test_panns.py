@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -20,8 +21,8 @@ from panns_testutil import cnn14_32k, get_card, randomised_reference  # noqa: F4
 from safetensors.torch import load_file, save_file
 
 from embedzoo import hub
-from embedzoo.errors import ConfigError, WeightsError
-from embedzoo_panns.model import Cnn14, checkpoint_filter_fn, create_model
+from embedzoo.errors import CardError, ConfigError, WeightsError
+from embedzoo_panns.model import CHANNELS_LAST, Cnn14, checkpoint_filter_fn, create_model
 
 TOLERANCE = 1e-5
 BLOCKS = tuple(f"block{i}" for i in range(1, 7))
@@ -269,3 +270,26 @@ def test_timestamp_embeddings_window_mode(cnn14_32k, model_32k):
         expected = ref(windows)["embedding"]
     assert embeddings.shape == (1, 4, 2048)
     assert rel_err(embeddings[0], expected) < TOLERANCE
+
+
+def test_memory_layout_setting_changes_speed_not_results(cnn14_32k, model_32k):
+    """`config.channels_last`: the default (NHWC conv blocks, the faster on CPU, see bench/RESULTS.md)
+    is what the parity tests above check; the other layout matches the reference on every layer too."""
+    ref, _ = cnn14_32k
+    with torch.no_grad():
+        default = model_32k.forward_intermediates(make_audio(1, 32000, 32000, seed=20), ["block3"])["block3"]
+    assert default.is_contiguous(memory_format=torch.channels_last) == CHANNELS_LAST
+    channels_last = not CHANNELS_LAST
+    card = dataclasses.replace(model_32k.card, config={**model_32k.card.config, "channels_last": channels_last})
+    model = create_model(card)
+    model.load_state_dict(model_32k.state_dict(), strict=True)
+    audio = make_audio(2, 32000, 32000, seed=21)
+    expected = reference_layers(ref, audio)
+    with torch.no_grad():
+        raw = model.forward_intermediates(audio, ["block3"])["block3"]
+        ours = dict(zip(LAYERS, model.forward_layers(audio)))
+    assert raw.is_contiguous(memory_format=torch.channels_last) == channels_last
+    for name in LAYERS:
+        assert rel_err(ours[name], expected[name]) < TOLERANCE, name
+    with pytest.raises(CardError, match="strides"):
+        create_model(dataclasses.replace(card, config={**card.config, "strides": 2}))

@@ -1,0 +1,192 @@
+"""Benchmark: embedzoo's CNN14 against panns_hear (the reference: `panns_hear.models.Cnn14` and its
+HEAR functions), same random weights, same generated 10 s clips at 32 kHz, measured in one run.
+
+Random weights in the authors' `{'model': state_dict}` format, converted by the plugin, so nothing
+is downloaded and both sides hold the same tensors. Three jobs, each timed on both sides:
+- `scene`: the 2048-d embedding of each whole file. Reference: per file, soundfile ->
+  `panns_hear.get_scene_embeddings` (one forward). embedzoo: the pipeline (`embed_files`, scene
+  only, npy outputs written, 0 decoding workers): the same one forward per 10 s file, in batches;
+- `timestamps`: embedzoo's default timestamp recipe (the embedding of the 1 s window centred on
+  every 250 ms, zero padding at the ends). Reference: per file, the padded file unfolded into its
+  41 windows, one batched forward of panns_hear's Cnn14. embedzoo: the pipeline, timestamps only;
+- `panns_hear timestamps`: the reference's own `get_timestamp_embeddings` (one forward per file,
+  block 6's frequency-averaged frames, 320 ms apart, repeated to a 10 ms grid). embedzoo has no
+  recipe computing the same (PANNs frame mode is refused: its blocks' frames cannot tile a clip),
+  so this is timed for context only.
+Both compared jobs check that the two sides agree (max relative difference) before timing counts.
+
+First, a sweep of embedzoo's settings on a few files: channels_last (the plugin's model setting)
+x batch_seconds (the knob); the fastest is what the plugin and the card ship (bench/RESULTS.md).
+
+    python bench/panns.py [--model panns-cnn14] [--files 16] [--sweep-files 2] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from panns_hear import get_scene_embeddings, get_timestamp_embeddings
+from panns_hear.models import Cnn14 as RefCnn14
+
+from embedzoo.audio import collect_inputs
+from embedzoo.pipeline import embed_files
+from embedzoo.registry import get_card
+from embedzoo_panns.model import checkpoint_filter_fn, create_model
+
+REF_ARGS = {
+    "panns-cnn14": dict(sample_rate=32000, window_size=1024, hop_size=320, mel_bins=64, fmin=50, fmax=14000, classes_num=527),
+    "panns-cnn14-16k": dict(sample_rate=16000, window_size=512, hop_size=160, mel_bins=64, fmin=50, fmax=8000, classes_num=527),
+}
+
+
+def make_files(folder: Path, count: int, seconds: float, rate: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    paths = []
+    for i in range(count):
+        x = 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) + 0.05 * rng.standard_normal(len(t))
+        paths.append(folder / f"clip{i:03d}.wav")
+        sf.write(paths[-1], x.astype(np.float32), rate)
+    return paths
+
+
+def reference_network(card_id: str) -> RefCnn14:
+    """panns_hear's Cnn14 with random weights and BatchNorm statistics (dB inputs centred as trained)."""
+    torch.manual_seed(0)
+    net = RefCnn14(**REF_ARGS[card_id])
+    with torch.no_grad():
+        for name, m in net.named_modules():
+            if isinstance(m, torch.nn.BatchNorm2d) and name == "bn0":
+                m.running_mean.normal_(-40.0, 5.0)
+                m.running_var.uniform_(300.0, 350.0)
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0.0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def build_ours(card_id: str, release: dict, channels_last: bool):
+    card = get_card(card_id)
+    card = dataclasses.replace(card, config={**card.config, "channels_last": channels_last})
+    model = create_model(card)
+    model.load_state_dict(checkpoint_filter_fn(release, model), strict=True)
+    return model
+
+
+def read(path: Path) -> torch.Tensor:
+    return torch.from_numpy(sf.read(path, dtype="float32")[0])[None]
+
+
+def reference_scene(net, paths: list[Path]) -> tuple[float, torch.Tensor]:
+    start = time.perf_counter()
+    first = None
+    with torch.inference_mode():
+        for path in paths:
+            emb = get_scene_embeddings(read(path), net)
+            first = emb[0] if first is None else first
+    return time.perf_counter() - start, first
+
+
+def reference_windows(net, paths: list[Path], window: int, hop: int) -> tuple[float, torch.Tensor]:
+    """embedzoo's timestamp recipe done with the reference: every window of a file in one forward."""
+    start = time.perf_counter()
+    first = None
+    with torch.inference_mode():
+        for path in paths:
+            audio = read(path)
+            padded = F.pad(audio, (window // 2, window // 2))
+            windows = padded[0].unfold(0, window, hop)[: 1 + audio.shape[1] // hop]
+            emb = net(windows)["embedding"]
+            first = emb if first is None else first
+    return time.perf_counter() - start, first
+
+
+def reference_own_timestamps(net, paths: list[Path]) -> float:
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for path in paths:
+            get_timestamp_embeddings(read(path), net)
+    return time.perf_counter() - start
+
+
+def ours_pipeline(model, paths: list[Path], out: Path, scene: bool) -> tuple[float, np.ndarray]:
+    files = collect_inputs([paths[0].parent])[: len(paths)]
+    start = time.perf_counter()
+    embed_files(model, files, out, scene=scene, timestamp=not scene, workers=0, overwrite=True)
+    elapsed = time.perf_counter() - start
+    kind = "scene" if scene else "timestamp"
+    return elapsed, np.load(out / kind / f"{files[0].name}.embedding.npy")
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def load() -> str:
+    return "load average %.1f %.1f %.1f" % os.getloadavg()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="panns-cnn14", choices=sorted(REF_ARGS))
+    parser.add_argument("--files", type=int, default=16)
+    parser.add_argument("--sweep-files", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    card = get_card(args.model)
+    rate = card.sample_rate
+    net = reference_network(args.model)
+    release = {"model": net.state_dict()}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_files(Path(tmp) / "audio", args.files, args.seconds, rate)
+        print(f"{args.model}: {args.files} files x {args.seconds:g} s at {rate} Hz, CPU, {args.threads} torch threads; {load()}")
+
+        # the settings sweep first, on a few files: channels_last x batch_seconds, both jobs (best of 2)
+        sweep = {}
+        for channels_last in (False, True):
+            model = build_ours(args.model, release, channels_last)
+            for batch_seconds in (8.0, 32.0, 128.0):
+                times = []
+                for scene in (True, False):
+                    model.configure(batch_seconds=batch_seconds)
+                    times.append(min(ours_pipeline(model, paths[: args.sweep_files], Path(tmp) / "sweep", scene)[0] for _ in range(2)))
+                sweep[(channels_last, batch_seconds)] = sum(times)
+                print(f"  sweep: channels_last={channels_last!s:5} batch_seconds={batch_seconds:5.0f}: scene {times[0]:6.1f} s, "
+                      f"timestamps {times[1]:6.1f} s; {load()}")  # fmt: skip
+        best = min(sweep, key=sweep.get)
+        print(f"  fastest (scene + timestamps): channels_last={best[0]}, batch_seconds={best[1]:g}")
+
+        ours = build_ours(args.model, release, best[0]).configure(batch_seconds=best[1])
+        theirs_s, theirs_first = reference_scene(net, paths)
+        ours_s, ours_first = ours_pipeline(ours, paths, Path(tmp) / "scene", scene=True)
+        print(f"scene (embedding of each whole file): panns_hear {theirs_s:6.1f} s, embedzoo {ours_s:6.1f} s, "
+              f"ratio {theirs_s / ours_s:.2f}x  (max rel. difference {rel(ours_first, theirs_first):.1e}); {load()}")  # fmt: skip
+
+        window, hop = ours.window_samples, ours.hop_samples
+        theirs_t, theirs_first = reference_windows(net, paths, window, hop)
+        ours_t, ours_first = ours_pipeline(ours, paths, Path(tmp) / "timestamps", scene=False)
+        print(f"timestamps (embedding of the {window / rate:g} s window every {1000 * hop / rate:g} ms): panns_hear Cnn14 per file "
+              f"{theirs_t:6.1f} s, embedzoo {ours_t:6.1f} s, ratio {theirs_t / ours_t:.2f}x  "
+              f"(max rel. difference {rel(ours_first, theirs_first):.1e}); {load()}")  # fmt: skip
+
+        own = reference_own_timestamps(net, paths)
+        print(f"panns_hear.get_timestamp_embeddings (one forward per file, 320 ms frames repeated to 10 ms; no embedzoo "
+              f"equivalent): {own:6.1f} s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Benchmark: embedzoo's VGGish against torchvggish (the reference: `vggish_input.wavfile_to_examples`
+then its VGG), same random weights, same generated 10 s clips at 16 kHz, measured in one run.
+
+Random weights in torchvggish's own state-dict layout, converted by the plugin, so nothing is
+downloaded. The reference is used as its README shows: per file, `wavfile_to_examples` (soundfile,
+numpy float64 log-mel, 0.96 s examples) and one forward of all the file's examples, which gives
+both of embedzoo's outputs at once:
+- `timestamps`: one 128-d embedding per 0.96 s. Reference: the per-example embeddings. embedzoo:
+  the pipeline (`embed_files`, timestamps only, npy outputs written, 0 decoding workers), its
+  default recipe: the example centred on every k * 960 ms (HEAR's convention; zero padding at the
+  ends, so a 10 s clip gets 11 windows where the reference cuts 10);
+- `scene`: the mean of those embeddings. Reference: the mean of its examples' embeddings.
+  embedzoo: the pipeline, scene only (the mean over the same centred windows);
+- both at once (`--both`), as the reference gives them.
+Agreement is checked against the reference on the same zero-padded clip (not timed).
+
+First, a sweep of embedzoo's settings on a few files: channels_last (the plugin's model setting)
+x batch_seconds (the knob); the fastest is what the plugin and the card ship (bench/RESULTS.md).
+
+    python bench/vggish.py [--files 32] [--sweep-files 4] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from torchvggish import torchvggish as tv
+from torchvggish import vggish_input
+
+from embedzoo.audio import collect_inputs
+from embedzoo.pipeline import embed_files
+from embedzoo.registry import get_card
+from embedzoo_vggish.model import EXAMPLE_HOP, EXAMPLE_SAMPLES, checkpoint_filter_fn, create_model
+
+RATE = 16000
+
+
+def make_files(folder: Path, count: int, seconds: float) -> list[Path]:
+    """16-bit wav files (what `wavfile_to_examples` reads)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * RATE)) / RATE
+    paths = []
+    for i in range(count):
+        x = 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) + 0.05 * rng.standard_normal(len(t))
+        paths.append(folder / f"clip{i:03d}.wav")
+        sf.write(paths[-1], x.astype(np.float32), RATE, subtype="PCM_16")
+    return paths
+
+
+def reference_network() -> tv.VGG:
+    """torchvggish's VGG (no postprocessor: it would download) with He-scaled random weights."""
+    torch.manual_seed(0)
+    net = tv._vgg(postprocess=False)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.weight.normal_(0.0, (2.0 / m.weight[0].numel()) ** 0.5)
+                m.bias.uniform_(-0.1, 0.1)
+    return net.eval()
+
+
+def build_ours(release: dict, channels_last: bool):
+    card = get_card("vggish")
+    card = dataclasses.replace(card, config={**card.config, "channels_last": channels_last})
+    model = create_model(card)
+    model.load_state_dict(checkpoint_filter_fn(release, model), strict=True)
+    return model
+
+
+def reference(net, paths: list[Path]) -> tuple[float, torch.Tensor]:
+    """Per file: examples -> embeddings (the timestamps) and their mean (the scene)."""
+    start = time.perf_counter()
+    first = None
+    with torch.inference_mode():
+        for path in paths:
+            emb = net(vggish_input.wavfile_to_examples(str(path)).detach())
+            emb.mean(dim=0)
+            first = emb if first is None else first
+    return time.perf_counter() - start, first
+
+
+def reference_centred(net, path: Path, count: int) -> torch.Tensor:
+    """The reference on embedzoo's windows: the clip with half an example of zeros in front."""
+    audio = sf.read(path, dtype="float64")[0]
+    padded = np.zeros(EXAMPLE_SAMPLES // 2 + (count - 1) * EXAMPLE_HOP + EXAMPLE_SAMPLES)
+    padded[EXAMPLE_SAMPLES // 2 : EXAMPLE_SAMPLES // 2 + len(audio)] = audio
+    with torch.inference_mode():
+        return net(vggish_input.waveform_to_examples(padded, RATE).detach()[:count])
+
+
+def ours_pipeline(model, paths: list[Path], out: Path, scene: bool) -> tuple[float, np.ndarray]:
+    files = collect_inputs([paths[0].parent])[: len(paths)]
+    start = time.perf_counter()
+    embed_files(model, files, out, scene=scene, timestamp=not scene, workers=0, overwrite=True)
+    elapsed = time.perf_counter() - start
+    kind = "scene" if scene else "timestamp"
+    return elapsed, np.load(out / kind / f"{files[0].name}.embedding.npy")
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def load() -> str:
+    return "load average %.1f %.1f %.1f" % os.getloadavg()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=32)
+    parser.add_argument("--sweep-files", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    net = reference_network()
+    release = net.state_dict()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_files(Path(tmp) / "audio", args.files, args.seconds)
+        print(f"vggish: {args.files} files x {args.seconds:g} s at 16 kHz, CPU, {args.threads} torch threads; {load()}")
+
+        # the settings sweep first, on a few files: channels_last x batch_seconds, both jobs (best of 2)
+        sweep = {}
+        for channels_last in (False, True):
+            model = build_ours(release, channels_last)
+            for batch_seconds in (8.0, 32.0, 128.0):
+                times = []
+                for scene in (True, False):
+                    model.configure(batch_seconds=batch_seconds)
+                    times.append(min(ours_pipeline(model, paths[: args.sweep_files], Path(tmp) / "sweep", scene)[0] for _ in range(2)))
+                sweep[(channels_last, batch_seconds)] = sum(times)
+                print(f"  sweep: channels_last={channels_last!s:5} batch_seconds={batch_seconds:5.0f}: scene {times[0]:6.1f} s, "
+                      f"timestamps {times[1]:6.1f} s; {load()}")  # fmt: skip
+        best = min(sweep, key=sweep.get)
+        print(f"  fastest (scene + timestamps): channels_last={best[0]}, batch_seconds={best[1]:g}")
+
+        ours = build_ours(release, best[0]).configure(batch_seconds=best[1])
+        theirs, theirs_ts = reference(net, paths)
+        ours_s, ours_scene = ours_pipeline(ours, paths, Path(tmp) / "scene", scene=True)
+        ours_t, ours_ts = ours_pipeline(ours, paths, Path(tmp) / "timestamps", scene=False)
+        files = collect_inputs([paths[0].parent])[: len(paths)]
+        start = time.perf_counter()
+        embed_files(ours, files, Path(tmp) / "both", scene=True, timestamp=True, workers=0, overwrite=True)
+        ours_both = time.perf_counter() - start
+        centred = reference_centred(net, paths[0], len(ours_ts))
+        print(f"torchvggish (wavfile_to_examples + VGG, per file; gives both): {theirs:6.1f} s; {load()}")
+        print(f"scene (mean embedding): embedzoo {ours_s:6.1f} s, ratio {theirs / ours_s:.2f}x  "
+              f"(max rel. difference to the reference on the same windows {rel(ours_scene, centred.mean(dim=0)):.1e})")  # fmt: skip
+        print(f"timestamps (an embedding every 0.96 s; embedzoo {len(ours_ts)} centred windows per file, the reference "
+              f"{len(theirs_ts)}): embedzoo {ours_t:6.1f} s, ratio {theirs / ours_t:.2f}x  "
+              f"(max rel. difference to the reference on the same windows {rel(ours_ts, centred):.1e}); {load()}")  # fmt: skip
+        print(f"both in one run (embedzoo --both): {ours_both:6.1f} s, ratio {theirs / ours_both:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
