@@ -21,7 +21,6 @@ embedzoo returns what it documents instead.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
 import os
@@ -57,16 +56,15 @@ PRESET = "base"
 pytestmark = pytest.mark.filterwarnings("ignore:Input image size:UserWarning")
 
 
-@contextlib.contextmanager
+@pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
-    """The reference runs one tiny forward per 50 ms window: on a shared 2-core machine a second
-    intra-op thread makes each of those wait for a busy core (tens of times slower)."""
+    """One intra-op thread for these tests: the reference runs one tiny forward per 50 ms window,
+    and on a shared 2-core machine a second thread makes every op wait for a busy core (the module
+    takes about half the time this way)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    yield
+    torch.set_num_threads(threads)
 
 
 def small_card_entry(card_id: str) -> dict[str, Any]:
@@ -139,13 +137,11 @@ def audio(seconds: float, batch: int = 1, seed: int = 0) -> torch.Tensor:
 
 
 def reference_scene(recipe: Recipe, clip: torch.Tensor) -> torch.Tensor:
-    with one_thread():
-        return recipe.module.get_scene_embeddings(clip, recipe.wrapper)
+    return recipe.module.get_scene_embeddings(clip, recipe.wrapper)
 
 
 def reference_timestamps(recipe: Recipe, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    with one_thread():
-        return recipe.module.get_timestamp_embeddings(clip, recipe.wrapper)
+    return recipe.module.get_timestamp_embeddings(clip, recipe.wrapper)
 
 
 def assert_same_timestamps(recipe: Recipe, clip: torch.Tensor) -> None:
@@ -202,7 +198,7 @@ def test_shorter_than_a_timestamp_window(recipe: Recipe) -> None:
         reference_scene(recipe, clip)
     short = recipe.model.card.min_window - clip.shape[-1]
     padded = torch.nn.functional.pad(clip, (short // 2, short - short // 2))
-    with torch.no_grad(), one_thread():
+    with torch.no_grad():
         expected = recipe.wrapper(padded)
     assert rel_err(scene, expected) < TOLERANCE
 
@@ -220,7 +216,7 @@ def test_shorter_than_the_reflection_pad(recipe: Recipe) -> None:
     assert torch.equal(times[0], torch.arange(count, dtype=torch.float32) * hop * 1000 / SR)
     padded = torch.from_numpy(np.pad(clip[0].numpy(), window // 2, mode="reflect"))
     windows = torch.stack([padded[k * hop : k * hop + window] for k in range(count)])
-    with torch.no_grad(), one_thread():
+    with torch.no_grad():
         expected = recipe.wrapper(windows)
     assert rel_err(emb[0], expected) < TOLERANCE
     assert torch.isfinite(recipe.model.scene_embeddings(clip)).all()
