@@ -236,9 +236,12 @@ class Extractor(torch.nn.Module, abc.ABC):
         """Embeddings of clips of any lengths (1-d arrays/tensors, or rows of a 2-d one)."""
         prepared = self._prepare(clips if isinstance(clips, (Tensor, np.ndarray)) else list(clips), sample_rate)
         session = Session(self, scene=scene, timestamp=timestamp)
+        # pushed in slices, so a long clip is windowed as it goes rather than copied whole
+        step = max(self.card.max_window, int(self.knobs.batch_seconds * self.card.sample_rate))
         for key, clip in enumerate(prepared):
             session.open(key)
-            session.push(key, clip)
+            for start in range(0, len(clip), step):
+                session.push(key, clip[start : start + step])
             session.close(key)
         session.flush()
         done = dict(session.take())

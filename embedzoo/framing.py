@@ -48,7 +48,8 @@ class SlidingSignal:
         if need_head > 0:
             self._head = np.concatenate([self._head, chunk[:need_head]])
         keep = self.pad_right + 1
-        self._tail = np.concatenate([self._tail, chunk])[-keep:]
+        # a copy: a view of the last samples would keep the whole chunk alive
+        self._tail = np.concatenate([self._tail, chunk[-keep:]])[-keep:].copy()
         self._chunks.append(chunk)
         self._settle_left()
 
