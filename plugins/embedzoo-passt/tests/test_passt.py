@@ -30,7 +30,9 @@ from hear21passt import base as ref_base  # noqa: E402
 from hear21passt import base2level as ref_2level  # noqa: E402
 from hear21passt import base2levelmel as ref_2levelmel  # noqa: E402
 from hear21passt.models.preprocess import AugmentMelSTFT  # noqa: E402
+from hear21passt.models.passt import PaSST as RefPaSST  # noqa: E402
 from hear21passt.wrapper import PasstBasicWrapper  # noqa: E402
+from passt_small import SMALL, small_catalog  # noqa: E402,F401  (the cards' small twins)
 
 SR = 32000
 TOLERANCE = 1e-5
@@ -65,6 +67,26 @@ def reference_wrapper(arch: str = "passt_s_swa_p16_128_ap476", seed: int = 0, **
     net = passt_ref.get_model(arch=arch, pretrained=False, **net_kwargs)
     randomise(net, seed)
     return PasstBasicWrapper(mel=mel, net=net, mode="all").eval()
+
+
+def small_reference(seed: int, hopsize: int = 320, input_tdim: int = 998) -> PasstBasicWrapper:
+    """hear21passt's wrapper around a small random PaSST (test_passt_recipes.SMALL) of the given
+    geometry: the recipes' window loops stay cheap, and the card's `-small` twin matches it."""
+    mel = AugmentMelSTFT(n_mels=128, sr=32000, win_length=800, hopsize=hopsize, n_fft=1024, freqm=48, timem=192,
+                         htk=False, fmin=0.0, fmax=None, norm=1, fmin_aug_range=10, fmax_aug_range=2000)
+    net = RefPaSST(img_size=(128, input_tdim), patch_size=16, stride=(10, 10), in_chans=1, num_classes=527,
+                   distilled=True, **SMALL)
+    randomise(net, seed)
+    return PasstBasicWrapper(mel=mel, net=net, mode="all").eval()
+
+
+def small_weights(reference: PasstBasicWrapper, folder: Path) -> Path:
+    path = folder / "original.pt"
+    torch.save(reference.net.state_dict(), path)
+    return path
+
+
+SMALL_BASE = 527 + SMALL["embed_dim"]  # logits + features of the small network
 
 
 @pytest.fixture(scope="module")
@@ -128,15 +150,22 @@ def test_every_layer_matches_reference_intermediates(reference: PasstBasicWrappe
 
 
 @pytest.mark.parametrize("clip", ["short", "long"])
-def test_base_scene_and_timestamp_embeddings(reference, checkpoint, clips, clip: str) -> None:
+def test_base_scene_and_timestamp_embeddings(reference, checkpoint, clips, clip: str, small_catalog, tmp_path) -> None:
+    """Full size on the short clips; the 3.74 s clip's 75 windows on the small network."""
     audio = clips[clip]
-    model = embedzoo.load(CARD, weights=checkpoint, device="cpu", preset="base")
+    if clip == "long":
+        reference = small_reference(seed=2)
+        checkpoint, width = small_weights(reference, tmp_path), SMALL_BASE
+        model = embedzoo.load(f"{CARD}-small", weights=checkpoint, device="cpu", preset="base")
+    else:
+        width = 1295
+        model = embedzoo.load(CARD, weights=checkpoint, device="cpu", preset="base")
     with torch.no_grad():
         ref_scene = ref_base.get_scene_embeddings(audio, reference)
         ref_ts, ref_times = ref_base.get_timestamp_embeddings(audio, reference)
     scene = model.scene_embeddings(audio)
     ts, times = model.timestamp_embeddings(audio)
-    assert scene.shape == (len(audio), 1295)
+    assert scene.shape == (len(audio), width)
     assert rel_err(scene, ref_scene) < TOLERANCE
     assert rel_err(ts, ref_ts) < TOLERANCE
     assert torch.allclose(times.double(), ref_times.double())
@@ -144,16 +173,18 @@ def test_base_scene_and_timestamp_embeddings(reference, checkpoint, clips, clip:
 
 @pytest.mark.parametrize("module,preset", [(ref_2level, "2level"), (ref_2levelmel, "2levelmel")])
 @pytest.mark.parametrize("seconds", [0.12, 1.07])
-def test_two_level_recipes(reference, checkpoint, module, preset: str, seconds: float) -> None:
+def test_two_level_recipes(module, preset: str, seconds: float, small_catalog, tmp_path) -> None:
     """hear21passt.base2level(mel) as one preset: timestamps = cat(160 ms windows, 800/640 ms
-    windows[, the 6 mel frames of a 60 ms window, flattened]); scenes are base's."""
+    windows[, the 6 mel frames of a 60 ms window, flattened]); scenes are base's. (Small network:
+    the recipe is the windows, not the width; test_hear runs the full-size 2levelmel.)"""
+    reference = small_reference(seed=3)
+    model = embedzoo.load(f"{CARD}-small", weights=small_weights(reference, tmp_path), device="cpu", preset=preset)
     audio = 0.3 * torch.randn(2, int(seconds * SR), generator=torch.Generator().manual_seed(9))
-    model = embedzoo.load(CARD, weights=checkpoint, device="cpu", preset=preset)
     ts, times = model.timestamp_embeddings(audio)
-    assert model.timestamp_embedding_size == ts.shape[-1] == {"2level": 2590, "2levelmel": 3358}[preset]
+    assert model.timestamp_embedding_size == ts.shape[-1] == {"2level": 2, "2levelmel": 2}[preset] * SMALL_BASE + (768 if preset == "2levelmel" else 0)
     assert torch.isfinite(ts).all()
     scene = model.scene_embeddings(audio)
-    assert model.scene_embedding_size == scene.shape[-1] == 1295 and torch.isfinite(scene).all()
+    assert model.scene_embedding_size == scene.shape[-1] == SMALL_BASE and torch.isfinite(scene).all()
     with torch.no_grad():
         if seconds * 1000 > 400:
             assert rel_err(scene, module.get_scene_embeddings(audio, reference)) < TOLERANCE
@@ -168,31 +199,32 @@ def test_two_level_recipes(reference, checkpoint, module, preset: str, seconds: 
             if preset == "2levelmel":  # the levels it can compute: base and the mel frames
                 mels, _ = reference.get_timestamp_mels(audio, window_size=1920)
                 assert rel_err(ts[..., -768:], mels) < TOLERANCE
-            ts = ts[..., :1295]
+            ts = ts[..., :SMALL_BASE]
     assert rel_err(ts, ref_ts) < TOLERANCE
     assert torch.allclose(times.double(), ref_times.double())
 
 
 @pytest.mark.parametrize(
-    "card_id,module,arch,kwargs",
+    "card_id,kwargs",
     [
-        ("passt-s-hop100-ap473", "hop100base2lvlmel", "stfthop100", {"input_tdim": 3200, "hopsize": 100}),
-        ("passt-s-hop160-ap473", "hop160base2lvlmel", "stfthop160", {"input_tdim": 2000, "hopsize": 160}),
+        ("passt-s-hop100-ap473", {"input_tdim": 3200, "hopsize": 100}),
+        ("passt-s-hop160-ap473", {"input_tdim": 2000, "hopsize": 160}),
     ],
 )
-def test_stft_hop_two_level_mel_recipes(card_id: str, module: str, arch: str, kwargs: dict, tmp_path: Path) -> None:
-    """The hop100/hop160 2lvlmel modules: 800 ms second level, mel windows of 6 STFT hops."""
-    reference = reference_wrapper(arch, seed=4, **kwargs)
-    recipe = importlib.import_module(f"hear21passt.{module}")
-    path = tmp_path / "original.pt"
-    torch.save(reference.net.state_dict(), path)
+def test_stft_hop_two_level_recipes(card_id: str, kwargs: dict, tmp_path: Path, small_catalog) -> None:
+    """The hop100/hop160 2lvl and 2lvlmel modules: 800 ms second level, mel windows of 6 STFT hops."""
+    reference = small_reference(seed=4, **kwargs)
+    path = small_weights(reference, tmp_path)
     audio = 0.3 * torch.randn(1, int(0.9 * SR), generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        ref_ts, ref_times = recipe.get_timestamp_embeddings(audio, reference)
-    model = embedzoo.load(card_id, weights=path, device="cpu", preset="2levelmel")
-    ts, times = model.timestamp_embeddings(audio)
-    assert rel_err(ts, ref_ts) < TOLERANCE
-    assert torch.allclose(times.double(), ref_times.double())
+    prefix = card_id.split("-")[2]  # hop100 / hop160
+    for module, preset in ((f"{prefix}base2lvl", "2level"), (f"{prefix}base2lvlmel", "2levelmel")):
+        recipe = importlib.import_module(f"hear21passt.{module}")
+        with torch.no_grad():
+            ref_ts, ref_times = recipe.get_timestamp_embeddings(audio, reference)
+        model = embedzoo.load(f"{card_id}-small", weights=path, device="cpu", preset=preset)
+        ts, times = model.timestamp_embeddings(audio)
+        assert rel_err(ts, ref_ts) < TOLERANCE, module
+        assert torch.allclose(times.double(), ref_times.double())
 
 
 def test_levels_are_checked() -> None:

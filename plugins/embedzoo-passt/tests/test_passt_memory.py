@@ -1,6 +1,6 @@
 """20 minutes of audio in one call, in bounded memory on the CPU.
 
-A fresh interpreter loads PaSST (the base card's small twin from test_passt_recipes: same
+A fresh interpreter loads PaSST (the base card's small twin from passt_small: same
 geometry, 64 wide, random weights in the released layout), makes a 20-minute clip at 32 kHz, and
 asks for its scene and timestamp embeddings in one `model.embed` call in frame mode (one forward
 per 10 s chunk, the cheap knob set), timestamps every 50 ms as in hear21passt's recipe. It measures
@@ -26,7 +26,7 @@ import torch
 
 from embedzoo.registry import get_registry
 from embedzoo_passt.model import create_model
-from test_passt_recipes import small_catalog  # noqa: F401  (fixture: the -small cards in the catalog)
+from passt_small import small_catalog  # noqa: F401  (fixture: the -small cards in the catalog)
 
 CARD = "passt-s-ap476-small"
 MINUTES = 20

@@ -30,27 +30,15 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import embedzoo
-from embedzoo.card import card_to_dict
 from embedzoo.registry import get_registry
+from passt_small import FULL_WIDTH, RECIPES, SMALL, small_catalog  # noqa: F401  (RECIPES: module -> card, preset "base")
 from test_passt import SR, TOLERANCE, randomise, rel_err
 
 from hear21passt.models.passt import PaSST as RefPaSST  # noqa: E402  (test_passt skips without hear21passt)
 from hear21passt.wrapper import PasstBasicWrapper  # noqa: E402
 
-# hear21passt module -> the embedzoo card that reproduces it with preset "base"
-RECIPES = {
-    "base20sec": "passt-s-20sec-ap474",
-    "base30sec": "passt-s-30sec-ap473",
-    "hop100base": "passt-s-hop100-ap473",
-    "hop160base": "passt-s-hop160-ap473",
-}
-# the cards that get a `-small` twin (the base card's serves test_passt_memory)
-SMALL_CARDS = (*RECIPES.values(), "passt-s-ap476")
-SMALL = {"embed_dim": 64, "depth": 2, "num_heads": 1}
-FULL_WIDTH = 768
 PRESET = "base"
 # the reference warns on every forward shorter than its full time extent
 pytestmark = pytest.mark.filterwarnings("ignore:Input image size:UserWarning")
@@ -65,37 +53,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def small_card_entry(card_id: str) -> dict[str, Any]:
-    """The card as a catalog entry, with the small network: width/depth in config, layers cut to it."""
-    card = get_registry().get(card_id)
-    blocks = {f"block{i}" for i in range(SMALL["depth"] + 1, int(card.config.get("depth", 12)) + 1)}
-    layers = tuple(
-        dataclasses.replace(spec, width=SMALL["embed_dim"] if spec.width == FULL_WIDTH else spec.width)
-        for spec in card.layers
-        if spec.name not in blocks
-    )
-    small = dataclasses.replace(card, id=f"{card.id}-small", aliases=(), config={**card.config, **SMALL}, layers=layers)
-    entry = card_to_dict(small)
-    entry.pop("provider", None)
-    return entry
-
-
-@pytest.fixture(scope="module")
-def small_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The `-small` cards in an extra catalog file for the duration of this module."""
-    path = tmp_path_factory.mktemp("catalog") / "passt-small.yaml"
-    path.write_text(yaml.safe_dump({"models": [small_card_entry(card_id) for card_id in SMALL_CARDS]}))
-    before = os.environ.get("EMBEDZOO_REGISTRY")
-    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(filter(None, [before, str(path)]))
-    get_registry.cache_clear()
-    yield
-    if before is None:
-        del os.environ["EMBEDZOO_REGISTRY"]
-    else:
-        os.environ["EMBEDZOO_REGISTRY"] = before
-    get_registry.cache_clear()
 
 
 @dataclasses.dataclass
