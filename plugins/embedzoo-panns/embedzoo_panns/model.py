@@ -42,8 +42,8 @@ __all__ = ["Cnn14", "PannsCfg", "create_model", "checkpoint_filter_fn"]
 CHANNELS = (64, 128, 256, 512, 1024, 2048)
 CLASSES = 527
 EMBED_DIM = 2048
-# NHWC conv blocks: same results, 5-20% faster on CPU (bench/panns.py, bench/RESULTS.md); a card's
-# `config.channels_last` overrides it
+# NHWC conv blocks: same results, 6-17% less time on CPU (bench/panns.py, bench/RESULTS.md);
+# a card's `config.channels_last` overrides it
 CHANNELS_LAST = True
 
 
