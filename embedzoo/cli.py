@@ -577,6 +577,7 @@ def _values(raw: tuple[str, ...], cast: Any) -> list[Any]:
 @click.option("--preset", default=None, help="A preset of the models' knobs for every point.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None, help="Autocast dtype (float32 is exact).")
 @click.option("--batch-size", type=int, default=None, help="Windows per forward.")
+@click.option("--plot-metric", default=None, help="The score the plots show (default: the task's primary metric).")
 @downstream_options
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for runs/*.json, results.csv and the plots.")
 def sweep(models: tuple[str, ...], task_dir: Path, layer_values: tuple[str, ...], hop_values: tuple[str, ...], window_values: tuple[str, ...],
@@ -621,7 +622,7 @@ def sweep(models: tuple[str, ...], task_dir: Path, layer_values: tuple[str, ...]
         elif not quiet and status != "running":
             click.echo(f"[{index + 1}/{total}] {label}: {status}")
 
-    common = dict(grid=grid, knobs=knobs, settings=settings, device=kwargs["device"], workers=kwargs["workers"], offline=kwargs["offline"] or None, mirror=kwargs["mirror"], on_point=on_point)
+    common = dict(grid=grid, knobs=knobs, settings=settings, device=kwargs["device"], workers=kwargs["workers"], offline=kwargs["offline"] or None, mirror=kwargs["mirror"], on_point=on_point, plot_metric=kwargs["plot_metric"])
     if progress_bar is not None:
         with progress_bar:
             bar_task = progress_bar.add_task("sweep", total=None, point="")

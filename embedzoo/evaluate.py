@@ -484,6 +484,15 @@ def sweep_points(models: Sequence[str], grid: dict[str, Sequence[Any]]) -> list[
     return [SweepPoint(m, dict(zip(names, combo))) for m in models for combo in itertools.product(*values)]
 
 
+def score_names(task: Task) -> list[str]:
+    """Every score an evaluation of the task reports (event scores with their precision and recall)."""
+    scores, _ = get_scores(task.evaluation)
+    names = []
+    for score in scores:
+        names += [score.name] + ([f"{score.name}_precision", f"{score.name}_recall"] if score.kind == "event" else [])
+    return names
+
+
 def _row(result: dict[str, Any], path: Path | None, point: SweepPoint, error: str | None = None) -> dict[str, Any]:
     knobs = result.get("knobs") or {}
     row: dict[str, Any] = {
@@ -548,6 +557,7 @@ def sweep(
     mirror: str | Path | None = None,
     on_point: Callable[[int, int, SweepPoint, str], None] | None = None,
     progress: Progress | None = None,
+    plot_metric: str | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate every point of the grid (`layers`, `hop_ms`, `window_ms`, `mode`: lists of values)
     for every model; write runs/*.json, results.csv and the plots into `out_dir`; return the rows.
@@ -557,18 +567,20 @@ def sweep(
 
     `on_point(index, total, point, status)` is called as each point starts ('running') and ends
     ('done', 'cached' or 'failed: ...'). Points whose knobs the model cannot honour are recorded as
-    failed rows and the sweep goes on."""
+    failed rows and the sweep goes on. The plots show the task's primary metric, or `plot_metric`."""
     task = task if isinstance(task, Task) else load_task(task)
     out = Path(out_dir).expanduser()
-    (out / "runs").mkdir(parents=True, exist_ok=True)
     unknown = set(grid) - set(SWEEP_KNOBS)
     if unknown:
         raise ConfigError(f"sweep knobs are {SWEEP_KNOBS}, not {sorted(unknown)}")
     if any(v is None for values in grid.values() for v in values):
         raise ConfigError("sweep values cannot be None: leave a knob out of the grid to keep the model's default")
+    if plot_metric is not None and plot_metric not in score_names(task):
+        raise ConfigError(f"task {task.name} has no metric {plot_metric!r} to plot", hint=f"its metrics: {', '.join(score_names(task))}")
     plotted = [k for k in SWEEP_KNOBS if len(set(map(str, grid.get(k) or [None]))) > 1]
     if plotted:
         _matplotlib()  # say what is missing before hours of work, not after
+    (out / "runs").mkdir(parents=True, exist_ok=True)
     given = {m.label if isinstance(m, ModelHandle) else m: m for m in models}
     points = sweep_points(list(given), grid)
     rows: list[dict[str, Any]] = []
@@ -610,7 +622,7 @@ def sweep(
         if on_point:
             on_point(index, len(points), point, status)
     write_csv(out / "results.csv", rows)
-    plot_sweep(rows, out, plotted, task.name)
+    plot_sweep(rows, out, plotted, task.name, plot_metric)
     return rows
 
 
@@ -633,13 +645,15 @@ def _matplotlib() -> tuple[Any, Any]:
     return FigureCanvasAgg, Figure
 
 
-def plot_sweep(rows: list[dict[str, Any]], out_dir: Path, knobs: Sequence[str], task_name: str) -> list[Path]:
-    """score_vs_<knob>.png for each knob: one line per model, the best score over the other knobs."""
+def plot_sweep(rows: list[dict[str, Any]], out_dir: Path, knobs: Sequence[str], task_name: str, metric: str | None = None) -> list[Path]:
+    """score_vs_<knob>.png for each knob: one line per model, the best test score (the task's
+    primary metric, or `metric`) over the other knobs."""
     if not knobs:
         return []
     FigureCanvasAgg, Figure = _matplotlib()
-    ok = [r for r in rows if not r.get("error") and r.get("primary_score") is not None and math.isfinite(r["primary_score"])]
-    metric = next((r["primary_metric"] for r in ok), "score")
+    column = metric or "primary_score"
+    ok = [r for r in rows if not r.get("error") and isinstance(r.get(column), float) and math.isfinite(r[column])]
+    metric = metric or next((r["primary_metric"] for r in ok), "score")
     paths = []
     for knob in knobs:
         fig = Figure(figsize=(5.5, 3.6), dpi=100)
@@ -656,7 +670,7 @@ def plot_sweep(rows: list[dict[str, Any]], out_dir: Path, knobs: Sequence[str], 
             best = {}
             for r in ok:
                 if r["model"] == model:
-                    best[r[knob]] = max(best.get(r[knob], -math.inf), r["primary_score"])
+                    best[r[knob]] = max(best.get(r[knob], -math.inf), r[column])
             xs = [v for v in values if v in best]
             positions = [float(v) for v in xs] if numeric else [values.index(v) for v in xs]
             ax.plot(positions, [best[v] for v in xs], marker="o", label=model)

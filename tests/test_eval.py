@@ -17,6 +17,7 @@ import soundfile as sf
 import torch
 
 from embedzoo.cache import cache_root, sha256_file
+from embedzoo.errors import ConfigError
 from embedzoo.evaluate import EvalSettings, ModelHandle, embedding_key, evaluate, sweep
 from embedzoo.tasks import make_task
 from fakedist import TOY_PLUGIN, make_dist
@@ -217,10 +218,13 @@ def test_sweep_writes_csv_and_plots_and_resumes(tmp_path, scene_task):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
-def test_sweep_records_points_a_model_cannot_do(tmp_path, scene_task):
-    rows = sweep([toy()], scene_task, tmp_path / "s", grid={"window_ms": [2.0, 1000.0]}, settings=QUICK, workers=0, cache_dir=tmp_path / "c")
+def test_sweep_records_points_a_model_cannot_do_and_plots_any_metric(tmp_path, scene_task):
+    rows = sweep([toy()], scene_task, tmp_path / "s", grid={"window_ms": [2.0, 1000.0]}, settings=QUICK, workers=0, cache_dir=tmp_path / "c", plot_metric="mAP")
     assert not rows[0]["error"] and "exceeds the longest input" in rows[1]["error"]
     assert (tmp_path / "s" / "score_vs_window_ms.png").is_file()
+    with pytest.raises(ConfigError, match="no metric 'event_onset_50ms_fms'"):
+        sweep([toy()], scene_task, tmp_path / "t", grid={"window_ms": [2.0, 4.0]}, settings=QUICK, plot_metric="event_onset_50ms_fms")
+    assert not (tmp_path / "t").exists()
 
 
 def test_sweep_without_matplotlib_says_what_to_install_before_working(tmp_path, scene_task, monkeypatch):
@@ -230,7 +234,7 @@ def test_sweep_without_matplotlib_says_what_to_install_before_working(tmp_path, 
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(EmbedzooError) as caught:
         sweep([toy()], scene_task, tmp_path / "s", grid={"hop_ms": [5.0, 10.0]}, settings=QUICK, workers=0, cache_dir=tmp_path / "c")
-    assert "embedzoo[eval]" in caught.value.hint and not list((tmp_path / "s" / "runs").glob("*.json"))
+    assert "embedzoo[eval]" in caught.value.hint and not (tmp_path / "s").exists()
 
 
 # ---- the command line ----------------------------------------------------------------------------
