@@ -520,7 +520,7 @@ def eval_command(model: str, task_dir: Path, weights: str | None, out_path: Path
     run (or a sweep) reuses them. Scores are on the test split(s), with hyper-parameters chosen on
     the first split's validation data.
     """
-    from embedzoo.evaluate import evaluate, result_lines, result_table, write_json, _digest, _slug
+    from embedzoo.evaluate import default_result_path, evaluate, finite, result_lines, result_table, write_json
 
     knobs = knobs_from(kwargs)
     settings = _eval_settings(kwargs)
@@ -531,14 +531,10 @@ def eval_command(model: str, task_dir: Path, weights: str | None, out_path: Path
             result = evaluate(model, task_dir, **common)
     else:
         result = evaluate(model, task_dir, **common)
-    if out_path is None:
-        key = _digest([result["weights"], result["knobs"], result["scene_from"], result["seed"], result["grid_points"], result["hparams"], result["task"]["path"]], 10)
-        out_path = Path("embedzoo-results") / _slug(result["task"]["name"]) / f"{_slug(model)}-{key}.json"
+    out_path = out_path or default_result_path(result)
     write_json(out_path, result)
     if as_json:
-        from embedzoo.evaluate import _finite
-
-        click.echo(json.dumps(_finite(result), indent=2))
+        click.echo(json.dumps(finite(result), indent=2))
         return
     from rich.table import Table
 

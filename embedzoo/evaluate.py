@@ -302,14 +302,14 @@ class EvalSettings:
         return {"max_epochs": self.max_epochs, "patience": self.patience, "hidden_dim": self.hidden_dim}
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
     """JSON has no NaN or infinity: they become null (an undefined score), recursively."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
@@ -413,10 +413,16 @@ def evaluate(
     return result
 
 
+def default_result_path(result: dict[str, Any]) -> Path:
+    """embedzoo-results/<task>/<model>-<hash of what was evaluated and how>.json (in the working folder)."""
+    key = _digest([result["weights"], result["knobs"], result["scene_from"], result["seed"], result["grid_points"], result["standardize"], result["task"]["path"]], 10)
+    return Path("embedzoo-results") / _slug(result["task"]["name"]) / f"{_slug(result['model'])}-{key}.json"
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     from embedzoo.pipeline import atomic_write
 
-    text = json.dumps(_finite(data), indent=2) + "\n"
+    text = json.dumps(finite(data), indent=2) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
@@ -442,6 +448,7 @@ def result_lines(result: dict[str, Any]) -> list[str]:
         + (f", scene from {result['scene_from']}" if result.get("scene_from") else ""),
         f"chosen: {hp['hidden_layers']} hidden layer(s), lr {hp['lr']:g}, {hp['initialization']}"
         + (f"; postprocessing {result['postprocessing']}" if result.get("postprocessing") else "")
+        + ("; embeddings z-scored" if result.get("standardize") else "")
         + f" (best of {len(result['grid'])} grid points on the first split's validation data)",
         f"time: embeddings {t['embedding_seconds']:.1f} s ({t['files_computed']} computed, {t['files_cached']} cached), "
         f"downstream {t['downstream_seconds']:.1f} s",
