@@ -36,20 +36,9 @@ from embedzoo.audio import collect_inputs
 from embedzoo.pipeline import embed_files
 from embedzoo.registry import get_card
 from embedzoo_efficientat.model import checkpoint_filter_fn, create_model
+from harness import make_files, rel
 
 RATE = 32000
-
-
-def make_files(folder: Path, count: int, seconds: float) -> list[Path]:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * RATE)) / RATE
-    paths = []
-    for i in range(count):
-        x = 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) + 0.05 * rng.standard_normal(len(t))
-        paths.append(folder / f"clip{i:03d}.wav")
-        sf.write(paths[-1], x.astype(np.float32), RATE)
-    return paths
 
 
 def reference_network(width: float) -> torch.nn.Module:
@@ -116,11 +105,6 @@ def ours_pipeline(model, paths: list[Path], out: Path, scene: bool) -> tuple[flo
     return elapsed, np.load(out / kind / f"{files[0].name}.embedding.npy")
 
 
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="efficientat-mn10-as")
@@ -138,7 +122,7 @@ def main() -> None:
     mel = AugmentMelSTFT(n_mels=128, sr=RATE, win_length=800, hopsize=320, n_fft=1024, fmin_aug_range=10, fmax_aug_range=2000).eval()
     release = release_format(net)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_files(Path(tmp) / "audio", args.files, args.seconds)
+        paths = make_files(Path(tmp) / "audio", args.files, args.seconds, RATE)
         print(f"{args.model}: {args.files} files x {args.seconds:g} s at 32 kHz, CPU, {args.threads} torch threads")
 
         # the settings sweep first, on a few files: channels_last x batch_seconds, for timestamps of

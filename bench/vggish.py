@@ -23,13 +23,9 @@ x batch_seconds (the knob); the fastest is what the plugin and the card ship (be
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import os
 import tempfile
-import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -37,25 +33,11 @@ import torch
 from torchvggish import torchvggish as tv
 from torchvggish import vggish_input
 
-from embedzoo.audio import collect_inputs
-from embedzoo.pipeline import embed_files
 from embedzoo.registry import get_card
 from embedzoo_vggish.model import EXAMPLE_HOP, EXAMPLE_SAMPLES, checkpoint_filter_fn, create_model
+from harness import Timing, clock, load, make_files, ours_pipeline, rel
 
 RATE = 16000
-
-
-def make_files(folder: Path, count: int, seconds: float) -> list[Path]:
-    """16-bit wav files (what `wavfile_to_examples` reads)."""
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * RATE)) / RATE
-    paths = []
-    for i in range(count):
-        x = 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) + 0.05 * rng.standard_normal(len(t))
-        paths.append(folder / f"clip{i:03d}.wav")
-        sf.write(paths[-1], x.astype(np.float32), RATE, subtype="PCM_16")
-    return paths
 
 
 def reference_network() -> tv.VGG:
@@ -98,48 +80,6 @@ def reference_centred(net, path: Path, count: int) -> torch.Tensor:
         return net(vggish_input.waveform_to_examples(padded, RATE).detach()[:count])
 
 
-@dataclasses.dataclass
-class Timing:
-    """Wall and CPU (this process, all threads) seconds: on a shared machine the CPU time is the
-    steadier measure of the work, the wall time what a user waits."""
-
-    wall: float = 0.0
-    cpu: float = 0.0
-
-    def __str__(self) -> str:
-        return f"{self.wall:6.1f} s (CPU {self.cpu:6.1f} s)"
-
-    def ratio(self, other: "Timing") -> str:
-        """How many times faster `other` is than self."""
-        return f"{self.wall / other.wall:.2f}x wall, {self.cpu / other.cpu:.2f}x CPU"
-
-
-@contextlib.contextmanager
-def clock() -> Iterator[Timing]:
-    timing = Timing()
-    wall, cpu = time.perf_counter(), time.process_time()
-    yield timing
-    timing.wall, timing.cpu = time.perf_counter() - wall, time.process_time() - cpu
-
-
-def ours_pipeline(model, paths: list[Path], out: Path, scene: bool, timestamp: bool) -> tuple[Timing, np.ndarray]:
-    """embedzoo's pipeline over the files; the first file's scene (else timestamp) embedding."""
-    files = collect_inputs([paths[0].parent])[: len(paths)]
-    with clock() as timing:
-        embed_files(model, files, out, scene=scene, timestamp=timestamp, workers=0, overwrite=True)
-    kind = "scene" if scene else "timestamp"
-    return timing, np.load(out / kind / f"{files[0].name}.embedding.npy")
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def load() -> str:
-    return "load average %.1f %.1f %.1f" % os.getloadavg()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=32)
@@ -152,7 +92,7 @@ def main() -> None:
     net = reference_network()
     release = net.state_dict()
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_files(Path(tmp) / "audio", args.files, args.seconds)
+        paths = make_files(Path(tmp) / "audio", args.files, args.seconds, RATE, subtype="PCM_16")
         print(f"vggish: {args.files} files x {args.seconds:g} s at 16 kHz, CPU, {args.threads} torch threads; {load()}")
 
         # the settings sweep first, on a few files: channels_last x batch_seconds, both jobs (best of 2 by CPU time)

@@ -39,21 +39,10 @@ from embedzoo.audio import collect_inputs
 from embedzoo.pipeline import embed_files
 from embedzoo.registry import get_card
 from embedzoo_vggish.yamnet import checkpoint_filter_fn, create_model
+from harness import make_files
 
 RATE = 16000
 DELAY = 7600  # the reference's patch k is centred 7600 samples after k x 15360 (its STFT is centred)
-
-
-def make_files(folder: Path, count: int, seconds: float) -> list[Path]:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * RATE)) / RATE
-    paths = []
-    for i in range(count):
-        x = 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) + 0.05 * rng.standard_normal(len(t))
-        paths.append(folder / f"clip{i:03d}.wav")
-        sf.write(paths[-1], x.astype(np.float32), RATE)
-    return paths
 
 
 def reference_network() -> torch.nn.Module:
@@ -129,7 +118,7 @@ def main() -> None:
     net = reference_network()
     release = net.state_dict()
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_files(Path(tmp) / "audio", args.files, args.seconds)
+        paths = make_files(Path(tmp) / "audio", args.files, args.seconds, RATE)
         print(f"yamnet: {args.files} files x {args.seconds:g} s at 16 kHz, CPU, {args.threads} torch threads, best of {args.repeat}")
 
         sweep = {}
