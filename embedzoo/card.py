@@ -108,6 +108,9 @@ class LayerSpec:
       fastest, so the `freq_pool` knob can pool over frequency;
     - `frame_hop`, `frame_field`: this layer's frames advance by `frame_hop` samples and each sees
       `frame_field` samples (0: the card's); pooling stages make a CNN's deep frames coarser;
+    - `frame_offset`: frame j of a clip is centred on sample frame_offset + j*frame_hop (default 0:
+      on j*frame_hop), so a network whose strided stages centre their frames late (PANNs: half a
+      block hop) keeps its own frame grid in frame mode; at most frame_field // 2;
     - `pooled`: one vector per forward (a pooled embedding, logits) -- no frame sequence;
     - `min_window`: the shortest input this layer is computed from (0: the card's).
     """
@@ -118,6 +121,7 @@ class LayerSpec:
     bands: int = 1
     frame_hop: int = 0
     frame_field: int = 0
+    frame_offset: int = 0
     pooled: bool = False
     min_window: int = 0
 
@@ -126,8 +130,8 @@ class LayerSpec:
             raise CardError(f"layer {self.name}: width {self.width} must be a positive multiple of bands {self.bands}")
         if self.tokens and self.bands > 1:
             raise CardError(f"layer {self.name}: a layer with tokens cannot have frequency bands")
-        if min(self.frame_hop, self.frame_field, self.min_window) < 0:
-            raise CardError(f"layer {self.name}: frame_hop, frame_field and min_window cannot be negative")
+        if min(self.frame_hop, self.frame_field, self.frame_offset, self.min_window) < 0:
+            raise CardError(f"layer {self.name}: frame_hop, frame_field, frame_offset and min_window cannot be negative")
 
     @property
     def channels(self) -> int:
@@ -179,6 +183,8 @@ class ModelCard:
         for spec in self.layers:
             if spec.frame_field > self.max_window or spec.min_window > self.max_window:
                 raise CardError(f"model {self.id}: layer {spec.name} has frame_field/min_window beyond max_window")
+            if spec.frame_offset > self.frame_geometry(spec)[1] // 2:
+                raise CardError(f"model {self.id}: layer {spec.name}'s frame_offset {spec.frame_offset} exceeds half its frame_field")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -188,6 +194,10 @@ class ModelCard:
     def frame_geometry(self, spec: LayerSpec) -> tuple[int, int]:
         """(frame_hop, frame_field) of a layer's frames, in samples."""
         return spec.frame_hop or self.frame_hop, spec.frame_field or self.frame_field
+
+    def frame_grid(self, spec: LayerSpec) -> tuple[int, int, int]:
+        """(frame_hop, frame_field, frame_offset): how frame mode chunks a clip for this layer."""
+        return (*self.frame_geometry(spec), spec.frame_offset)
 
     def layer_min_window(self, spec: LayerSpec) -> int:
         """The shortest input a layer is computed from; shorter segments are zero-padded to it."""

@@ -105,20 +105,12 @@ def open_model(
     shows what the trained weights are worth). A `weights=` entry in the spec works too."""
     import torch
 
-    from embedzoo.extractor import pick_device
-    from embedzoo.loader import build_model, load, split_model_spec
-    from embedzoo.registry import get_registry
+    from embedzoo.loader import load
 
     name_spec, spec_weights = split_weights(spec)
     weights = weights if weights is not None else spec_weights
     if weights is not None and str(weights) == "random":
-        name, spec_knobs = split_model_spec(name_spec)
-        card = get_registry().get(name)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            extractor = build_model(card)
-        extractor.configure(**{**spec_knobs, **(knobs or {})})
-        extractor = extractor.to(pick_device(device)).eval()
+        extractor = load(name_spec, weights="random", device=device, seed=seed, **(knobs or {}))
         weights_id = f"random:seed={seed}:torch={torch.__version__}"
     else:
         extractor = load(name_spec, weights=weights, device=device, offline=offline, mirror=mirror, cache_dir=cache_dir, **(knobs or {}))

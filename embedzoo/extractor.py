@@ -138,11 +138,11 @@ class Extractor(torch.nn.Module, abc.ABC):
         budget = int(self.knobs.batch_seconds * self.card.sample_rate)
         return int(min(self.card.max_window, max(frame_field, budget)))
 
-    def frame_groups(self) -> list[tuple[tuple[int, int], tuple[str, ...]]]:
-        """Frame mode: the chosen layers grouped by frame geometry (hop, field), one chunking each."""
-        groups: dict[tuple[int, int], list[str]] = {}
+    def frame_groups(self) -> list[tuple[tuple[int, int, int], tuple[str, ...]]]:
+        """Frame mode: the chosen layers grouped by frame grid (hop, field, offset), one chunking each."""
+        groups: dict[tuple[int, int, int], list[str]] = {}
         for name in self.knobs.layers:
-            groups.setdefault(self.card.frame_geometry(self.card.layer(name)), []).append(name)
+            groups.setdefault(self.card.frame_grid(self.card.layer(name)), []).append(name)
         return [(geometry, tuple(names)) for geometry, names in groups.items()]
 
     def batch_rows(self, size: int) -> int:
@@ -165,7 +165,8 @@ class Extractor(torch.nn.Module, abc.ABC):
         Returns (n, width) -- one vector per segment, readout applied -- or, with `frames`, the
         frame sequences (n, frames, width). `knobs` (default: this extractor's) picks layers,
         `freq_pool` and readout. Segments shorter than the layers' `min_window` are zero-padded
-        around their centre. Output is float32 on the CPU.
+        around their centre -- not frame-mode chunks, which the framer cut to whole frame fields
+        (padding would move their frames). Output is float32 on the CPU.
         """
         if self.training:
             raise ConfigError(f"{self.card.id} is in training mode", hint="call .eval() before extracting embeddings")
@@ -173,7 +174,7 @@ class Extractor(torch.nn.Module, abc.ABC):
         specs = [self.card.layer(name) for name in knobs.layers]
         batch = segments.float() if isinstance(segments, Tensor) else torch.from_numpy(np.array(segments, dtype=np.float32))
         short = max(self.card.layer_min_window(spec) for spec in specs) - batch.shape[-1]
-        if short > 0:
+        if short > 0 and not frames:
             batch = torch.nn.functional.pad(batch, (short // 2, short - short // 2))
         device = self.device
         if device.type == "cuda":
@@ -321,7 +322,7 @@ class _Track:
     name: str
     knobs: Knobs
     frames: bool = False
-    geometry: tuple[int, int] = (0, 0)  # frame mode: (frame_hop, frame_field) of its layers
+    geometry: tuple[int, int, int] = (0, 0, 0)  # frame mode: (frame_hop, frame_field, frame_offset) of its layers
 
 
 def _tracks(extractor: Extractor, scene: bool, timestamp: bool) -> list[_Track]:
@@ -349,8 +350,8 @@ class _Clip:
         for track in tracks:
             knobs = track.knobs
             if track.frames:
-                hop, field = track.geometry
-                self.framers[track.name] = ChunkFramer(extractor.chunk_samples(field), hop, field, knobs.pad_mode)
+                hop, field, offset = track.geometry
+                self.framers[track.name] = ChunkFramer(extractor.chunk_samples(field), hop, field, knobs.pad_mode, offset)
             elif track.name == "scene" and not _scene_is_windowed(knobs):
                 self.framers[track.name] = WholeFramer(extractor.scene_window_samples, extractor.scene_hop_samples, knobs.pad_mode)
             else:
@@ -491,7 +492,8 @@ class Session:
                 framer: ChunkFramer = clip.framers[track.name]
                 rows = clip.results[track.name]
                 frames = torch.cat([rows[i][: framer.frames_in(i)] for i in range(len(rows))])
-                nearest = np.clip(np.rint(centres / track.geometry[0]).astype(np.int64), 0, len(frames) - 1)
+                frame_hop, _, offset = track.geometry
+                nearest = np.clip(np.rint((centres - offset) / frame_hop).astype(np.int64), 0, len(frames) - 1)
                 widths = [frame_width(ex.card.layer(name), track.knobs) for name in track.knobs.layers]
                 for name, scene, stamp in zip(
                     track.knobs.layers, frames.mean(dim=0).split(widths), frames[torch.from_numpy(nearest)].split(widths, dim=-1)

@@ -4,7 +4,8 @@ Three cuts, all defined on the clip padded at both ends (zeros or reflection):
 - `WindowFramer`: windows of `window` samples every `hop`, centred on t = k*hop -- the HEAR
   timestamp recipe, and the scene recipe for clips longer than the scene window;
 - `WholeFramer`: a clip no longer than the scene window, forwarded whole;
-- `ChunkFramer`: frame mode, consecutive chunks whose native frames tile the clip without gaps.
+- `ChunkFramer`: frame mode, consecutive chunks whose native frames tile the clip without gaps
+  (on the layer's own frame grid: frame j centred on frame_offset + j*frame_hop).
 Windows are numpy views into a sliding buffer, so an hour of audio never sits in memory at once.
 The counts follow `torch.nn.functional.unfold` over the padded clip, as the HEAR baselines do.
 """
@@ -181,15 +182,19 @@ class WindowFramer:
 
 class ChunkFramer:
     """Frame mode: chunks of at most `chunk` samples whose native frames (hop `frame_hop`, each
-    `frame_field` samples) continue each other; frame j is centred on j*frame_hop after padding
-    frame_field//2 at the start. The clip has 1 + length//frame_hop frames."""
+    `frame_field` samples) continue each other. Inside a chunk, frame i is centred on
+    frame_field//2 + i*frame_hop; the clip is padded by frame_field//2 - frame_offset at the start,
+    so its frame j is centred on clip sample frame_offset + j*frame_hop. The clip has
+    1 + (length - frame_offset)//frame_hop frames (at least one)."""
 
-    def __init__(self, chunk: int, frame_hop: int, frame_field: int, pad_mode: str):
-        self.frame_hop, self.frame_field = frame_hop, frame_field
+    def __init__(self, chunk: int, frame_hop: int, frame_field: int, pad_mode: str, frame_offset: int = 0):
+        if not 0 <= frame_offset <= frame_field // 2:
+            raise ValueError(f"frame_offset {frame_offset} must lie in [0, frame_field // 2 = {frame_field // 2}]")
+        self.frame_hop, self.frame_field, self.frame_offset = frame_hop, frame_field, frame_offset
         self.frames_per_chunk = max(1, (chunk - frame_field) // frame_hop + 1)
         self.chunk = (self.frames_per_chunk - 1) * frame_hop + frame_field
         self.step = self.frames_per_chunk * frame_hop
-        self.signal = SlidingSignal(frame_field // 2, frame_field, pad_mode)
+        self.signal = SlidingSignal(frame_field // 2 - frame_offset, frame_field, pad_mode)
         self.next_index = 0
         self.frame_count: int | None = None
 
@@ -207,7 +212,7 @@ class ChunkFramer:
 
     def close(self) -> list[Segments]:
         self.signal.close()
-        self.frame_count = 1 + self.signal.length // self.frame_hop
+        self.frame_count = 1 + max(0, self.signal.length - self.frame_offset) // self.frame_hop
         out: list[Segments] = []
         while self.next_index * self.frames_per_chunk < self.frame_count:
             frames = min(self.frames_per_chunk, self.frame_count - self.next_index * self.frames_per_chunk)

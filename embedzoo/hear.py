@@ -2,7 +2,8 @@
 
 `model_file_path` names a catalog model, optionally with knobs or a preset:
 `crepe-tiny`, `crepe-tiny?hop_ms=25&layers=conv4,conv5`, `passt-s-ap476:embed`; a
-`weights=PATH` knob loads that file instead of the cached weights. Empty means
+`weights=PATH` knob loads that file instead of the cached weights, and `weights=random` keeps the
+architecture's initial weights (a conformance check needs no download). Empty means
 `$EMBEDZOO_HEAR_MODEL`, else crepe-tiny.
 
 HEAR 2021 accepts input at 16, 22.05, 44.1 or 48 kHz only. A model running at another rate

@@ -42,22 +42,31 @@ def load(
     offline: bool | None = None,
     mirror: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    seed: int = 0,
     **knobs: Any,
 ):
     """Load a model by catalog id or alias, ready to embed.
 
     `weights`: None pulls (or reuses) the card's weights; a `.safetensors` path is loaded as is;
-    any other path is an original-format checkpoint, converted in memory. `knobs` are the
+    any other path is an original-format checkpoint, converted in memory; 'random' keeps the
+    architecture's initial weights, drawn with `seed` (a control for evaluations, and conformance
+    checks such as hear-validator without any download). `knobs` are the
     extraction settings (layers, readout, mode, hop_ms, window_ms, ... see `embedzoo.knobs`);
     they may also be given in the name: `load("crepe-tiny?hop_ms=50")`.
     """
     from embedzoo import hub
     from embedzoo.extractor import pick_device
 
+    import torch
+
     name, spec_knobs = split_model_spec(model)
     card = get_registry().get(name)
-    extractor = build_model(card)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        extractor = build_model(card)
     extractor.configure(**{**spec_knobs, **knobs})  # check knobs before any download
+    if weights is not None and str(weights) == "random":
+        return extractor.to(pick_device(device)).eval()
     if weights is None:
         path = hub.pull(card, offline=offline, mirror=mirror, cache_dir=cache_dir)
         state = hub.load_weights(path)

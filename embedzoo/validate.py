@@ -9,7 +9,6 @@ odd lengths, finite and deterministic outputs. When hearvalidator is installed, 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -54,7 +53,6 @@ def _require(condition: bool, message: str) -> None:
 
 def validate_model(spec: str, device: str = "auto", run_hear_validator: bool = True, **knobs: Any) -> Report:
     from embedzoo import hear
-    from embedzoo.loader import split_model_spec
 
     report = Report(spec)
     model = hear.load_model(spec, device=device, **knobs)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from embedzoo.errors import AudioError, ConfigError
+from embedzoo.card import LayerSpec
+from embedzoo.errors import AudioError, CardError, ConfigError
 from embedzoo.extractor import Session
-from toymodel import ToyExtractor, reference_timestamps
+from toymodel import TOY_CNN_CARD, ToyExtractor, reference_timestamps
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -225,6 +228,32 @@ def test_frame_mode_reads_each_layer_at_its_own_frame_rate(cnn):
     assert close(emb[0, :, :2], fine[0, ::4][: emb.shape[1]])
     assert close(emb[0, :, 2:], coarse[0, ::2][: emb.shape[1]])
     assert close(cnn.scene_embeddings(audio)[0], torch.cat([fine[0].mean(dim=0), coarse[0].mean(dim=0)]))
+
+
+@pytest.mark.parametrize("pad_mode", ["constant", "reflect"])
+def test_frame_offset_keeps_the_layers_own_frame_grid(cnn, pad_mode):
+    """A layer whose frame j sits on clip sample 2 + 8j: the clip is padded by field/2 - 2 = 4, so
+    every chunk's frames are the ones of one pass over the whole padded clip, and each timestamp
+    reads the frame whose centre is nearest."""
+    audio = torch.randn(1, 1000, generator=torch.Generator().manual_seed(7))
+    cnn.configure(layers="late", mode="frame", hop_ms=1.0, freq_pool="mean", pad_mode=pad_mode)  # 16 samples
+    assert cnn.chunk_samples(12) < 1000  # several chunks
+    emb, times = cnn.timestamp_embeddings(audio)
+    padded = torch.nn.functional.pad(audio[:, None], (4, 12), mode=pad_mode)[:, 0]
+    maps = cnn.maps(padded)
+    late = maps[:, : maps.shape[1] // 2 * 2].unflatten(1, (-1, 2)).mean(dim=2).mean(dim=-1)
+    late = late[0, : 1 + (1000 - 2) // 8]  # frames centred on 2 + 8j inside the clip
+    centres = torch.arange(1 + 1000 // 16) * 16
+    nearest = ((centres - 2) / 8).round().long().clamp(0, len(late) - 1)
+    assert torch.equal(nearest[:3], torch.tensor([0, 2, 4]))
+    assert emb.shape == (1, len(centres), 2) and torch.allclose(times[0], centres / 16.0)
+    assert close(emb[0], late[nearest])
+    assert close(cnn.scene_embeddings(audio)[0], late.mean(dim=0))
+
+
+def test_a_frame_offset_beyond_half_the_field_is_refused():
+    with pytest.raises(CardError, match="frame_offset"):
+        dataclasses.replace(TOY_CNN_CARD, layers=(LayerSpec("late", 6, bands=3, frame_hop=8, frame_field=12, frame_offset=7),))
 
 
 def test_pooled_layers_refuse_frame_mode(cnn):

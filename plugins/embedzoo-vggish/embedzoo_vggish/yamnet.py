@@ -44,10 +44,11 @@ from timm.models._efficientnet_blocks import DepthwiseSeparableConv
 from torch import Tensor, nn
 
 from embedzoo.card import ModelCard
-from embedzoo.errors import CardError, ConfigError, WeightsError
+from embedzoo.errors import CardError, ConfigError
 from embedzoo.extractor import Extractor
 from embedzoo.frontends import VGGishLogMel
 from embedzoo.hub import unwrap_state_dict
+from embedzoo.remap import remap_state_dict
 
 __all__ = ["YAMNet", "block_geometry", "create_model", "checkpoint_filter_fn", "release_key_map"]
 
@@ -269,33 +270,14 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: YAMNet) -> dict[s
     it. Already-converted keys pass through. Raises WeightsError naming any key that is unused,
     missing, duplicated or of the wrong shape.
     """
-    source = unwrap_state_dict(state_dict, model.card.id)
-    target = model.state_dict()
-    names = {**release_key_map(), **{key: key for key in target}}  # theirs -> ours; ours -> ours
-    unused = [key for key in source if key not in names]
-    if unused:
-        raise WeightsError(
-            f"checkpoint key(s) {', '.join(map(repr, unused[:8]))} have no place in {model.card.id}",
-            hint="is this w-hc's yamnet.pth (torch-vggish-yamnet's YAMNet state dict)? nothing may be left unused",
-        )
-    out: dict[str, Tensor] = {}
-    for key, value in source.items():
-        ours = names[key]
-        shape = tuple(target[ours].shape)
-        if not isinstance(value, Tensor) or tuple(value.shape) != shape:
-            found = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else f"a {type(value).__name__}"
-            raise WeightsError(f"checkpoint key {key!r} holds {found}; {model.card.id} needs a tensor of shape {shape} for {ours!r}")
-        if ours in out:
-            raise WeightsError(f"checkpoint key {key!r} and another key both give {ours!r}")
-        out[ours] = value.contiguous()
-    theirs = {ours: key for key, ours in release_key_map().items()}
-    missing = [theirs[key] for key in target if key not in out and not key.endswith("num_batches_tracked")]
-    if missing:
-        raise WeightsError(
-            f"checkpoint lacks {', '.join(map(repr, missing[:8]))}{' ...' if len(missing) > 8 else ''} for {model.card.id}",
-            hint="the checkpoint is truncated or not a YAMNet state dict",
-        )
-    return {key: out.get(key, torch.zeros_like(target[key])) for key in target}
+    mapping = release_key_map()
+    theirs = {ours: key for key, ours in mapping.items()}
+    return remap_state_dict(
+        unwrap_state_dict(state_dict, model.card.id), model.state_dict(), mapping.get, model_id=model.card.id,
+        their_name=lambda key: theirs.get(key, key),
+        unused_hint="is this w-hc's yamnet.pth (torch-vggish-yamnet's YAMNet state dict)? nothing may be left unused",
+        missing_hint="the checkpoint is truncated or not a YAMNet state dict",
+    )  # fmt: skip
 
 
 # ---- configs ----------------------------------------------------------------------------------
