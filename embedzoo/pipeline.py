@@ -225,10 +225,12 @@ def _loader(dataset: _DecodeFiles, workers: int) -> Iterator:
 
 
 def job_manifest(extractor: Extractor, scene: bool, timestamp: bool, fmt: str, weights: str) -> dict[str, Any]:
+    """What an output folder's embeddings depend on: every knob but the batch sizes (which change
+    speed, not results); the compute dtype is kept, since bfloat16 rounds the results."""
     return {
         "model": extractor.card.id,
         "weights": weights,
-        "knobs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(extractor.knobs).items() if k not in ("batch_size", "batch_seconds", "dtype")},
+        "knobs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(extractor.knobs).items() if k not in ("batch_size", "batch_seconds")},
         "sample_rate": extractor.card.sample_rate,
         "scene": scene,
         "timestamp": timestamp,

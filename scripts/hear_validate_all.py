@@ -2,7 +2,7 @@
 
     python scripts/hear_validate_all.py                      # every id, default knobs
     python scripts/hear_validate_all.py --presets            # ... and every id:preset
-    python scripts/hear_validate_all.py panns-cnn14 'crepe-*' --out bench/HEAR_VALIDATION.md
+    python scripts/hear_validate_all.py panns-cnn14 'crepe-*' 'efficientat-mn04-as:*' --out table.md
 
 Each model runs in its own `python -m hearvalidator.validate embedzoo.hear -m '<id>?weights=random'`
 process -- the HEAR 2021 conformance check as a submission would face it, on the architecture the
@@ -26,14 +26,19 @@ from embedzoo.registry import get_registry
 
 
 def targets(patterns: list[str], presets: bool) -> list[str]:
-    """Catalog ids matching the patterns (all when none), each followed by its presets if asked."""
+    """Catalog ids matching the patterns (all when none), each followed by its presets if asked;
+    a pattern with a colon (`panns-*:sed`) names id:preset pairs itself."""
+    id_patterns = [p for p in patterns if ":" not in p]
+    pair_patterns = [p for p in patterns if ":" in p]
     out = []
     for card in get_registry():
-        if patterns and not any(fnmatch.fnmatchcase(card.id, p) for p in patterns):
-            continue
-        out.append(card.id)
-        if presets:
-            out.extend(f"{card.id}:{name}" for name in card.presets)
+        card_chosen = not patterns or any(fnmatch.fnmatchcase(card.id, p) for p in id_patterns)
+        if card_chosen:
+            out.append(card.id)
+        for name in card.presets:
+            spec = f"{card.id}:{name}"
+            if (card_chosen and presets) or any(fnmatch.fnmatchcase(spec, p) for p in pair_patterns):
+                out.append(spec)
     return out
 
 

@@ -87,6 +87,11 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path, clips, toy):
     with pytest.raises(ConfigError, match="other settings"):
         embed_files(toy, files, tmp_path / "out", workers=0)
     assert embed_files(toy, files, tmp_path / "out", workers=0, overwrite=True).done == 1
+    toy.configure(batch_seconds=0.5)  # batching changes speed, not results: the folder is reused
+    assert embed_files(toy, files, tmp_path / "out", workers=0).skipped == 1
+    toy.configure(dtype="bfloat16")  # bfloat16 rounds the results: not mixed with float32 ones
+    with pytest.raises(ConfigError, match="dtype"):
+        embed_files(toy, files, tmp_path / "out", workers=0)
 
 
 def test_worker_processes_give_the_same_result(tmp_path, clips, toy):

@@ -9,7 +9,8 @@ Layers: `conv1` .. `conv6` (a block's output for one frame, flattened channel-ma
 `conv5` is torchcrepe's `embed`) and `pitch` (the 360 bin probabilities).
 
 Numerically this follows torchcrepe (the reference port of the original Keras weights), written
-with Conv1d instead of its width-1 Conv2d; `checkpoint_filter_fn` converts its state dicts.
+with Conv1d weights instead of its width-1 Conv2d ones (run as NHWC (1, K) convolutions, see
+`ConvBlock`); `checkpoint_filter_fn` converts its state dicts.
 """
 
 from __future__ import annotations
@@ -82,7 +83,11 @@ class ConvBlock(nn.Module):
         return ((padded - self.conv.kernel_size[0]) // self.conv.stride[0] + 1) // 2
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.conv(F.pad(x, self.padding))
+        # As a (1, K) convolution in NHWC layout: oneDNN's plain conv1d kernel accumulates CREPE's
+        # long reductions (conv2 of `full`: 1024 x 64 terms) ~10x less precisely on some CPUs,
+        # beyond 1e-5 of torchcrepe by conv6; NHWC is as precise as the reference and as fast.
+        x = F.pad(x, self.padding)[:, :, None].contiguous(memory_format=torch.channels_last)
+        x = F.conv2d(x, self.conv.weight[:, :, None], self.conv.bias, stride=(1, self.conv.stride[0]))[:, :, 0]
         return self.pool(self.bn(F.relu(x)))
 
 

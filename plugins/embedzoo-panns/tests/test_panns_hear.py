@@ -1,4 +1,6 @@
-"""Conformance: hear-validator passes on panns-cnn14 (random weights, converted to safetensors).
+"""Conformance: hear-validator passes on panns-cnn14 (random weights, converted to safetensors), in
+window mode (the default: the embedding of 1 s windows) and with preset `sed` (frame mode, block 6
+every 10 ms: the HEAR 2021 PANNs submission's timestamp embedding).
 
 The model runs at 32 kHz, which HEAR does not accept; the core's HEAR wrapper exposes a HEAR rate
 (48 kHz) and resamples, so the validator sees a conforming module.
@@ -19,7 +21,8 @@ from embedzoo import hub
 pytest.importorskip("hearvalidator")
 
 
-def test_hear_validator_passes(tmp_path):
+@pytest.mark.parametrize("preset", ["", ":sed"])
+def test_hear_validator_passes(tmp_path, preset):
     ref = randomised_reference("panns-cnn14", seed=11)
     original = tmp_path / "Cnn14_random.pth"
     torch.save({"model": ref.state_dict()}, original)
@@ -27,9 +30,12 @@ def test_hear_validator_passes(tmp_path):
     save_file(hub.convert_checkpoint(get_card("panns-cnn14"), original), str(weights))
     del ref
     result = subprocess.run(
-        [sys.executable, "-m", "hearvalidator.validate", "embedzoo.hear", "-m", f"panns-cnn14?weights={weights}", "-d", "cpu"],
+        [sys.executable, "-m", "hearvalidator.validate", "embedzoo.hear", "-m", f"panns-cnn14{preset}?weights={weights}", "-d", "cpu"],
         capture_output=True, text=True, timeout=600, env=catalog_env(), cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Looks good!" in result.stdout
-    assert "Received embedding of shape: torch.Size([8, 2048])" in result.stdout
+    assert "Received embedding of shape: torch.Size([8, 2048])" in result.stdout  # scene: embedding, or block 6 over frequency
+    if preset:  # the validator's 2 s clips -> 1 + 2 s // 10 ms timestamps
+        assert "Received embedding of shape: torch.Size([16, 201, 2048])" in result.stdout, result.stdout[-2000:]
+        assert "Interval between timestamps is 10.0ms" in result.stdout

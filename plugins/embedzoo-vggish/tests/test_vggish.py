@@ -158,7 +158,8 @@ def test_every_layer_matches_torchvggish(converted):
     frames = {"logmel": 96, "block1": 48, "block2": 24, "block3": 12, "block4": 6, "embedding": 1, "postprocessed": 1}
     for name in LAYERS:
         assert ours[name].shape == (3, frames[name], model.layer_widths[name]), name
-        assert rel_err(ours[name], expected[name]) < TOLERANCE, name
+        if name != "postprocessed":
+            assert rel_err(ours[name], expected[name]) < TOLERANCE, name
     # quantised to 0..255: equal except (rarely) one step where a value sits on a rounding edge
     diff = (ours["postprocessed"] - expected["postprocessed"]).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01
