@@ -230,28 +230,34 @@ class ChunkFramer:
 
 class WholeFramer:
     """Scene embeddings in window mode: a clip up to `limit` samples is forwarded whole; a longer
-    one falls back to windows of `limit` every `hop` (mean of those, as hear21passt does)."""
+    one falls back to windows of `limit` every `hop` (mean of those, as hear21passt does). With
+    `fallback=False` a longer clip yields nothing (`overflowed`): the caller already has those
+    windows from its timestamp track and averages them instead of computing them twice."""
 
-    def __init__(self, limit: int, hop: int, pad_mode: str):
-        self.limit, self.hop, self.pad_mode = limit, hop, pad_mode
+    def __init__(self, limit: int, hop: int, pad_mode: str, fallback: bool = True):
+        self.limit, self.hop, self.pad_mode, self.fallback = limit, hop, pad_mode, fallback
         self._pending: list[np.ndarray] = []
         self._length = 0
+        self.overflowed = False
         self.windowed: WindowFramer | None = None
 
     def push(self, chunk: np.ndarray) -> list[Segments]:
-        if self.windowed is not None:
-            return self.windowed.push(chunk)
+        if self.overflowed:
+            return self.windowed.push(chunk) if self.windowed is not None else []
         self._pending.append(np.asarray(chunk, dtype=np.float32).reshape(-1))
         self._length += len(self._pending[-1])
         if self._length <= self.limit:
             return []
-        self.windowed = WindowFramer(self.limit, self.hop, self.pad_mode)
+        self.overflowed = True
         pending, self._pending = np.concatenate(self._pending), []
+        if not self.fallback:
+            return []
+        self.windowed = WindowFramer(self.limit, self.hop, self.pad_mode)
         return self.windowed.push(pending)
 
     def close(self) -> list[Segments]:
-        if self.windowed is not None:
-            return self.windowed.close()
+        if self.overflowed:
+            return self.windowed.close() if self.windowed is not None else []
         if not self._pending:
             return []
         whole = np.concatenate(self._pending)

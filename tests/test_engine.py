@@ -53,6 +53,30 @@ def test_scene_is_one_forward_up_to_the_scene_window_then_mean_of_windows(toy):
     assert close(toy.scene_embeddings(long), ref.mean(dim=1))
 
 
+def test_the_scene_reuses_the_timestamp_windows_when_they_are_the_same(toy):
+    """Past one scene window the scene is the mean of windows of scene_window every scene_hop: when
+    those are the timestamp windows (VGGish's, YAMNet's defaults) they are computed once."""
+    forwarded = []
+    forward_layers = toy.forward_layers
+    toy.forward_layers = lambda audio, layers=None: forwarded.append(len(audio)) or forward_layers(audio, layers)
+    audio = torch.randn(3, 1000, generator=torch.Generator().manual_seed(9))
+    toy.configure(window_ms=25, hop_ms=5, scene_hop_ms=5, pad_mode="reflect")  # scene window: max_window, 400
+    rows = {}
+    for scene, timestamp in ((True, True), (True, False), (False, True)):
+        forwarded.clear()
+        rows[scene, timestamp] = (toy.embed(audio, scene=scene, timestamp=timestamp), sum(forwarded))
+    (both, both_rows), (scenes, _), (stamps, stamp_rows) = rows[True, True], rows[True, False], rows[False, True]
+    assert both_rows == stamp_rows == 3 * (1 + 1000 // 80)
+    for b, s, t in zip(both, scenes, stamps):
+        assert close(b.scene, s.scene) and close(b.timestamp, t.timestamp) and close(b.scene, t.timestamp.mean(dim=0))
+    short = torch.randn(1, 300)  # within one scene window: still one forward of the whole clip
+    assert close(toy.embed(short)[0].scene, toy.embed_segments(short)[0])
+    toy.configure(scene_hop_ms=10)  # other windows: computed apart
+    forwarded.clear()
+    toy.embed(audio)
+    assert sum(forwarded) == stamp_rows + 3 * (1 + 1000 // 160)
+
+
 def test_tiny_clips_are_padded_to_the_minimum_window(toy):
     toy.configure(readout="first")
     out = toy.scene_embeddings(torch.ones(1, 3))
@@ -278,3 +302,5 @@ def test_a_flat_readout_scene_is_the_mean_of_its_windows(cnn):
     scene = cnn.scene_embeddings(audio)
     assert scene.shape == (2, cnn.scene_embedding_size) == (2, stamps.shape[-1])
     assert close(scene, stamps.mean(dim=1))
+    both = cnn.embed(audio)  # with timestamps as well: the same windows, computed once
+    assert all(close(b.scene, s) and close(b.timestamp, t) for b, s, t in zip(both, scene, stamps))

@@ -61,6 +61,25 @@ def test_validate_all_script_writes_a_table(tmp_path):
     assert run(sys.executable, script, "no-such-model-*").returncode == 2
 
 
+def test_validate_all_chooses_ids_and_presets():
+    """Ids match id patterns (with their presets under --presets); `id:preset` patterns pick pairs."""
+    import importlib.util
+
+    from embedzoo.registry import get_registry
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "hear_validate_all.py")
+    spec = importlib.util.spec_from_file_location("hear_validate_all", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    every = [card.id for card in get_registry()]
+    assert module.targets([], False) == every
+    assert len(module.targets([], True)) == len(every) + sum(len(card.presets) for card in get_registry())
+    assert module.targets(["panns-cnn14-dlm"], True) == ["panns-cnn14-dlm", "panns-cnn14-dlm:sed", "panns-cnn14-dlm:frames"]
+    assert module.targets(["panns-cnn14-dlm"], False) == ["panns-cnn14-dlm"]
+    assert module.targets(["panns-*:sed", "vggish"], False) == ["panns-cnn14:sed", "panns-cnn14-16k:sed", "panns-cnn14-dlm:sed", "vggish"]
+    assert module.targets(["vggish:*"], True) == []
+
+
 def test_load_model_and_embeddings_follow_the_hear_shapes():
     model = hear.load_model("crepe-tiny?hop_ms=50", device="cpu")
     assert isinstance(model, torch.nn.Module) and model.sample_rate == 16000
