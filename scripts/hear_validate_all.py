@@ -81,7 +81,7 @@ def main() -> int:
         f"hear-validator 2021.0.2 on `embedzoo.hear`, random weights, device {args.device} "
         f"({platform.processor() or platform.machine()}), {time.strftime('%Y-%m-%d')}",
         "",
-        "| model | result | seconds | embedding shapes (scene / timestamps) or error |",
+        "| model | result | seconds | embedding shapes (timestamps / scene) or error |",
         "|---|---|---|---|",
     ]
     if args.out:

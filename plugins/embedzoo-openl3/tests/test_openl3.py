@@ -8,7 +8,8 @@
   1e-5 relative error in float32, from the reference's own forward;
 - the core's window path: `timestamp_embeddings` equals `torchopenl3.get_audio_embedding`
   (center=True, hop 0.1 s and 0.25 s), timestamps included; scene embeddings; freq_pool on blocks;
-- frame mode is refused with a reason; the plugin's top-level module is torch-free.
+- frame mode is refused with a reason; the plugin's top-level module is torch-free;
+- an hour of audio streams through a Session in bounded memory.
 """
 
 from __future__ import annotations
@@ -310,3 +311,41 @@ def test_pull_from_a_mirror_converts_once_and_loads(pairs, tmp_path):
     loaded = embedzoo.load("openl3-mel128-env-512", device="cpu", mirror=mirror, cache_dir=tmp_path / "cache", offline=True)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
     assert list((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_an_hour_streams_through_a_session_in_bounded_memory():
+    """An hour at 48 kHz pushed in 10 s chunks (never held whole), through the frontend and block 1
+    (the whole extraction path at a fraction of the network's cost), a window every minute; the
+    scene's windows are the timestamps' (1 s every minute) and are computed once. Traced numpy
+    memory stays a fraction of one decoded copy of the hour."""
+    import tracemalloc
+
+    import numpy as np
+
+    from embedzoo.extractor import Session
+    from embedzoo.registry import get_card
+
+    torch.manual_seed(0)
+    model = create_model(get_card("openl3-mel128-music-512")).eval()
+    model.configure(layers="block1", freq_pool="mean", hop_ms=60000, scene_hop_ms=60000)
+    rng = np.random.default_rng(3)
+    chunk = (0.3 * rng.standard_normal(480000)).astype(np.float32)  # the same 10 s, over and over
+    hour_bytes = 3600 * 48000 * 4
+    tracemalloc.start()
+    try:
+        session = Session(model)
+        session.open("hour")
+        for _ in range(360):
+            session.push("hour", chunk)
+        session.close("hour")
+        session.flush()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    ((key, result),) = session.take()
+    assert key == "hour" and result.timestamp.shape == (61, 64) and result.scene.shape == (64,)  # 64 channels
+    assert torch.isfinite(result.timestamp).all() and result.timestamp.std() > 0
+    inside = result.timestamp[1:-1]  # windows centred on whole minutes see the same 10 s period
+    assert float((inside - inside[:1]).abs().max()) <= 1e-5 * float(inside.abs().max())
+    assert torch.allclose(result.scene, result.timestamp.mean(dim=0), rtol=1e-5, atol=1e-6)
+    assert peak < hour_bytes / 8, f"peak {peak / 1e6:.0f} MB for {hour_bytes / 1e6:.0f} MB of audio"

@@ -12,7 +12,8 @@ randomised), saved with torch.save in the layout of w-hc's `yamnet.pth`, convert
   and logits) where they correspond;
 - frame mode: every block's frames equal the reference network run once over the whole clip (its
   outputs whose receptive field lies in the clip), whatever the chunk size;
-- conversion is lossless and names bad keys; the card's geometry is checked against the network.
+- conversion is lossless and names bad keys; the card's geometry is checked against the network;
+- an hour of audio streams through a Session in bounded memory.
 """
 
 from __future__ import annotations
@@ -257,3 +258,36 @@ def test_registration_is_torch_free():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_an_hour_streams_through_a_session_in_bounded_memory():
+    """An hour at 16 kHz pushed in 10 s chunks (never held whole), the embedding of a 0.975 s
+    window every minute; the scene's windows are the timestamps' (the card's scene window and hop
+    follow them) and are computed once. Traced numpy memory stays a fraction of the hour."""
+    import tracemalloc
+
+    from embedzoo.extractor import Session
+
+    torch.manual_seed(0)
+    model = create_model(get_card("yamnet")).eval()
+    model.configure(hop_ms=60000, scene_hop_ms=60000)
+    chunk = make_audio(10 * SR, seed=21).numpy()  # the same 10 s, over and over
+    hour_bytes = 3600 * SR * 4
+    tracemalloc.start()
+    try:
+        session = Session(model)
+        session.open("hour")
+        for _ in range(360):
+            session.push("hour", chunk)
+        session.close("hour")
+        session.flush()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    ((key, result),) = session.take()
+    assert key == "hour" and result.timestamp.shape == (61, 1024) and result.scene.shape == (1024,)
+    assert torch.isfinite(result.timestamp).all() and result.timestamp.std() > 0
+    inside = result.timestamp[1:-1]  # windows centred on whole minutes see the same 10 s period
+    assert rel_err(inside, inside[:1].expand_as(inside)) < TOLERANCE
+    assert torch.allclose(result.scene, result.timestamp.mean(dim=0), rtol=1e-5, atol=1e-6)
+    assert peak < hour_bytes / 8, f"peak {peak / 1e6:.0f} MB for {hour_bytes / 1e6:.0f} MB of audio"
