@@ -14,7 +14,7 @@ Both jobs check that the two sides agree (relative error) before timing counts.
 Then a sweep of embedzoo's settings on the `hear` job: channels_last (model setting) x
 batch_seconds (knob); the fastest is what the plugin ships (see bench/RESULTS.md).
 
-    python bench/efficientat.py [--model efficientat-mn10-as] [--files 16] [--hear-files 4] [--sweep-files 2] [--repeat 3] [--threads 2]
+    python bench/efficientat.py [--model efficientat-mn10-as] [--files 16] [--hear-files 4] [--sweep-files 2] [--repeat 3] [--threads 2] [--device cuda]
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from embedzoo.audio import collect_inputs
 from embedzoo.pipeline import embed_files
 from embedzoo.registry import get_card
 from embedzoo_efficientat.model import checkpoint_filter_fn, create_model
-from harness import make_files, rel
+import harness
+from harness import clock, describe, make_files, rel, use_device
 
 RATE = 32000
 
@@ -65,27 +66,28 @@ def build_ours(card_id: str, release: dict[str, torch.Tensor], channels_last: bo
     card = dataclasses.replace(card, config={**card.config, "channels_last": channels_last})
     model = create_model(card)
     model.load_state_dict(checkpoint_filter_fn(release, model), strict=True)
-    return model
+    return model.to(harness.DEVICE)
+
+
+def read(path: Path) -> torch.Tensor:
+    return torch.from_numpy(sf.read(path, dtype="float32")[0])[None].to(harness.DEVICE)
 
 
 def reference_scene(net, mel, paths: list[Path]) -> tuple[float, torch.Tensor]:
-    start = time.perf_counter()
     first = None
-    with torch.inference_mode():
+    with clock() as timing, torch.inference_mode():
         for path in paths:
-            audio = torch.from_numpy(sf.read(path, dtype="float32")[0])[None]
-            _, features = net(mel(audio)[:, None])
+            _, features = net(mel(read(path))[:, None])
             first = features.reshape(-1) if first is None else first
-    return time.perf_counter() - start, first
+    return timing.wall, first
 
 
 def reference_hear(net, mel, paths: list[Path], window: int = 5120, hop: int = 1600) -> tuple[float, torch.Tensor]:
     """The authors' MNHearWrapper.get_timestamp_embeddings, file by file."""
-    start = time.perf_counter()
     first = None
-    with torch.inference_mode():
+    with clock() as timing, torch.inference_mode():
         for path in paths:
-            audio = torch.from_numpy(sf.read(path, dtype="float32")[0])[None]
+            audio = read(path)
             padded = torch.nn.functional.pad(audio[:, None], (window // 2, window // 2), mode="reflect")
             segments = torch.nn.functional.unfold(padded[:, None], kernel_size=(1, window), stride=(1, hop)).transpose(-1, -2).transpose(0, 1)
             rows = []
@@ -93,16 +95,15 @@ def reference_hear(net, mel, paths: list[Path], window: int = 5120, hop: int = 1
                 logits, features = net(mel(segment)[:, None])
                 rows.append(torch.cat([logits.reshape(1, -1), features.reshape(1, -1)], dim=1))
             first = torch.cat(rows) if first is None else first
-    return time.perf_counter() - start, first
+    return timing.wall, first
 
 
 def ours_pipeline(model, paths: list[Path], out: Path, scene: bool) -> tuple[float, np.ndarray]:
     files = collect_inputs([paths[0].parent])[: len(paths)]
-    start = time.perf_counter()
-    embed_files(model, files, out, scene=scene, timestamp=not scene, workers=0, overwrite=True)
-    elapsed = time.perf_counter() - start
+    with clock() as timing:
+        embed_files(model, files, out, scene=scene, timestamp=not scene, workers=0, overwrite=True)
     kind = "scene" if scene else "timestamp"
-    return elapsed, np.load(out / kind / f"{files[0].name}.embedding.npy")
+    return timing.wall, np.load(out / kind / f"{files[0].name}.embedding.npy")
 
 
 def main() -> None:
@@ -114,16 +115,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N: both sides run there")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = use_device(args.device)
 
     card = get_card(args.model)
     net = reference_network(card.config["width_mult"])
-    mel = AugmentMelSTFT(n_mels=128, sr=RATE, win_length=800, hopsize=320, n_fft=1024, fmin_aug_range=10, fmax_aug_range=2000).eval()
-    release = release_format(net)
+    mel = AugmentMelSTFT(n_mels=128, sr=RATE, win_length=800, hopsize=320, n_fft=1024, fmin_aug_range=10, fmax_aug_range=2000).eval().to(device)
+    release = {k: v.clone() for k, v in release_format(net).items()}
+    net.to(device)
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_files(Path(tmp) / "audio", args.files, args.seconds, RATE)
-        print(f"{args.model}: {args.files} files x {args.seconds:g} s at 32 kHz, CPU, {args.threads} torch threads")
+        print(f"{args.model}: {args.files} files x {args.seconds:g} s at 32 kHz, {describe(args.threads)}")
 
         # the settings sweep first, on a few files: channels_last x batch_seconds, for timestamps of
         # the `hear` preset (160 ms windows) and of the card's defaults (1 s windows every 250 ms). The

@@ -1,5 +1,5 @@
-"""What the family benchmarks share: test files, a wall + CPU clock, embedzoo's pipeline timed,
-relative error and the machine's load. Imported by the scripts in this folder (`python bench/X.py`
+"""What the family benchmarks share: test files, the device (`--device`), a wall + CPU clock that
+waits for CUDA, embedzoo's pipeline timed, relative error and the machine's load. Imported by the scripts in this folder (`python bench/X.py`
 puts the folder on sys.path)."""
 
 from __future__ import annotations
@@ -13,9 +13,40 @@ from typing import Iterator
 
 import numpy as np
 import soundfile as sf
+import torch
 
 from embedzoo.audio import collect_inputs
 from embedzoo.pipeline import embed_files
+
+
+DEVICE = torch.device("cpu")
+
+
+def use_device(name: str) -> torch.device:
+    """Run both sides on `name` ('cpu', 'cuda', 'cuda:1'); the clock then waits for the device."""
+    global DEVICE
+    DEVICE = torch.device(name)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: no CUDA device on this machine")
+    return DEVICE
+
+
+def describe(threads: int) -> str:
+    """The device in words, for the header line."""
+    if DEVICE.type == "cuda":
+        return f"{torch.cuda.get_device_name(DEVICE)} ({DEVICE})"
+    return f"CPU, {threads} torch threads"
+
+
+def cost(timing: "Timing") -> float:
+    """What a settings sweep minimises: CPU time on the CPU (steadier on a shared machine), wall
+    time on a GPU (the CPU only waits there)."""
+    return timing.wall if DEVICE.type == "cuda" else timing.cpu
+
+
+def _wait() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def make_files(folder: Path, count: int, seconds: float, rate: int, subtype: str | None = None) -> list[Path]:
@@ -50,8 +81,10 @@ class Timing:
 @contextlib.contextmanager
 def clock() -> Iterator[Timing]:
     timing = Timing()
+    _wait()
     wall, cpu = time.perf_counter(), time.process_time()
     yield timing
+    _wait()
     timing.wall, timing.cpu = time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -65,7 +98,8 @@ def ours_pipeline(model, paths: list[Path], out: Path, scene: bool, timestamp: b
 
 
 def rel(a, b) -> float:
-    """max |a - b| / max |b|."""
+    """max |a - b| / max |b| (numpy arrays or tensors on any device)."""
+    a, b = (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x for x in (a, b))
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / np.abs(b).max())
 

@@ -19,7 +19,7 @@ Every compared job checks that the two sides agree (max relative difference) bef
 First, a sweep of embedzoo's settings on a few files: channels_last (the plugin's model setting)
 x batch_seconds (the knob); the fastest is what the plugin and the card ship (bench/RESULTS.md).
 
-    python bench/panns.py [--model panns-cnn14] [--files 16] [--sweep-files 2 (0: no sweep)] [--threads N]
+    python bench/panns.py [--model panns-cnn14] [--files 16] [--sweep-files 2 (0: no sweep)] [--threads N] [--device cuda]
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from panns_hear.models import Cnn14 as RefCnn14
 
 from embedzoo.registry import get_card
 from embedzoo_panns.model import checkpoint_filter_fn, create_model
-from harness import Timing, clock, load, make_files, ours_pipeline, rel
+import harness
+from harness import Timing, clock, cost, describe, load, make_files, ours_pipeline, rel, use_device
 
 REF_ARGS = {
     "panns-cnn14": dict(sample_rate=32000, window_size=1024, hop_size=320, mel_bins=64, fmin=50, fmax=14000, classes_num=527),
@@ -65,11 +66,11 @@ def build_ours(card_id: str, release: dict, channels_last: bool):
     card = dataclasses.replace(card, config={**card.config, "channels_last": channels_last})
     model = create_model(card)
     model.load_state_dict(checkpoint_filter_fn(release, model), strict=True)
-    return model
+    return model.to(harness.DEVICE)
 
 
 def read(path: Path) -> torch.Tensor:
-    return torch.from_numpy(sf.read(path, dtype="float32")[0])[None]
+    return torch.from_numpy(sf.read(path, dtype="float32")[0])[None].to(harness.DEVICE)
 
 
 def reference_scene(net, paths: list[Path]) -> tuple[Timing, torch.Tensor]:
@@ -117,18 +118,21 @@ def main() -> None:
     parser.add_argument("--sweep-files", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N: both sides run there")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = use_device(args.device)
 
     card = get_card(args.model)
     rate = card.sample_rate
     net = reference_network(args.model)
-    release = {"model": net.state_dict()}
+    release = {"model": {k: v.clone() for k, v in net.state_dict().items()}}
+    net.to(device)
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_files(Path(tmp) / "audio", args.files, args.seconds, rate)
-        print(f"{args.model}: {args.files} files x {args.seconds:g} s at {rate} Hz, CPU, {args.threads} torch threads; {load()}")
+        print(f"{args.model}: {args.files} files x {args.seconds:g} s at {rate} Hz, {describe(args.threads)}; {load()}")
 
-        # the settings sweep first, on a few files: channels_last x batch_seconds, both jobs (best of 2 by CPU time)
+        # the settings sweep first, on a few files: channels_last x batch_seconds, both jobs (best of 2 by `cost`)
         sweep = {(True, float(card.defaults.get("batch_seconds", 128))): 0.0}  # the shipped settings, when not swept
         for channels_last in (False, True) if args.sweep_files else ():
             model = build_ours(args.model, release, channels_last)
@@ -136,12 +140,12 @@ def main() -> None:
                 model.configure(batch_seconds=batch_seconds)
                 runs = [[ours_pipeline(model, paths[: args.sweep_files], Path(tmp) / "sweep", scene, not scene)[0] for _ in range(2)]
                         for scene in (True, False)]  # fmt: skip
-                scene_t, stamps_t = (min(r, key=lambda t: t.cpu) for r in runs)
-                sweep[(channels_last, batch_seconds)] = scene_t.cpu + stamps_t.cpu
+                scene_t, stamps_t = (min(r, key=cost) for r in runs)
+                sweep[(channels_last, batch_seconds)] = cost(scene_t) + cost(stamps_t)
                 print(f"  sweep: channels_last={channels_last!s:5} batch_seconds={batch_seconds:5.0f}: scene {scene_t}, "
                       f"timestamps {stamps_t}; {load()}")  # fmt: skip
         best = min(sweep, key=sweep.get)
-        print(f"  {'fastest (CPU time, scene + timestamps)' if args.sweep_files else 'shipped settings'}: channels_last={best[0]}, batch_seconds={best[1]:g}")
+        print(f"  {'fastest (scene + timestamps)' if args.sweep_files else 'shipped settings'}: channels_last={best[0]}, batch_seconds={best[1]:g}")
 
         ours = build_ours(args.model, release, best[0]).configure(batch_seconds=best[1])
         theirs_s, theirs_first = reference_scene(net, paths)

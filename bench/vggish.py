@@ -17,7 +17,7 @@ Agreement is checked against the reference on the same zero-padded clip (not tim
 First, a sweep of embedzoo's settings on a few files: channels_last (the plugin's model setting)
 x batch_seconds (the knob); the fastest is what the plugin and the card ship (bench/RESULTS.md).
 
-    python bench/vggish.py [--files 32] [--sweep-files 4] [--threads N]
+    python bench/vggish.py [--files 32] [--sweep-files 4] [--threads N] [--device cuda]
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from torchvggish import vggish_input
 
 from embedzoo.registry import get_card
 from embedzoo_vggish.model import EXAMPLE_HOP, EXAMPLE_SAMPLES, checkpoint_filter_fn, create_model
-from harness import Timing, clock, load, make_files, ours_pipeline, rel
+import harness
+from harness import Timing, clock, cost, describe, load, make_files, ours_pipeline, rel, use_device
 
 RATE = 16000
 
@@ -57,7 +58,7 @@ def build_ours(release: dict, channels_last: bool):
     card = dataclasses.replace(card, config={**card.config, "channels_last": channels_last})
     model = create_model(card)
     model.load_state_dict(checkpoint_filter_fn(release, model), strict=True)
-    return model
+    return model.to(harness.DEVICE)
 
 
 def reference(net, paths: list[Path]) -> tuple[Timing, torch.Tensor]:
@@ -65,7 +66,7 @@ def reference(net, paths: list[Path]) -> tuple[Timing, torch.Tensor]:
     first = None
     with clock() as timing, torch.inference_mode():
         for path in paths:
-            emb = net(vggish_input.wavfile_to_examples(str(path)).detach())
+            emb = net(vggish_input.wavfile_to_examples(str(path)).detach().to(harness.DEVICE))
             emb.mean(dim=0)
             first = emb if first is None else first
     return timing, first
@@ -77,7 +78,7 @@ def reference_centred(net, path: Path, count: int) -> torch.Tensor:
     padded = np.zeros(EXAMPLE_SAMPLES // 2 + (count - 1) * EXAMPLE_HOP + EXAMPLE_SAMPLES)
     padded[EXAMPLE_SAMPLES // 2 : EXAMPLE_SAMPLES // 2 + len(audio)] = audio
     with torch.inference_mode():
-        return net(vggish_input.waveform_to_examples(padded, RATE).detach()[:count])
+        return net(vggish_input.waveform_to_examples(padded, RATE).detach()[:count].to(harness.DEVICE))
 
 
 def main() -> None:
@@ -86,16 +87,19 @@ def main() -> None:
     parser.add_argument("--sweep-files", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N: both sides run there")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = use_device(args.device)
 
     net = reference_network()
-    release = net.state_dict()
+    release = {k: v.clone() for k, v in net.state_dict().items()}
+    net.to(device)
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_files(Path(tmp) / "audio", args.files, args.seconds, RATE, subtype="PCM_16")
-        print(f"vggish: {args.files} files x {args.seconds:g} s at 16 kHz, CPU, {args.threads} torch threads; {load()}")
+        print(f"vggish: {args.files} files x {args.seconds:g} s at 16 kHz, {describe(args.threads)}; {load()}")
 
-        # the settings sweep first, on a few files: channels_last x batch_seconds, both jobs (best of 2 by CPU time)
+        # the settings sweep first, on a few files: channels_last x batch_seconds, both jobs (best of 2 by `cost`)
         sweep = {}
         for channels_last in (False, True):
             model = build_ours(release, channels_last)
@@ -103,12 +107,12 @@ def main() -> None:
                 model.configure(batch_seconds=batch_seconds)
                 runs = [[ours_pipeline(model, paths[: args.sweep_files], Path(tmp) / "sweep", scene, not scene)[0] for _ in range(2)]
                         for scene in (True, False)]  # fmt: skip
-                scene_t, stamps_t = (min(r, key=lambda t: t.cpu) for r in runs)
-                sweep[(channels_last, batch_seconds)] = scene_t.cpu + stamps_t.cpu
+                scene_t, stamps_t = (min(r, key=cost) for r in runs)
+                sweep[(channels_last, batch_seconds)] = cost(scene_t) + cost(stamps_t)
                 print(f"  sweep: channels_last={channels_last!s:5} batch_seconds={batch_seconds:5.0f}: scene {scene_t}, "
                       f"timestamps {stamps_t}; {load()}")  # fmt: skip
         best = min(sweep, key=sweep.get)
-        print(f"  fastest (CPU time, scene + timestamps): channels_last={best[0]}, batch_seconds={best[1]:g}")
+        print(f"  fastest (scene + timestamps): channels_last={best[0]}, batch_seconds={best[1]:g}")
 
         ours = build_ours(release, best[0]).configure(batch_seconds=best[1])
         theirs, theirs_ts = reference(net, paths)

@@ -17,7 +17,7 @@ written, 0 decoding workers). Each time is the best of `--repeat` runs (the mach
 Then a sweep of embedzoo's settings on the `tf` job: channels_last (card config) x batch_seconds
 (knob); the fastest is what the plugin ships (see bench/RESULTS.md).
 
-    python bench/yamnet.py [--files 16] [--sweep-files 4] [--threads 2] [--repeat 2]
+    python bench/yamnet.py [--files 16] [--sweep-files 4] [--threads 2] [--repeat 2] [--device cuda]
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +38,8 @@ from embedzoo.audio import collect_inputs
 from embedzoo.pipeline import embed_files
 from embedzoo.registry import get_card
 from embedzoo_vggish.yamnet import checkpoint_filter_fn, create_model
-from harness import make_files
+import harness
+from harness import clock, describe, make_files, use_device
 
 RATE = 16000
 DELAY = 7600  # the reference's patch k is centred 7600 samples after k x 15360 (its STFT is centred)
@@ -63,35 +63,34 @@ def build_ours(release: dict[str, torch.Tensor], channels_last: bool):
     card = get_card("yamnet")
     model = create_model(dataclasses.replace(card, config={**card.config, "channels_last": channels_last}))
     model.load_state_dict(checkpoint_filter_fn(release, model), strict=True)
-    return model
+    return model.to(harness.DEVICE)
 
 
 def reference_job(net, paths: list[Path], patch_hop: int) -> tuple[float, np.ndarray]:
     """Embeddings of every file's patches (96 frames every `patch_hop` frames), file by file."""
-    front = WaveformToInput()
+    device = harness.DEVICE
+    front = WaveformToInput().to(device)
     first = None
-    start = time.perf_counter()
-    with torch.inference_mode():
+    with clock() as timing, torch.inference_mode():
         for path in paths:
-            audio = torch.from_numpy(sf.read(path, dtype="float32")[0])
+            audio = torch.from_numpy(sf.read(path, dtype="float32")[0]).to(device)
             count = len(audio) // (patch_hop * 160) + 1  # as many as embedzoo's windows
-            delayed = torch.cat([torch.zeros(DELAY), audio, torch.zeros(16000)])[None]
+            delayed = torch.cat([torch.zeros(DELAY, device=device), audio, torch.zeros(16000, device=device)])[None]
             if patch_hop == 96:
                 patches = front(delayed, RATE)[:count]  # the reference's own path: (N, 1, 96, 64)
             else:
                 mel = front.mel_trans_ope(delayed)[0].T  # (frames, 64)
                 patches = mel.unfold(0, 96, patch_hop).transpose(1, 2)[:count, None]
             embedding, _ = net(patches)
-            first = embedding.flatten(1).numpy() if first is None else first
-    return time.perf_counter() - start, first
+            first = embedding.flatten(1).cpu().numpy() if first is None else first
+    return timing.wall, first
 
 
 def ours_job(model, paths: list[Path], out: Path) -> tuple[float, np.ndarray]:
     files = collect_inputs([paths[0].parent])[: len(paths)]
-    start = time.perf_counter()
-    embed_files(model, files, out, scene=False, timestamp=True, workers=0, overwrite=True)
-    elapsed = time.perf_counter() - start
-    return elapsed, np.load(out / "timestamp" / f"{files[0].name}.embedding.npy")
+    with clock() as timing:
+        embed_files(model, files, out, scene=False, timestamp=True, workers=0, overwrite=True)
+    return timing.wall, np.load(out / "timestamp" / f"{files[0].name}.embedding.npy")
 
 
 def best_of(repeat: int, job: Callable[[], tuple[float, np.ndarray]]) -> tuple[float, np.ndarray]:
@@ -112,14 +111,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N: both sides run there")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = use_device(args.device)
 
     net = reference_network()
-    release = net.state_dict()
+    release = {k: v.clone() for k, v in net.state_dict().items()}
+    net.to(device)
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_files(Path(tmp) / "audio", args.files, args.seconds, RATE)
-        print(f"yamnet: {args.files} files x {args.seconds:g} s at 16 kHz, CPU, {args.threads} torch threads, best of {args.repeat}")
+        print(f"yamnet: {args.files} files x {args.seconds:g} s at 16 kHz, {describe(args.threads)}, best of {args.repeat}")
 
         sweep = {}
         for channels_last in (False, True):
