@@ -101,6 +101,7 @@ def rel(a, b) -> float:
     """max |a - b| / max |b| (numpy arrays or tensors on any device)."""
     a, b = (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x for x in (a, b))
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 

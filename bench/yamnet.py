@@ -39,7 +39,7 @@ from embedzoo.pipeline import embed_files
 from embedzoo.registry import get_card
 from embedzoo_vggish.yamnet import checkpoint_filter_fn, create_model
 import harness
-from harness import clock, describe, make_files, use_device
+from harness import clock, describe, make_files, rel, use_device
 
 RATE = 16000
 DELAY = 7600  # the reference's patch k is centred 7600 samples after k x 15360 (its STFT is centred)
@@ -96,12 +96,6 @@ def ours_job(model, paths: list[Path], out: Path) -> tuple[float, np.ndarray]:
 def best_of(repeat: int, job: Callable[[], tuple[float, np.ndarray]]) -> tuple[float, np.ndarray]:
     runs = [job() for _ in range(repeat)]
     return min(r[0] for r in runs), runs[0][1]
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 def main() -> None:

@@ -342,24 +342,30 @@ def _scene_is_windowed(knobs: Knobs) -> bool:
     return "flat" in knobs.readout_parts
 
 
+def _scene_framer(extractor: Extractor, knobs: Knobs, with_timestamps: bool) -> WholeFramer | WindowFramer:
+    """Past one scene window (from the start, for 'flat' readouts) a scene is the mean of windows;
+    when those are the timestamp track's own windows (VGGish's, YAMNet's defaults) it reuses them."""
+    window, hop = extractor._window(knobs), extractor.hop_samples
+    if _scene_is_windowed(knobs):
+        return WholeFramer(0, hop, knobs.pad_mode, fallback=False) if with_timestamps else WindowFramer(window, hop, knobs.pad_mode)
+    limit, scene_hop = extractor.scene_window_samples, extractor.scene_hop_samples
+    shared = with_timestamps and (limit, scene_hop) == (window, hop)
+    return WholeFramer(limit, scene_hop, knobs.pad_mode, fallback=not shared)
+
+
 class _Clip:
     """Book-keeping of one clip inside a Session: a framer and the results of each track."""
 
     def __init__(self, extractor: Extractor, tracks: list[_Track]):
         self.framers: dict[str, Any] = {}
-        names = {track.name for track in tracks}
+        with_timestamps = any(track.name == "timestamp:0" for track in tracks)
         for track in tracks:
             knobs = track.knobs
             if track.frames:
                 hop, field, offset = track.geometry
                 self.framers[track.name] = ChunkFramer(extractor.chunk_samples(field), hop, field, knobs.pad_mode, offset)
-            elif track.name == "scene" and not _scene_is_windowed(knobs):
-                # past one scene window the scene is the mean of windows; when those are the
-                # timestamp track's own windows (VGGish, YAMNet defaults), it reuses them
-                shared = "timestamp:0" in names and extractor.scene_window_samples == extractor._window(knobs) and extractor.scene_hop_samples == extractor.hop_samples  # fmt: skip
-                self.framers[track.name] = WholeFramer(extractor.scene_window_samples, extractor.scene_hop_samples, knobs.pad_mode, fallback=not shared)  # fmt: skip
-            elif track.name == "scene" and "timestamp:0" in names:  # windows of the same size and hop: reuse them
-                self.framers[track.name] = WholeFramer(0, extractor.hop_samples, knobs.pad_mode, fallback=False)
+            elif track.name == "scene":
+                self.framers[track.name] = _scene_framer(extractor, knobs, with_timestamps)
             else:
                 self.framers[track.name] = WindowFramer(extractor._window(knobs), extractor.hop_samples, knobs.pad_mode)
         self.results: dict[str, dict[int, Tensor]] = {name: {} for name in self.framers}
@@ -517,8 +523,8 @@ class Session:
             result.timestamp = torch.cat([torch.stack([rows[i] for i in range(count)]) for rows in levels], dim=-1)
             result.timestamps = (torch.arange(count, dtype=torch.float64) * ex.hop_samples * 1000.0 / rate).float()
         if self.scene:
-            framer = clip.framers["scene"]
-            rows = clip.results["timestamp:0" if getattr(framer, "overflowed", False) and not framer.fallback else "scene"]
+            reused = getattr(clip.framers["scene"], "reuses_timestamps", False)
+            rows = clip.results["timestamp:0" if reused else "scene"]
             result.scene = torch.stack([rows[i] for i in range(len(rows))]).mean(dim=0)
         return result
 

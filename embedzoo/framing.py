@@ -241,6 +241,11 @@ class WholeFramer:
         self.overflowed = False
         self.windowed: WindowFramer | None = None
 
+    @property
+    def reuses_timestamps(self) -> bool:
+        """The clip outgrew the limit without a fallback: its scene is the mean of the timestamp windows."""
+        return self.overflowed and not self.fallback
+
     def push(self, chunk: np.ndarray) -> list[Segments]:
         if self.overflowed:
             return self.windowed.push(chunk) if self.windowed is not None else []

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -39,7 +38,7 @@ from efficientat_testutil import (
 from safetensors.torch import load_file, save_file
 
 from embedzoo.errors import ConfigError, WeightsError
-from embedzoo.extractor import Session
+from embedzoo.testing import stream_one_clip
 from embedzoo_efficientat.model import EfficientAT, checkpoint_filter_fn, create_model, release_key_map
 
 SMALL = "efficientat-mn04-as"
@@ -326,19 +325,8 @@ def test_an_hour_streams_through_a_session_in_bounded_memory(mn04):
     model = fresh(mn04, window_ms=160, hop_ms=60000, scene_window_ms=160, scene_hop_ms=60000)
     chunk = make_audio(1, 320000, seed=14)[0].numpy()
     hour_bytes = 3600 * 32000 * 4
-    tracemalloc.start()
-    try:
-        session = Session(model, scene=True, timestamp=True)
-        session.open("hour")
-        for _ in range(360):
-            session.push("hour", chunk)
-        session.close("hour")
-        session.flush()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    ((key, result),) = session.take()
-    assert key == "hour" and result.timestamp.shape == (61, model.embed_dim) and result.scene.shape == (model.embed_dim,)
+    result, peak = stream_one_clip(model, (chunk for _ in range(360)))
+    assert result.timestamp.shape == (61, model.embed_dim) and result.scene.shape == (model.embed_dim,)
     assert np.isfinite(result.timestamp.numpy()).all()
     # the same 10 s of audio over and over: the windows at 1, 2, ... 59 minutes (inside the clip) agree
     assert rel_err(result.timestamp[1:-1], result.timestamp[1:2].expand(59, -1)) < TOLERANCE

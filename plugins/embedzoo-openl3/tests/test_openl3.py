@@ -20,6 +20,7 @@ import sys
 import warnings
 
 import librosa
+import numpy as np
 import pytest
 import torch
 from openl3_testutil import (
@@ -39,6 +40,7 @@ from safetensors.torch import load_file, save_file
 
 import torchopenl3
 from embedzoo.errors import ConfigError, WeightsError
+from embedzoo.testing import stream_one_clip
 from embedzoo_openl3.model import LAYERS, OpenL3, checkpoint_filter_fn, create_model, htk_mel_filterbank, mel_norm_of
 
 PARITY = [("mel128", "env", 512), ("mel256", "music", 6144), ("linear", "music", 512)]
@@ -318,32 +320,14 @@ def test_an_hour_streams_through_a_session_in_bounded_memory():
     (the whole extraction path at a fraction of the network's cost), a window every minute; the
     scene's windows are the timestamps' (1 s every minute) and are computed once. Traced numpy
     memory stays a fraction of one decoded copy of the hour."""
-    import tracemalloc
-
-    import numpy as np
-
-    from embedzoo.extractor import Session
-    from embedzoo.registry import get_card
-
     torch.manual_seed(0)
     model = create_model(get_card("openl3-mel128-music-512")).eval()
     model.configure(layers="block1", freq_pool="mean", hop_ms=60000, scene_hop_ms=60000)
     rng = np.random.default_rng(3)
     chunk = (0.3 * rng.standard_normal(480000)).astype(np.float32)  # the same 10 s, over and over
     hour_bytes = 3600 * 48000 * 4
-    tracemalloc.start()
-    try:
-        session = Session(model)
-        session.open("hour")
-        for _ in range(360):
-            session.push("hour", chunk)
-        session.close("hour")
-        session.flush()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    ((key, result),) = session.take()
-    assert key == "hour" and result.timestamp.shape == (61, 64) and result.scene.shape == (64,)  # 64 channels
+    result, peak = stream_one_clip(model, (chunk for _ in range(360)))
+    assert result.timestamp.shape == (61, 64) and result.scene.shape == (64,)  # 64 channels
     assert torch.isfinite(result.timestamp).all() and result.timestamp.std() > 0
     inside = result.timestamp[1:-1]  # windows centred on whole minutes see the same 10 s period
     assert float((inside - inside[:1]).abs().max()) <= 1e-5 * float(inside.abs().max())

@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import tracemalloc
-
 import dataclasses
 
 import numpy as np
@@ -21,8 +19,8 @@ import pytest
 import torch
 
 from embedzoo.errors import CardError
-from embedzoo.extractor import Session
 from embedzoo.registry import get_card
+from embedzoo.testing import stream_one_clip
 from embedzoo_vggish.model import CHANNELS_LAST, EXAMPLE_SAMPLES, checkpoint_filter_fn, create_model
 
 RATE = 16000
@@ -51,20 +49,8 @@ def test_an_hour_streams_through_vggish_in_bounded_memory():
     model.configure(layers="block1", readout="mean", hop_ms=HOP_S * 1000, scene_hop_ms=HOP_S * 1000)
     table = tone_table()
     decoded_bytes = HOUR * 4  # one float32 copy of the hour
-    tracemalloc.start()
-    try:
-        session = Session(model)
-        session.open("hour")
-        for start in range(0, HOUR, CHUNK):
-            session.push("hour", stream(table, start, min(start + CHUNK, HOUR)))
-        session.close("hour")
-        session.flush()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    result, peak = stream_one_clip(model, (stream(table, start, min(start + CHUNK, HOUR)) for start in range(0, HOUR, CHUNK)))
     assert peak < decoded_bytes / 8, f"peak {peak / 1e6:.0f} MB traced for {decoded_bytes / 1e6:.0f} MB of audio"
-    [(key, result)] = session.take()
-    assert key == "hour" and session.pending == 0
     count = 3600 // HOP_S + 1
     assert torch.equal(result.timestamps, torch.arange(count) * HOP_S * 1000.0)
     assert result.timestamp.shape == (count, 2048) and result.scene.shape == (2048,) and torch.isfinite(result.scene).all()

@@ -32,6 +32,7 @@ from torch_vggish_yamnet.input_proc import WaveformToInput
 import embedzoo
 from embedzoo.errors import CardError, ConfigError, WeightsError
 from embedzoo.registry import get_card
+from embedzoo.testing import stream_one_clip
 from embedzoo_vggish.yamnet import BLOCKS, PATCH_SAMPLES, block_geometry, checkpoint_filter_fn, create_model, release_key_map
 
 SR = 16000
@@ -264,28 +265,13 @@ def test_an_hour_streams_through_a_session_in_bounded_memory():
     """An hour at 16 kHz pushed in 10 s chunks (never held whole), the embedding of a 0.975 s
     window every minute; the scene's windows are the timestamps' (the card's scene window and hop
     follow them) and are computed once. Traced numpy memory stays a fraction of the hour."""
-    import tracemalloc
-
-    from embedzoo.extractor import Session
-
     torch.manual_seed(0)
     model = create_model(get_card("yamnet")).eval()
     model.configure(hop_ms=60000, scene_hop_ms=60000)
     chunk = make_audio(10 * SR, seed=21).numpy()  # the same 10 s, over and over
     hour_bytes = 3600 * SR * 4
-    tracemalloc.start()
-    try:
-        session = Session(model)
-        session.open("hour")
-        for _ in range(360):
-            session.push("hour", chunk)
-        session.close("hour")
-        session.flush()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    ((key, result),) = session.take()
-    assert key == "hour" and result.timestamp.shape == (61, 1024) and result.scene.shape == (1024,)
+    result, peak = stream_one_clip(model, (chunk for _ in range(360)))
+    assert result.timestamp.shape == (61, 1024) and result.scene.shape == (1024,)
     assert torch.isfinite(result.timestamp).all() and result.timestamp.std() > 0
     inside = result.timestamp[1:-1]  # windows centred on whole minutes see the same 10 s period
     assert rel_err(inside, inside[:1].expand_as(inside)) < TOLERANCE
