@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import math
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +31,12 @@ import torch
 from hear21passt.models.preprocess import AugmentMelSTFT
 from ssondo.models.MobileNetV3.model import get_model as ssondo_mn
 
-from embedzoo.audio import collect_inputs
+from embedzoo.inputs import collect_inputs
 from embedzoo.pipeline import embed_files
 from embedzoo.registry import get_card
 from embedzoo_efficientat.model import checkpoint_filter_fn, create_model
 import harness
-from harness import clock, describe, make_files, rel, use_device
+from harness import clock, describe, make_files, rel, sweep_settings, use_device, wall
 
 RATE = 32000
 
@@ -132,23 +131,17 @@ def main() -> None:
         # the settings sweep first, on a few files: channels_last x batch_seconds, for timestamps of
         # the `hear` preset (160 ms windows) and of the card's defaults (1 s windows every 250 ms). The
         # machine is shared: configurations are interleaved and each keeps its best of --repeat.
+        few, out = paths[: args.sweep_files], Path(tmp) / "sweep"
         jobs = {"hear": {"preset": "hear"}, "default": {}}
-        configs = [(cl, bs) for cl in (False, True) for bs in (8.0, 32.0, 128.0)]
-        models = {(job, cl): build_ours(args.model, release, cl).configure(**knobs) for job, knobs in jobs.items() for cl in (False, True)}
-        sweep = {(job, *config): math.inf for job in jobs for config in configs}
-        cpu = dict(sweep)
-        for _ in range(args.repeat):
-            for job, channels_last, batch_seconds in sweep:
-                model = models[(job, channels_last)].configure(batch_seconds=batch_seconds)
-                started = time.process_time()
-                seconds, _ = ours_pipeline(model, paths[: args.sweep_files], Path(tmp) / "sweep", scene=False)
-                key = (job, channels_last, batch_seconds)
-                sweep[key], cpu[key] = min(sweep[key], seconds), min(cpu[key], time.process_time() - started)
-        for (job, channels_last, batch_seconds), seconds in sweep.items():
-            print(f"  sweep {job:7}: channels_last={channels_last!s:5} batch_seconds={batch_seconds:5.0f}: "
-                  f"{seconds:6.2f} s wall, {cpu[(job, channels_last, batch_seconds)]:6.2f} s CPU (best of {args.repeat})")  # fmt: skip
-        total = {config: sum(sweep[(job, *config)] for job in jobs) for config in configs}
-        best = min(total, key=total.get)
+        best, times = sweep_settings(
+            lambda channels_last: build_ours(args.model, release, channels_last),
+            {job: lambda model: harness.ours_pipeline(model, few, out, scene=False, timestamp=True)[0] for job in jobs},
+            knobs=jobs, repeat=args.repeat, interleave=True, metric=wall,
+        )
+        for job in jobs:
+            for (channels_last, batch_seconds), timing in times.items():
+                print(f"  sweep {job:7}: channels_last={channels_last!s:5} batch_seconds={batch_seconds:5.0f}: "
+                      f"{timing[job].wall:6.2f} s wall, {timing[job].cpu:6.2f} s CPU (best of {args.repeat})")  # fmt: skip
         print(f"  fastest over both jobs: channels_last={best[0]}, batch_seconds={best[1]:g}")
 
         ours = build_ours(args.model, release, best[0]).configure(batch_seconds=best[1])

@@ -1,5 +1,6 @@
 """What the family benchmarks share: test files, the device (`--device`), a wall + CPU clock that
-waits for CUDA, embedzoo's pipeline timed, relative error and the machine's load. Imported by the scripts in this folder (`python bench/X.py`
+waits for CUDA, embedzoo's pipeline timed, the settings sweep (channels_last x batch_seconds),
+relative error and the machine's load. Imported by the scripts in this folder (`python bench/X.py`
 puts the folder on sys.path)."""
 
 from __future__ import annotations
@@ -9,13 +10,13 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import soundfile as sf
 import torch
 
-from embedzoo.audio import collect_inputs
+from embedzoo.inputs import collect_inputs
 from embedzoo.pipeline import embed_files
 
 
@@ -95,6 +96,68 @@ def ours_pipeline(model, paths: list[Path], out: Path, scene: bool, timestamp: b
         embed_files(model, files, out, scene=scene, timestamp=timestamp, workers=0, overwrite=True)
     kind = "scene" if scene else "timestamp"
     return timing, np.load(out / kind / f"{files[0].name}.embedding.npy")
+
+
+Setting = tuple[bool, float]  # (channels_last, batch_seconds)
+SWEEP_BATCH_SECONDS = (8.0, 32.0, 128.0)
+
+
+def sweep_settings(
+    build: Callable[[bool], Any],
+    jobs: Mapping[str, Callable[[Any], Timing]],
+    *,
+    knobs: Mapping[str, Mapping[str, Any]] | None = None,
+    repeat: int = 2,
+    interleave: bool = False,
+    metric: Callable[[Timing], float] = cost,
+    line: Callable[[Setting, dict[str, Timing]], str] | None = None,
+    batch_seconds: Sequence[float] = SWEEP_BATCH_SECONDS,
+) -> tuple[Setting, dict[Setting, dict[str, Timing]]]:
+    """The sweep that picks what a plugin ships: channels_last (a model setting, so `build(flag)`
+    makes the model) x batch_seconds (a knob, set before each run). Every job (one timed run of the
+    sweep's files) runs `repeat` times per setting and keeps its best wall and best CPU time; the
+    fastest setting is the one whose jobs' `metric` sums lowest.
+
+    `knobs[job]` are set once on that job's model (jobs with the same knobs share one). With
+    `interleave`, each round runs every setting once, so a busy machine's load hits all alike;
+    otherwise a setting's runs follow each other. `line(setting, best times)`, when given, is
+    printed per setting (after the last round when interleaved). Returns the fastest setting and
+    every setting's best times per job."""
+    models: dict[tuple[bool, tuple[tuple[str, Any], ...]], Any] = {}
+
+    def model_for(channels_last: bool, job: str) -> Any:
+        own = tuple(sorted((knobs or {}).get(job, {}).items()))
+        if (channels_last, own) not in models:
+            models[(channels_last, own)] = build(channels_last).configure(**dict(own))
+        return models[(channels_last, own)]
+
+    settings = [(channels_last, float(seconds)) for channels_last in (False, True) for seconds in batch_seconds]
+    best: dict[Setting, dict[str, Timing]] = {setting: {} for setting in settings}
+
+    def measure(setting: Setting, job: str) -> None:
+        timing = jobs[job](model_for(setting[0], job).configure(batch_seconds=setting[1]))
+        old = best[setting].get(job)
+        best[setting][job] = timing if old is None else Timing(min(old.wall, timing.wall), min(old.cpu, timing.cpu))
+
+    if interleave:
+        for _ in range(repeat):
+            for setting in settings:
+                for job in jobs:
+                    measure(setting, job)
+    for setting in settings:
+        if not interleave:
+            for job in jobs:
+                for _ in range(repeat):
+                    measure(setting, job)
+        if line is not None:
+            print(line(setting, best[setting]))
+    fastest = min(settings, key=lambda setting: sum(metric(timing) for timing in best[setting].values()))
+    return fastest, best
+
+
+def wall(timing: Timing) -> float:
+    """The wall time: what a sweep minimises when it ignores CPU time."""
+    return timing.wall
 
 
 def rel(a, b) -> float:

@@ -60,7 +60,7 @@ def main() -> None:
     from torchopenl3.models import PytorchOpenl3
 
     import embedzoo
-    from embedzoo import hub
+    from embedzoo.weights import convert_checkpoint
     from embedzoo.registry import get_card
 
     card = get_card(args.model)
@@ -72,7 +72,7 @@ def main() -> None:
         original = Path(tmp) / Path(card.sources[0].url).name
         torch.save(ref.state_dict(), original)
         weights = Path(tmp) / f"{card.id}.safetensors"
-        save_file(hub.convert_checkpoint(card, original), str(weights))
+        save_file(convert_checkpoint(card, original), str(weights))
         paths = make_files(Path(tmp) / "audio", args.files, args.seconds)
 
         clips = [sf.read(p, dtype="float32")[0] for p in paths]

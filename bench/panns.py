@@ -38,7 +38,7 @@ from panns_hear.models import Cnn14 as RefCnn14
 from embedzoo.registry import get_card
 from embedzoo_panns.model import checkpoint_filter_fn, create_model
 import harness
-from harness import Timing, clock, cost, describe, load, make_files, ours_pipeline, rel, use_device
+from harness import Timing, clock, describe, load, make_files, ours_pipeline, rel, sweep_settings, use_device
 
 REF_ARGS = {
     "panns-cnn14": dict(sample_rate=32000, window_size=1024, hop_size=320, mel_bins=64, fmin=50, fmax=14000, classes_num=527),
@@ -132,19 +132,17 @@ def main() -> None:
         paths = make_files(Path(tmp) / "audio", args.files, args.seconds, rate)
         print(f"{args.model}: {args.files} files x {args.seconds:g} s at {rate} Hz, {describe(args.threads)}; {load()}")
 
-        # the settings sweep first, on a few files: channels_last x batch_seconds, both jobs (best of 2 by `cost`)
-        sweep = {(True, float(card.defaults.get("batch_seconds", 128))): 0.0}  # the shipped settings, when not swept
-        for channels_last in (False, True) if args.sweep_files else ():
-            model = build_ours(args.model, release, channels_last)
-            for batch_seconds in (8.0, 32.0, 128.0):
-                model.configure(batch_seconds=batch_seconds)
-                runs = [[ours_pipeline(model, paths[: args.sweep_files], Path(tmp) / "sweep", scene, not scene)[0] for _ in range(2)]
-                        for scene in (True, False)]  # fmt: skip
-                scene_t, stamps_t = (min(r, key=cost) for r in runs)
-                sweep[(channels_last, batch_seconds)] = cost(scene_t) + cost(stamps_t)
-                print(f"  sweep: channels_last={channels_last!s:5} batch_seconds={batch_seconds:5.0f}: scene {scene_t}, "
-                      f"timestamps {stamps_t}; {load()}")  # fmt: skip
-        best = min(sweep, key=sweep.get)
+        # the settings sweep first, on a few files: channels_last x batch_seconds, both jobs (each its best of 2; fastest by `cost`)
+        best = (True, float(card.defaults.get("batch_seconds", 128)))  # the shipped settings, when not swept
+        if args.sweep_files:
+            few, out = paths[: args.sweep_files], Path(tmp) / "sweep"
+            best, _ = sweep_settings(
+                lambda channels_last: build_ours(args.model, release, channels_last),
+                {"scene": lambda model: ours_pipeline(model, few, out, True, False)[0],
+                 "timestamps": lambda model: ours_pipeline(model, few, out, False, True)[0]},
+                line=lambda setting, t: f"  sweep: channels_last={setting[0]!s:5} batch_seconds={setting[1]:5.0f}: scene {t['scene']}, "
+                                        f"timestamps {t['timestamps']}; {load()}",
+            )  # fmt: skip
         print(f"  {'fastest (scene + timestamps)' if args.sweep_files else 'shipped settings'}: channels_last={best[0]}, batch_seconds={best[1]:g}")
 
         ours = build_ours(args.model, release, best[0]).configure(batch_seconds=best[1])

@@ -34,12 +34,12 @@ import torch
 from torch_vggish_yamnet import yamnet as reference
 from torch_vggish_yamnet.input_proc import WaveformToInput
 
-from embedzoo.audio import collect_inputs
+from embedzoo.inputs import collect_inputs
 from embedzoo.pipeline import embed_files
 from embedzoo.registry import get_card
 from embedzoo_vggish.yamnet import checkpoint_filter_fn, create_model
 import harness
-from harness import clock, describe, make_files, rel, use_device
+from harness import clock, describe, make_files, ours_pipeline, rel, sweep_settings, use_device, wall
 
 RATE = 16000
 DELAY = 7600  # the reference's patch k is centred 7600 samples after k x 15360 (its STFT is centred)
@@ -117,14 +117,13 @@ def main() -> None:
         paths = make_files(Path(tmp) / "audio", args.files, args.seconds, RATE)
         print(f"yamnet: {args.files} files x {args.seconds:g} s at 16 kHz, {describe(args.threads)}, best of {args.repeat}")
 
-        sweep = {}
-        for channels_last in (False, True):
-            for batch_seconds in (8.0, 32.0, 128.0):
-                model = build_ours(release, channels_last).configure(batch_seconds=batch_seconds)
-                seconds, _ = best_of(args.repeat, lambda: ours_job(model, paths[: args.sweep_files], Path(tmp) / "sweep"))
-                sweep[(channels_last, batch_seconds)] = seconds
-                print(f"  sweep tf: channels_last={channels_last!s:5} batch_seconds={batch_seconds:5.0f}: {seconds:6.2f} s")
-        best = min(sweep, key=sweep.get)
+        few, out = paths[: args.sweep_files], Path(tmp) / "sweep"
+        best, _ = sweep_settings(
+            lambda channels_last: build_ours(release, channels_last),
+            {"tf": lambda model: ours_pipeline(model, few, out, scene=False, timestamp=True)[0]},
+            repeat=args.repeat, metric=wall,
+            line=lambda setting, t: f"  sweep tf: channels_last={setting[0]!s:5} batch_seconds={setting[1]:5.0f}: {t['tf'].wall:6.2f} s",
+        )  # fmt: skip
         print(f"  fastest: channels_last={best[0]}, batch_seconds={best[1]:g}")
 
         ours = build_ours(release, best[0])

@@ -17,10 +17,11 @@ __version__ = "0.1.0"
 from embedzoo.card import LayerSpec, ModelCard, Source  # noqa: E402  (torch-free)
 from embedzoo.errors import EmbedzooError  # noqa: E402
 from embedzoo.loader import list_models, load  # noqa: E402  (imports torch only when called)
+from embedzoo.spec import ModelSpec  # noqa: E402  (torch-free)
 
 _LAZY = {"Extractor": "embedzoo.extractor", "ClipEmbeddings": "embedzoo.extractor", "Session": "embedzoo.extractor"}
 
-__all__ = ["load", "list_models", "ModelCard", "LayerSpec", "Source", "EmbedzooError", "Extractor", "ClipEmbeddings", "Session"]
+__all__ = ["load", "list_models", "ModelSpec", "ModelCard", "LayerSpec", "Source", "EmbedzooError", "Extractor", "ClipEmbeddings", "Session"]
 
 
 def __getattr__(name: str) -> Any:

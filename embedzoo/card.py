@@ -111,8 +111,17 @@ class LayerSpec:
     - `frame_offset`: frame j of a clip is centred on sample frame_offset + j*frame_hop (default 0:
       on j*frame_hop), so a network whose strided stages centre their frames late (PANNs: half a
       block hop) keeps its own frame grid in frame mode; at most frame_field // 2;
+    - `frame_skip`: in frame mode, the index of the first frame of a chunk's output whose whole field
+      lies inside the chunk (frames before it saw the zero-padded edge); the core crops from there;
+    - `frame_pad`: in frame mode, zero samples the core appends to each chunk before the forward, for
+      a network whose stride grid follows the input's length (TF "SAME" convolutions, YAMNet's): every
+      chunk of the layer then aligns alike; the frames it adds lie past the ones the core keeps;
+    - `frame_mode`: False when the layer cannot be read in frame mode (its frames depend on the
+      whole window, e.g. a frontend normalised per window); the core refuses the combination;
     - `pooled`: one vector per forward (a pooled embedding, logits) -- no frame sequence;
     - `min_window`: the shortest input this layer is computed from (0: the card's).
+
+    Layer specs come from the family's torch-free `geometry.py` (never from registry.yaml).
     """
 
     name: str
@@ -122,6 +131,9 @@ class LayerSpec:
     frame_hop: int = 0
     frame_field: int = 0
     frame_offset: int = 0
+    frame_skip: int = 0
+    frame_pad: int = 0
+    frame_mode: bool = True
     pooled: bool = False
     min_window: int = 0
 
@@ -130,8 +142,10 @@ class LayerSpec:
             raise CardError(f"layer {self.name}: width {self.width} must be a positive multiple of bands {self.bands}")
         if self.tokens and self.bands > 1:
             raise CardError(f"layer {self.name}: a layer with tokens cannot have frequency bands")
-        if min(self.frame_hop, self.frame_field, self.frame_offset, self.min_window) < 0:
-            raise CardError(f"layer {self.name}: frame_hop, frame_field, frame_offset and min_window cannot be negative")
+        if min(self.frame_hop, self.frame_field, self.frame_offset, self.frame_skip, self.frame_pad, self.min_window) < 0:
+            raise CardError(f"layer {self.name}: frame_hop, frame_field, frame_offset, frame_skip, frame_pad and min_window cannot be negative")
+        if self.pooled and (self.tokens or self.bands > 1):
+            raise CardError(f"layer {self.name}: a pooled layer is one vector, without tokens or bands")
 
     @property
     def channels(self) -> int:
@@ -141,13 +155,19 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class ModelCard:
-    """Everything the catalog knows about one model; torch-free and immutable."""
+    """Everything the catalog knows about one model; torch-free and immutable.
+
+    registry.yaml gives the catalog fields (family, plugin, rate, sources, knobs, config, ...); the
+    architecture fields (`layers`, frame geometry, window limits) are filled in from the family's
+    `geometry(config)` once its plugin is installed (`embedzoo.family.Family.complete`). A card
+    without them (`complete` is False) can still be listed and shown, not built.
+    """
 
     id: str
     family: str
     plugin: str
     sample_rate: int
-    layers: tuple[LayerSpec, ...]
+    layers: tuple[LayerSpec, ...] = ()
     sources: tuple[Source, ...] = ()
     aliases: tuple[str, ...] = ()
     description: str = ""
@@ -172,7 +192,7 @@ class ModelCard:
         if self.sample_rate <= 0:
             raise CardError(f"model {self.id}: sample_rate must be positive")
         if not self.layers:
-            raise CardError(f"model {self.id}: a card needs at least one layer")
+            return  # not completed yet: the plugin's geometry supplies the architecture fields
         names = [layer.name for layer in self.layers]
         if len(set(names)) != len(names):
             raise CardError(f"model {self.id}: layer names must be unique, got {names}")
@@ -185,6 +205,11 @@ class ModelCard:
                 raise CardError(f"model {self.id}: layer {spec.name} has frame_field/min_window beyond max_window")
             if spec.frame_offset > self.frame_geometry(spec)[1] // 2:
                 raise CardError(f"model {self.id}: layer {spec.name}'s frame_offset {spec.frame_offset} exceeds half its frame_field")
+
+    @property
+    def complete(self) -> bool:
+        """True once the family's geometry has filled in layers and window limits."""
+        return bool(self.layers)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -208,8 +233,13 @@ class ModelCard:
         for spec in self.layers:
             if spec.name == name:
                 return spec
-        from embedzoo.errors import ConfigError
+        from embedzoo.errors import ConfigError, PluginError
 
+        if not self.complete:
+            raise PluginError(
+                f"model {self.id}: its layers come from the plugin {self.plugin}, which is not installed",
+                hint=f"run `embedzoo install {self.family}`",
+            )
         raise ConfigError(
             f"model {self.id} has no layer {name!r}",
             hint=f"choose from: {', '.join(layer.name for layer in self.layers)}",

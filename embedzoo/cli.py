@@ -9,40 +9,65 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import click
 
 from embedzoo.errors import EmbedzooError
-
-KNOB_OPTIONS = [
-    click.option("--preset", default=None, help="A named preset of the model's knobs (see `embedzoo info`)."),
-    click.option("--layers", default=None, help="Layer(s) to read, comma-separated; concatenated in that order."),
-    click.option("--readout", default=None, help="mean | max | center | first | last | flat | a token (cls, dist...); join with '+'."),
-    click.option("--freq-pool", type=click.Choice(["flat", "mean", "max", "mean+max"]), default=None, help="Pool CNN feature maps over frequency before the readout (flat keeps channels x bands)."),
-    click.option("--levels", default=None, help="Presets whose timestamp embeddings are appended (e.g. the 2-level recipes), comma-separated."),
-    click.option("--mode", type=click.Choice(["window", "frame"]), default=None, help="window: one forward per timestamp window (HEAR recipe); frame: the model's own frames from one forward per chunk (cheap)."),
-    click.option("--hop-ms", type=float, default=None, help="Time resolution: hop between timestamp embeddings, ms."),
-    click.option("--window-ms", type=float, default=None, help="Receptive field: window each timestamp embedding sees, ms."),
-    click.option("--scene-window-ms", type=float, default=None, help="Longest scene forward, ms (default: the model's maximum)."),
-    click.option("--scene-hop-ms", type=float, default=None, help="Hop of scene windows over clips longer than the scene window, ms."),
-    click.option("--pad-mode", type=click.Choice(["constant", "reflect"]), default=None, help="How clips are padded at their ends."),
-    click.option("--batch-size", type=int, default=None, help="Windows per forward (default: fill the model's batch_seconds)."),
-    click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None, help="Autocast dtype (float32 is exact)."),
-]
+from embedzoo.knobs import KNOBS, SWEEP_KNOBS, KnobInfo, Knobs, knob_fields  # torch-free
 
 
-def knob_options(func):
-    for option in reversed(KNOB_OPTIONS):
-        func = option(func)
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _knob_option(name: str, info: KnobInfo) -> Callable[[Callable], Callable]:
+    """A knob's option (`--hop-ms` for hop_ms), typed, with the choices and help of its metadata."""
+    kind = click.Choice(list(info.choices)) if info.choices else info.kind if info.kind in (int, float) else str
+    return click.option(_flag(name), name, type=kind, default=None, help=info.help)
+
+
+def knob_options(func: Callable | None = None, *, knobs: type = Knobs, skip: Sequence[str] = ()) -> Any:
+    """Decorator: one option per knob of `knobs` (each field's metadata makes it), but `skip`."""
+
+    def decorate(command: Callable) -> Callable:
+        for name, info in reversed(knob_fields(knobs).items()):
+            if info.option and name not in skip:
+                command = _knob_option(name, info)(command)
+        return command
+
+    return decorate if func is None else decorate(func)
+
+
+def knobs_from(kwargs: dict[str, Any], knobs: type = Knobs) -> dict[str, Any]:
+    """Pop the knob options out of a command's kwargs, keeping only those the user gave."""
+    given = {name: kwargs.pop(name) for name in knob_fields(knobs) if name in kwargs}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def sweep_options(func: Callable) -> Callable:
+    """Decorator: a repeatable option per sweep axis (`SWEEP_KNOBS`), whose values the grid takes."""
+    for name in reversed(SWEEP_KNOBS):
+        info = KNOBS[name]
+        if info.kind is tuple:
+            text = f"{info.help} Choices to try: repeat the option, or separate them with spaces ('a,b' is one choice)."
+        else:
+            text = f"{info.help} Values to try: repeat the option, or separate them with commas."
+        func = click.option(_flag(name), f"sweep_{name}", multiple=True, help=text)(func)
     return func
 
 
-def knobs_from(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Pop the knob options out of a command's kwargs, keeping only those the user gave."""
-    names = ("preset", "layers", "readout", "freq_pool", "levels", "mode", "hop_ms", "window_ms", "scene_window_ms", "scene_hop_ms", "pad_mode", "batch_size", "dtype")
-    given = {name: kwargs.pop(name, None) for name in names}
-    return {name: value for name, value in given.items() if value is not None}
+def sweep_grid(kwargs: dict[str, Any]) -> dict[str, list[Any]]:
+    """Pop the sweep options out of a command's kwargs: knob -> the distinct values given, in order."""
+    grid: dict[str, list[Any]] = {}
+    for name in SWEEP_KNOBS:
+        raw: tuple[str, ...] = kwargs.pop(f"sweep_{name}")
+        kind = KNOBS[name].kind
+        parts = [part for item in raw for part in (item.split() if kind is tuple else item.replace(",", " ").split())]
+        values = list(dict.fromkeys(kind(part) if kind in (int, float) else part for part in parts))
+        if values:
+            grid[name] = values
+    return grid
 
 
 class EmbedzooGroup(click.Group):
@@ -162,6 +187,7 @@ def info(model: str, as_json: bool) -> None:
 
     card = get_registry().get(model)
     data = card_to_dict(card)
+    data["complete"] = card.complete
     data["cached"] = hub.is_cached(card)
     files = [f for s in card.sources for f in (s, *s.extras)]
     data["recorded_pins"] = {f.describe(): hub.recorded_pin(f) for f in files if not (f.sha256 or f.kind == "hf")}
@@ -174,11 +200,16 @@ def info(model: str, as_json: bool) -> None:
         out.print(f"aliases: {', '.join(card.aliases)}")
     out.print(f"family {card.family} (plugin {card.plugin}), {card.sample_rate} Hz, license {card.license or '?'}")
     out.print(f"frontend: {card.frontend or '-'}")
-    out.print(
-        f"native frames every {card.samples_to_ms(card.frame_hop):g} ms, each seeing {card.samples_to_ms(card.frame_field):g} ms; "
-        f"windows {card.samples_to_ms(card.min_window):g} .. {card.samples_to_ms(card.max_window):g} ms"
-    )
-    out.print("layers: " + ", ".join(f"{l.name} ({l.width}{'; tokens ' + '/'.join(l.tokens) if l.tokens else ''})" for l in card.layers))
+    if card.complete:
+        out.print(
+            f"native frames every {card.samples_to_ms(card.frame_hop):g} ms, each seeing {card.samples_to_ms(card.frame_field):g} ms; "
+            f"windows {card.samples_to_ms(card.min_window):g} .. {card.samples_to_ms(card.max_window):g} ms"
+        )
+        out.print("layers: " + ", ".join(f"{l.name} ({l.width}{'; tokens ' + '/'.join(l.tokens) if l.tokens else ''})" for l in card.layers))
+    elif card.id in get_registry().problems:
+        out.print(f"layers: unavailable, plugin {card.plugin} could not describe this model: {get_registry().problems[card.id].message}")
+    else:
+        out.print(f"layers: given by plugin {card.plugin}, not installed (`embedzoo install {card.family}`)")
     out.print(f"defaults: {dict(card.defaults)}")
     for name, preset in card.presets.items():
         out.print(f"preset {name}: {dict(preset)}")
@@ -205,7 +236,12 @@ def plugins(as_json: bool) -> None:
     from dataclasses import asdict
 
     from embedzoo.plugins import load_plugins
+    from embedzoo.registry import get_registry
 
+    try:
+        get_registry()  # completing the cards records each plugin's problems with them
+    except EmbedzooError:
+        pass  # a broken catalog is `list`'s error to report; this command lists plugins regardless
     infos = load_plugins().infos
     if as_json:
         click.echo(json.dumps([asdict(i) | {"ok": i.ok} for i in infos], indent=2))
@@ -217,7 +253,12 @@ def plugins(as_json: bool) -> None:
     for column in ("plugin", "distribution", "version", "families", "status"):
         table.add_column(column)
     for i in infos:
-        status = Text("ok", style="green") if i.ok else Text(f"failed: {i.error}", style="red")
+        if not i.ok:
+            status = Text(f"failed: {i.error}", style="red")
+        elif i.problems:
+            status = Text(f"ok; cannot describe {len(i.problems)} model(s): " + "; ".join(i.problems), style="yellow")
+        else:
+            status = Text("ok", style="green")
         table.add_row(i.name, i.distribution, i.version, ", ".join(i.families) or "-", status)
     _console().print(table)
 
@@ -250,7 +291,7 @@ def uninstall(names: tuple[str, ...]) -> None:
 @click.option("--force", is_flag=True, help="Fetch and convert again even if cached.")
 def pull(models: tuple[str, ...], mirror: Path | None, offline: bool, force: bool) -> None:
     """Fetch, verify and convert the weights of MODELS (ids, aliases or globs) once."""
-    from embedzoo import hub
+    from embedzoo import weights
     from embedzoo.registry import get_registry
 
     registry = get_registry()
@@ -263,7 +304,7 @@ def pull(models: tuple[str, ...], mirror: Path | None, offline: bool, force: boo
     failed = 0
     for card in cards:
         try:
-            path = hub.pull(card, mirror=mirror, offline=offline or None, force=force)
+            path = weights.pull(card, mirror=mirror, offline=offline or None, force=force)
             click.echo(f"{card.id}: {path}")
         except EmbedzooError as exc:
             failed += 1
@@ -282,27 +323,30 @@ def pull(models: tuple[str, ...], mirror: Path | None, offline: bool, force: boo
 @click.option("--format", "fmt", type=click.Choice(["npy", "parquet"]), default="npy", show_default=True, help="npy: HEAR eval-kit layout; parquet: sharded, one row per file.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
 @click.option("--workers", type=int, default=1, show_default=True, help="Decoding worker processes (0: decode in the main process).")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Use this weights file (.safetensors, or an original checkpoint).")
+@click.option("--weights", metavar="PATH|random", default=None, help="Use this weights file (.safetensors, or an original checkpoint), or 'random': the initial weights (also `MODEL?weights=...`).")
 @click.option("--from", "mirror", type=click.Path(file_okay=False, path_type=Path), default=None, help="A local mirror folder for the weights.")
 @click.option("--offline", is_flag=True, help="Never use the network.")
 @click.option("--overwrite", is_flag=True, help="Recompute files already done, and allow other settings in OUT.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def embed(model: str, inputs: tuple[str, ...], out_dir: Path, what: str, fmt: str, device: str, workers: int,
-          weights: Path | None, mirror: Path | None, offline: bool, overwrite: bool, quiet: bool, as_json: bool, **kwargs: Any) -> None:
+          weights: str | None, mirror: Path | None, offline: bool, overwrite: bool, quiet: bool, as_json: bool, **kwargs: Any) -> None:
     """Embeddings of audio INPUTS (files, folders, globs) with MODEL, written to OUT.
+
+    MODEL is a model spec: ID[:PRESET][?KNOB=VALUE&...][&weights=PATH|random], e.g.
+    'crepe-tiny?hop_ms=25&weights=random'; the options below apply on top of it.
 
     Re-running the same command skips finished files; a killed job resumes. Failed files are
     listed in OUT/errors.jsonl; the exit status is 1 if any file failed.
     """
-    from embedzoo.audio import collect_inputs
+    from embedzoo.inputs import collect_inputs
     from embedzoo.loader import load
     from embedzoo.pipeline import embed_files
 
     knobs = knobs_from(kwargs)
     files = collect_inputs(list(inputs))
     extractor = load(model, weights=weights, device=device, offline=offline or None, mirror=mirror, **knobs)
-    weights_id = str(weights) if weights else _weights_id(extractor.card)
+    weights_id = extractor.weights_identity
     progress_bar = None
     if not quiet and not as_json:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -337,16 +381,6 @@ def embed(model: str, inputs: tuple[str, ...], out_dir: Path, what: str, fmt: st
     sys.exit(0 if summary.ok else 1)
 
 
-def _weights_id(card) -> str:
-    from embedzoo import hub
-
-    try:
-        meta = hub.converted_path(card).with_name("meta.json")
-        return json.loads(meta.read_text()).get("safetensors_sha256", "") if meta.is_file() else ""
-    except (OSError, ValueError):
-        return ""
-
-
 @main.command()
 @click.argument("model")
 @click.option("--device", default="auto", show_default=True)
@@ -354,7 +388,7 @@ def _weights_id(card) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @knob_options
 def validate(model: str, device: str, hear_validator: bool, as_json: bool, **kwargs: Any) -> None:
-    """HEAR 2021 API conformance of MODEL, plus embedzoo's own checks."""
+    """HEAR 2021 API conformance of MODEL (a model spec, as for `embed`), plus embedzoo's own checks."""
     from embedzoo.validate import validate_model
 
     report = validate_model(model, device=device, run_hear_validator=hear_validator, **knobs_from(kwargs))
@@ -379,9 +413,9 @@ def cache_ls(as_json: bool) -> None:
     """List cached models with their sizes."""
     from dataclasses import asdict
 
-    from embedzoo import hub
+    from embedzoo.weights import cache_entries
 
-    entries = hub.cache_entries()
+    entries = cache_entries()
     if as_json:
         click.echo(json.dumps([asdict(e) for e in entries], indent=2, default=str))
         return
@@ -395,9 +429,9 @@ def cache_ls(as_json: bool) -> None:
 @click.argument("models", nargs=-1, required=True)
 def cache_rm(models: tuple[str, ...]) -> None:
     """Remove cached weights of MODELS (ids or globs)."""
-    from embedzoo import hub
+    from embedzoo.weights import remove
 
-    removed = hub.remove(list(models))
+    removed = remove(list(models))
     for path in removed:
         click.echo(f"removed {path}")
     if not removed:
@@ -407,10 +441,10 @@ def cache_rm(models: tuple[str, ...]) -> None:
 @cache.command("verify")
 def cache_verify() -> None:
     """Re-hash every cached file against its record; exit 1 on any mismatch."""
-    from embedzoo import hub
+    from embedzoo.weights import verify
 
     bad = 0
-    for entry, ok, problem in hub.verify():
+    for entry, ok, problem in verify():
         click.echo(f"{'ok  ' if ok else 'FAIL'} {entry.model_id} {entry.path}{'' if ok else ': ' + problem}")
         bad += not ok
     sys.exit(1 if bad else 0)
@@ -418,7 +452,7 @@ def cache_verify() -> None:
 
 # ---- downstream evaluation: make-task, eval, sweep ---------------------------------------------
 
-TASK_KINDS = ("pitch", "scene", "scene-multilabel", "event")  # embedzoo.tasks.KINDS, kept here so --help stays light
+TASK_KINDS = ("pitch", "scene", "scene-multilabel", "event")  # embedzoo.eval.tasks.KINDS, kept here so --help stays light
 
 DOWNSTREAM_OPTIONS = [
     click.option("--scene-from", type=click.Choice(["scene", "timestamp"]), default="scene", show_default=True, help="Scene tasks: the model's scene embedding, or the mean of its timestamp embeddings (then hop and window shape it)."),
@@ -443,7 +477,7 @@ def downstream_options(func):
 
 
 def _eval_settings(kwargs: dict[str, Any]):
-    from embedzoo.evaluate import EvalSettings
+    from embedzoo.eval.evaluate import EvalSettings
 
     return EvalSettings(
         seed=kwargs.pop("seed"),
@@ -498,7 +532,7 @@ def make_task_command(kind: str, out_dir: Path, size: str, seed: int, sample_rat
       event             tones, noise bursts and chirps with onsets and offsets in 3 s clips
                         (event onset F-measure, 200 ms and 50 ms; onset-offset)
     """
-    from embedzoo.tasks import describe, make_task
+    from embedzoo.eval.tasks import describe, make_task
 
     task = make_task(kind, out_dir, size=size, seed=seed, sample_rates=sample_rates or (16000,), folds=folds, overwrite=overwrite)
     click.echo(f"wrote {out_dir}")
@@ -514,13 +548,14 @@ def make_task_command(kind: str, out_dir: Path, size: str, seed: int, sample_rat
 @click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Results JSON (default: embedzoo-results/<task>/<model>-<settings>.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead of the table.")
 def eval_command(model: str, task_dir: Path, weights: str | None, out_path: Path | None, as_json: bool, **kwargs: Any) -> None:
-    """Evaluate MODEL on the HEAR-layout task in TASK_DIR: frozen embeddings, a shallow MLP.
+    """Evaluate MODEL (a model spec, as for `embed`) on the HEAR-layout task in TASK_DIR: frozen
+    embeddings, a shallow MLP.
 
     Embeddings are cached per model, weights, knobs and file in the embedzoo cache, so a second
     run (or a sweep) reuses them. Scores are on the test split(s), with hyper-parameters chosen on
     the first split's validation data.
     """
-    from embedzoo.evaluate import default_result_path, evaluate, finite, result_lines, result_table, write_json
+    from embedzoo.eval.evaluate import default_result_path, evaluate, finite, result_lines, result_table, write_json
 
     knobs = knobs_from(kwargs)
     settings = _eval_settings(kwargs)
@@ -551,57 +586,31 @@ def eval_command(model: str, task_dir: Path, weights: str | None, out_path: Path
     out.print(f"results: {out_path}")
 
 
-def _values(raw: tuple[str, ...], cast: Any) -> list[Any]:
-    """Sweep values from repeated options, each also comma- or space-separated (numbers, modes)."""
-    out = []
-    for item in raw:
-        for part in item.replace(",", " ").split():
-            value = cast(part)
-            if value not in out:
-                out.append(value)
-    return out
-
-
 @main.command()
 @click.argument("models", nargs=-1, required=True)
 @click.argument("task_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--layers", "layer_values", multiple=True, help="Layer choices (repeat the option, or separate with spaces); 'a,b' is one choice: a and b concatenated.")
-@click.option("--hop-ms", "hop_values", multiple=True, help="Hops to try, ms (repeat, or '10,25,50').")
-@click.option("--window-ms", "window_values", multiple=True, help="Windows to try, ms (repeat, or '64,256,1024').")
-@click.option("--mode", "mode_values", multiple=True, help="Modes to try: window, frame (repeat, or 'window,frame').")
-@click.option("--readout", default=None, help="Readout for every point (see `embedzoo embed --help`).")
-@click.option("--preset", default=None, help="A preset of the models' knobs for every point.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None, help="Autocast dtype (float32 is exact).")
-@click.option("--batch-size", type=int, default=None, help="Windows per forward.")
+@sweep_options
+@knob_options(skip=SWEEP_KNOBS)
 @click.option("--plot-metric", default=None, help="The score the plots show (default: the task's primary metric).")
 @downstream_options
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for runs/*.json, results.csv and the plots.")
-def sweep(models: tuple[str, ...], task_dir: Path, layer_values: tuple[str, ...], hop_values: tuple[str, ...], window_values: tuple[str, ...],
-          mode_values: tuple[str, ...], out_dir: Path, **kwargs: Any) -> None:
+def sweep(models: tuple[str, ...], task_dir: Path, out_dir: Path, **kwargs: Any) -> None:
     """Evaluate MODELS on TASK_DIR over a grid of knobs; write a CSV and plots into OUT.
 
     \b
       embedzoo sweep crepe-tiny 'crepe-tiny?weights=random' tasks/pitch \\
           --layers conv3 --layers conv4 --layers conv5 --layers conv6 --hop-ms 10,50 -o sweep/
 
-    Every combination of the given values is one point (a knob not given stays at each model's
-    default). Cached embeddings are reused; finished points are kept in OUT/runs/, so an
+    Every combination of the values given for the swept knobs (layers, hop, window, mode) is one
+    point (a knob not given stays at each model's default); the other knob options apply to every
+    point, on top of each model spec's own. Cached embeddings are reused; finished points are kept in OUT/runs/, so an
     interrupted sweep resumes where it stopped. Plots: OUT/score_vs_<knob>.png, one line per
     model, the best test score over the other knobs.
     """
-    from embedzoo.evaluate import sweep as run_sweep
+    from embedzoo.eval.sweep import sweep as run_sweep
 
-    grid: dict[str, list[Any]] = {}
-    layers = [part for item in layer_values for part in item.split()]
-    if layers:
-        grid["layers"] = list(dict.fromkeys(layers))
-    if hop_values:
-        grid["hop_ms"] = _values(hop_values, float)
-    if window_values:
-        grid["window_ms"] = _values(window_values, float)
-    if mode_values:
-        grid["mode"] = _values(mode_values, str)
-    knobs = {k: v for k in ("readout", "preset", "dtype", "batch_size") if (v := kwargs.pop(k)) is not None}
+    grid = sweep_grid(kwargs)
+    knobs = knobs_from(kwargs)
     settings = _eval_settings(kwargs)
     quiet = kwargs["quiet"]
     progress_bar = None
@@ -628,7 +637,7 @@ def sweep(models: tuple[str, ...], task_dir: Path, layer_values: tuple[str, ...]
     from rich.table import Table
 
     table = Table(title=f"sweep on {task_dir} ({len(rows)} points)")
-    varying = [k for k in ("layers", "hop_ms", "window_ms", "mode") if k in grid]
+    varying = [k for k in SWEEP_KNOBS if k in grid]
     metric = next((r["primary_metric"] for r in rows if r.get("primary_metric")), "score")
     for column in ["model", *varying, metric]:
         table.add_column(column)

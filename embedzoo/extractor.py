@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import copy
 import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from torch import Tensor
 from embedzoo.card import LayerSpec, ModelCard
 from embedzoo.errors import AudioError, ConfigError
 from embedzoo.framing import ChunkFramer, Segments, WholeFramer, WindowFramer
-from embedzoo.knobs import Knobs, embedding_width, frame_width, level_knobs, resolve_knobs
+from embedzoo.knobs import Knobs, check_knobs, embedding_width, frame_width, level_knobs, resolve_knobs
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -51,9 +52,14 @@ class Extractor(torch.nn.Module, abc.ABC):
     """Base class of every model. Subclasses implement `forward_layers`; nothing else is required."""
 
     card: ModelCard
+    weights_identity: str = ""  # which weights it holds (card, file hash or random); set by embedzoo.load
 
     def __init__(self, card: ModelCard):
         super().__init__()
+        if not card.complete:
+            from embedzoo.errors import PluginError
+
+            raise PluginError(f"model {card.id}: the card has no layers yet", hint=f"its family's plugin ({card.plugin}) completes it: is it installed? `embedzoo plugins`")
         self.card = card
         self.knobs: Knobs = resolve_knobs(card)
 
@@ -62,8 +68,11 @@ class Extractor(torch.nn.Module, abc.ABC):
         """audio (batch, samples) at card.sample_rate, min_window <= samples <= max_window.
 
         Returns one tensor per requested layer (all of card.layers when None), in that order, each
-        (batch, len(tokens) + frames, width): named tokens first, then the frame sequence, whose
-        frames advance by card.frame_hop samples. A plugin may stop early after the last layer asked.
+        in its natural shape: (batch, width) for a pooled layer, (batch, len(tokens) + frames, width)
+        for a sequence (named tokens first), or (batch, channels, bands, frames) for a conv map.
+        Every frame the network computes comes back; the core crops frame-mode chunks to the valid
+        ones (`LayerSpec.frame_skip`) and flattens maps channel-major. A pure function of the
+        audio: it never reads the engine's knobs. It may stop after the last layer asked.
         """
 
     # ---- settings -------------------------------------------------------------------------
@@ -74,6 +83,18 @@ class Extractor(torch.nn.Module, abc.ABC):
         self.knobs = resolve_knobs(self.card, overrides)
         self._overrides = overrides
         return self
+
+    def with_knobs(self, knobs: Knobs | dict[str, Any]) -> "Extractor":
+        """This extractor with other knobs, for one job: the same modules and weights (a shallow
+        copy, nothing duplicated), so a caller never has to change and restore a shared model's
+        settings. A dict applies on top of this extractor's knobs, as `configure` would; a `Knobs`
+        (checked against the card) replaces them."""
+        view = copy.copy(self)
+        if isinstance(knobs, Knobs):
+            check_knobs(self.card, knobs)
+            view.knobs = knobs
+            return view
+        return view.configure(**knobs)
 
     @property
     def sample_rate(self) -> int:
@@ -140,10 +161,11 @@ class Extractor(torch.nn.Module, abc.ABC):
 
     def frame_groups(self) -> list[tuple[tuple[int, int, int], tuple[str, ...]]]:
         """Frame mode: the chosen layers grouped by frame grid (hop, field, offset), one chunking each."""
-        groups: dict[tuple[int, int, int], list[str]] = {}
+        groups: dict[tuple[tuple[int, int, int], int], list[str]] = {}
         for name in self.knobs.layers:
-            groups.setdefault(self.card.frame_grid(self.card.layer(name)), []).append(name)
-        return [(geometry, tuple(names)) for geometry, names in groups.items()]
+            spec = self.card.layer(name)
+            groups.setdefault((self.card.frame_grid(spec), spec.frame_pad), []).append(name)  # one forward: one frame_pad
+        return [(geometry, tuple(names)) for (geometry, _), names in groups.items()]
 
     def batch_rows(self, size: int) -> int:
         """How many segments of `size` samples go into one forward."""
@@ -173,9 +195,12 @@ class Extractor(torch.nn.Module, abc.ABC):
         knobs = knobs or self.knobs
         specs = [self.card.layer(name) for name in knobs.layers]
         batch = segments.float() if isinstance(segments, Tensor) else torch.from_numpy(np.array(segments, dtype=np.float32))
-        short = max(self.card.layer_min_window(spec) for spec in specs) - batch.shape[-1]
+        length = batch.shape[-1]
+        short = max(self.card.layer_min_window(spec) for spec in specs) - length
         if short > 0 and not frames:
             batch = torch.nn.functional.pad(batch, (short // 2, short - short // 2))
+        if frames and specs[0].frame_pad:  # a frame group shares its frame_pad (frame_groups)
+            batch = torch.nn.functional.pad(batch, (0, specs[0].frame_pad))
         device = self.device
         if device.type == "cuda":
             batch = batch.pin_memory().to(device, non_blocking=True)
@@ -187,12 +212,13 @@ class Extractor(torch.nn.Module, abc.ABC):
             raise RuntimeError(f"{self.card.id}: forward_layers returned {len(outputs)} tensors for {len(specs)} layers")
         parts = []
         for spec, output in zip(specs, outputs):
-            output = output.float()
-            if output.shape[-1] != spec.width:
-                raise RuntimeError(f"{self.card.id}: layer {spec.name} has width {output.shape[-1]}, card says {spec.width}")
+            output = as_sequence(output.float(), spec, self.card.id)
+            if frames:
+                hop, field = self.card.frame_geometry(spec)
+                output = valid_frames(output, spec, (length - field) // hop + 1, self.card.id)
             output = pool_frequency(output, spec, knobs.freq_pool_parts)
             if frames:
-                parts.append(output[:, len(spec.tokens) :])
+                parts.append(output)
             else:
                 parts.extend(readout(output, spec, knobs.readout_parts))
         if frames:
@@ -232,9 +258,13 @@ class Extractor(torch.nn.Module, abc.ABC):
         return out
 
     def embed(
-        self, clips: Iterable, sample_rate: int | None = None, scene: bool = True, timestamp: bool = True
+        self, clips: Iterable, sample_rate: int | None = None, scene: bool = True, timestamp: bool = True,
+        knobs: Knobs | dict[str, Any] | None = None,
     ) -> list[ClipEmbeddings]:
-        """Embeddings of clips of any lengths (1-d arrays/tensors, or rows of a 2-d one)."""
+        """Embeddings of clips of any lengths (1-d arrays/tensors, or rows of a 2-d one); `knobs`
+        (see `with_knobs`) apply to this call only."""
+        if knobs is not None:
+            return self.with_knobs(knobs).embed(clips, sample_rate, scene, timestamp)
         prepared = self._prepare(clips if isinstance(clips, (Tensor, np.ndarray)) else list(clips), sample_rate)
         session = Session(self, scene=scene, timestamp=timestamp)
         # pushed in slices, so a long clip is windowed as it goes rather than copied whole
@@ -266,6 +296,42 @@ class Extractor(torch.nn.Module, abc.ABC):
     def forward(self, audio: Tensor) -> Tensor:
         """nn.Module call: scene embeddings of a (batch, samples) tensor at the model's rate."""
         return self.scene_embeddings(audio)
+
+
+def as_sequence(output: Tensor, spec: LayerSpec, model_id: str = "") -> Tensor:
+    """A layer's natural output as (n, tokens + frames, width): a pooled (n, width) vector becomes
+    one frame; a (n, channels, bands, frames) map becomes frames flattened channel-major (frequency
+    fastest), which `pool_frequency` can pool over its bands. Checks the shape against the spec."""
+    where = f"{model_id}: layer {spec.name}"
+    if output.ndim == 2:
+        if not spec.pooled:
+            raise RuntimeError(f"{where} returned one vector {tuple(output.shape)} but its geometry does not declare it pooled")
+        output = output[:, None]
+    elif output.ndim == 4:
+        channels, bands = output.shape[1], output.shape[2]
+        if bands != spec.bands or channels * bands != spec.width:
+            raise RuntimeError(f"{where} returned a {channels} x {bands} map; its geometry says width {spec.width} with {spec.bands} bands")
+        output = output.permute(0, 3, 1, 2).flatten(2)
+    elif output.ndim != 3:
+        raise RuntimeError(f"{where} returned shape {tuple(output.shape)}; expected (n, width), (n, frames, width) or (n, channels, bands, frames)")
+    elif spec.bands > 1:
+        raise RuntimeError(f"{where} has {spec.bands} bands: return it as a (n, channels, bands, frames) map")
+    if output.shape[-1] != spec.width:
+        raise RuntimeError(f"{where} has width {output.shape[-1]}, its geometry says {spec.width}")
+    if output.shape[1] < len(spec.tokens) + (0 if spec.pooled else 1):
+        raise RuntimeError(f"{where} returned {output.shape[1]} rows for {len(spec.tokens)} tokens and at least one frame")
+    if spec.pooled and output.shape[1] != 1:
+        raise RuntimeError(f"{where} is pooled but returned {output.shape[1]} frames")
+    return output
+
+
+def valid_frames(output: Tensor, spec: LayerSpec, count: int, model_id: str = "") -> Tensor:
+    """Frame mode: drop a sequence's tokens and the frames before `spec.frame_skip` (their fields
+    reach past the chunk's start), keeping the `count` frames the chunk's length gives."""
+    start = len(spec.tokens) + spec.frame_skip
+    if count < 1 or output.shape[1] < start + count:
+        raise RuntimeError(f"{model_id}: layer {spec.name} computed {output.shape[1] - len(spec.tokens)} frames; frame mode needs {spec.frame_skip + count} (frame_skip {spec.frame_skip})")
+    return output[:, start : start + count]
 
 
 def pool_frequency(output: Tensor, spec: LayerSpec, parts: Sequence[str]) -> Tensor:

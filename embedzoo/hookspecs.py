@@ -12,9 +12,9 @@ hookimpl = pluggy.HookimplMarker("embedzoo")
 
 @hookspec
 def register_families(register: Callable[..., None]) -> None:
-    """Register each architecture family as register(family, "module.path") -- the module is imported lazily."""
+    """Register each architecture family as register(Family(name, "pkg.model", geometry)); the model module is imported lazily."""
 
 
 @hookspec
 def register_models(register: Callable[..., None]) -> None:
-    """Register model cards (ModelCard or registry-style dict) that registry.yaml does not list."""
+    """Register model cards (a registry.yaml `models:` entry as a dict, or a ModelCard) the catalog does not list."""

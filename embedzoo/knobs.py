@@ -2,6 +2,9 @@
 
 `Knobs` is torch-free, so the CLI can check a user's choices against the card before loading any
 model. Values come from, in order: the card's `defaults`, a named preset of the card, the user.
+What else is known about a knob -- its command-line help, type and choices, whether it changes
+results (batching does not), whether it shapes timestamp embeddings only, whether a level or a
+sweep sets it -- is the `KnobInfo` metadata of its field: a new knob is one field.
 
 - time resolution: `hop_ms` (timestamp hop), `scene_hop_ms` (hop of scene windows on long clips);
 - embedding level: `layers` (one or more, concatenated) and `readout` ('mean', 'max', 'center',
@@ -35,29 +38,61 @@ PAD_MODES = ("constant", "reflect")
 DTYPES = ("float32", "bfloat16", "float16")
 FRAME_READOUTS = ("mean", "max", "center", "first", "last")
 FREQ_POOLS = ("flat", "mean", "max", "mean+max")
-# a level inherits the main configuration but for the knobs that shape its windows and vectors
-LEVEL_KNOBS = ("layers", "readout", "freq_pool", "window_ms", "pad_mode")
 
 
 @dataclass(frozen=True)
+class KnobInfo:
+    """What the commands, output manifests and embedding caches need to know about one knob. It is
+    the metadata of the knob's `Knobs` field, so that a new knob is one field."""
+
+    help: str  # the command-line help, and the knob's one-line documentation
+    kind: type = str  # how a string value is read: str, int, float, or tuple (comma-separated names)
+    choices: tuple[str, ...] = ()  # the allowed values, when they are a fixed set
+    results: bool = True  # False: it changes speed or memory only (batching), never an embedding
+    timestamp_only: bool = False  # it shapes timestamp embeddings only, never a scene embedding
+    per_level: bool = False  # a level takes it from its own preset (see `level_knobs`)
+    option: bool = True  # a command-line option (`input_rate` only matters for in-memory callers)
+    sweep_label: str | None = None  # `embedzoo sweep` may vary it; the label of its plots' x axis
+
+
+def knob(default: Any = dataclasses.MISSING, **info: Any) -> Any:
+    """A `Knobs` field with its `KnobInfo` (keyword arguments) as metadata."""
+    return dataclasses.field(default=default, metadata={"knob": KnobInfo(**info)})
+
+
+@dataclass(frozen=True, kw_only=True)
 class Knobs:
     """Resolved extraction settings for one model (validated against its card)."""
 
-    layers: tuple[str, ...]
-    readout: str = "mean"
-    mode: str = "window"
-    hop_ms: float = 50.0
-    window_ms: float | None = None
-    scene_window_ms: float | None = None
-    scene_hop_ms: float | None = None
-    pad_mode: str = "constant"
-    batch_size: int | None = None
-    batch_seconds: float = 32.0
-    dtype: str = "float32"
-    preset: str | None = None
-    input_rate: int | None = None
-    freq_pool: str = "flat"
-    levels: tuple[str, ...] = ()
+    preset: str | None = knob(None, help="A named preset of the model's knobs (see `embedzoo info`).")
+    layers: tuple[str, ...] = knob(
+        help="Layer(s) to read, comma-separated; concatenated in that order.", kind=tuple, per_level=True, sweep_label="layer(s)"
+    )
+    readout: str = knob("mean", help="mean | max | center | first | last | flat | a token (cls, dist...); join with '+'.", per_level=True)
+    freq_pool: str = knob(
+        "flat", help="Pool CNN feature maps over frequency before the readout (flat keeps channels x bands).", choices=FREQ_POOLS, per_level=True
+    )
+    levels: tuple[str, ...] = knob(
+        (), help="Presets whose timestamp embeddings are appended (e.g. the 2-level recipes), comma-separated.", kind=tuple, timestamp_only=True
+    )
+    hop_ms: float = knob(
+        50.0, help="Time resolution: hop between timestamp embeddings, ms.", kind=float, timestamp_only=True, sweep_label="hop (ms): time resolution"
+    )
+    window_ms: float | None = knob(
+        None, help="Receptive field: window each timestamp embedding sees, ms.", kind=float, timestamp_only=True, per_level=True,
+        sweep_label="window (ms): receptive field",
+    )  # fmt: skip
+    scene_window_ms: float | None = knob(None, help="Longest scene forward, ms (default: the model's maximum).", kind=float)
+    scene_hop_ms: float | None = knob(None, help="Hop of scene windows over clips longer than the scene window, ms.", kind=float)
+    mode: str = knob(
+        "window", help="window: one forward per timestamp window (HEAR recipe); frame: the model's own frames from one forward per chunk (cheap).",
+        choices=MODES, sweep_label="extraction mode",
+    )  # fmt: skip
+    pad_mode: str = knob("constant", help="How clips are padded at their ends.", choices=PAD_MODES, per_level=True)
+    batch_size: int | None = knob(None, help="Windows per forward (default: fill the model's batch_seconds).", kind=int, results=False)
+    batch_seconds: float = knob(32.0, help="Seconds of audio per forward when no batch size is given (frame mode: the longest chunk).", kind=float, results=False)
+    dtype: str = knob("float32", help="Autocast dtype (float32 is exact).", choices=DTYPES)
+    input_rate: int | None = knob(None, help="The rate of audio given without one (HEAR passes none), Hz.", kind=int, option=False)
 
     @property
     def readout_parts(self) -> tuple[str, ...]:
@@ -68,27 +103,52 @@ class Knobs:
         return tuple(self.freq_pool.split("+"))
 
 
-KNOB_NAMES = tuple(f.name for f in dataclasses.fields(Knobs))
+def knob_fields(knobs: type = Knobs) -> dict[str, KnobInfo]:
+    """Every knob of a `Knobs` class and its metadata, in field order."""
+    return {f.name: f.metadata["knob"] for f in dataclasses.fields(knobs)}
+
+
+KNOBS = knob_fields()
+KNOB_NAMES = tuple(KNOBS)
+# a level inherits the main configuration but for the knobs that shape its windows and vectors
+LEVEL_KNOBS = tuple(name for name, info in KNOBS.items() if info.per_level)
+SWEEP_KNOBS = tuple(name for name, info in KNOBS.items() if info.sweep_label)  # the axes of `embedzoo sweep`
+
+
+def knob_record(knobs: Knobs, kind: str | None = None) -> dict[str, Any]:
+    """The knobs an embedding depends on, as JSON values: what manifests, result files and cache
+    keys record. Batching is left out (it changes speed, not results); the compute dtype is kept,
+    since bfloat16 rounds the results. For `kind` 'scene', the timestamp-only knobs are left out too."""
+    fields = knob_fields(type(knobs))
+    return {
+        name: list(value) if isinstance(value, tuple) else value
+        for name, value in dataclasses.asdict(knobs).items()
+        if fields[name].results and not (kind == "scene" and fields[name].timestamp_only)
+    }
+
+
+def scene_knobs(card: ModelCard, knobs: Knobs) -> Knobs:
+    """`knobs` with every timestamp-only knob at the card's default (and no levels): the same scene
+    embeddings, under one setting whatever the hop and window, so a cache of them serves them all."""
+    base = dataclasses.replace(resolve_knobs(card), levels=())
+    return dataclasses.replace(knobs, **{name: getattr(base, name) for name, info in knob_fields(type(knobs)).items() if info.timestamp_only})
 
 
 def _coerce(name: str, value: Any) -> Any:
-    """Accept strings from the CLI / HEAR model strings as well as Python values."""
+    """Accept strings from the CLI / model specs as well as Python values."""
     if value is None:
         return None
-    if name in ("layers", "levels"):
+    kind = KNOBS[name].kind
+    if kind is tuple:
         if isinstance(value, str):
             value = [part for part in value.replace(" ", "").split(",") if part]
         return tuple(str(v) for v in value)
-    if name in ("hop_ms", "window_ms", "scene_window_ms", "scene_hop_ms", "batch_seconds"):
+    if kind in (int, float):
         try:
-            return float(value)
+            return kind(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"knob {name} must be a number, not {value!r}") from None
-    if name in ("batch_size", "input_rate"):
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"knob {name} must be an integer, not {value!r}") from None
+            what = "a number" if kind is float else "an integer"
+            raise ConfigError(f"knob {name} must be {what}, not {value!r}") from None
     return str(value)
 
 
@@ -144,6 +204,13 @@ def check_knobs(card: ModelCard, knobs: Knobs) -> None:
             raise ConfigError(
                 f"layer(s) {pooled} of {card.id} are one vector per window, with no frames for frame mode",
                 hint="use mode 'window' for them, or choose layers with a frame sequence",
+            )
+        unframed = [spec.name for spec in specs if not spec.frame_mode]
+        if unframed:
+            framed = [spec.name for spec in card.layers if spec.frame_mode and not spec.pooled]
+            raise ConfigError(
+                f"layer(s) {unframed} of {card.id} cannot run in frame mode: their frames depend on the whole window (see the model's page)",
+                hint=f"use mode 'window' for them{', or frame-mode layers: ' + ', '.join(framed) if framed else ''}",
             )
     for name in knobs.levels:
         if name not in card.presets:

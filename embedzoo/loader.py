@@ -8,23 +8,7 @@ from typing import Any
 from embedzoo.card import ModelCard
 from embedzoo.errors import WeightsError
 from embedzoo.registry import get_registry
-
-
-def split_model_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """'crepe-tiny?hop_ms=50&layers=conv4,conv5' -> ('crepe-tiny', {...}); also 'id:preset'."""
-    name, _, query = spec.partition("?")
-    knobs: dict[str, str] = {}
-    for item in filter(None, query.split("&")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            from embedzoo.errors import ConfigError
-
-            raise ConfigError(f"model spec {spec!r}: expected knob=value, got {item!r}")
-        knobs[key.strip().replace("-", "_")] = value.strip()
-    if ":" in name:
-        name, preset = name.split(":", 1)
-        knobs.setdefault("preset", preset)
-    return name, knobs
+from embedzoo.spec import ModelSpec
 
 
 def build_model(card: ModelCard):
@@ -35,7 +19,7 @@ def build_model(card: ModelCard):
 
 
 def load(
-    model: str,
+    model: str | ModelSpec,
     weights: str | Path | None = None,
     device: str = "auto",
     *,
@@ -47,37 +31,39 @@ def load(
 ):
     """Load a model by catalog id or alias, ready to embed.
 
-    `weights`: None pulls (or reuses) the card's weights; a `.safetensors` path is loaded as is;
-    any other path is an original-format checkpoint, converted in memory; 'random' keeps the
+    `model` is a model spec (`embedzoo.spec`): an id or alias, optionally with a preset, knobs and
+    weights -- `"passt-s-ap476:2levelmel?hop_ms=50&weights=random"`. `weights` (or `weights=` in the
+    spec): None pulls (or reuses) the card's weights; a `.safetensors` path is loaded as is; any
+    other path is an original-format checkpoint, converted in memory; 'random' keeps the
     architecture's initial weights, drawn with `seed` (a control for evaluations, and conformance
-    checks such as hear-validator without any download). `knobs` are the
-    extraction settings (layers, readout, mode, hop_ms, window_ms, ... see `embedzoo.knobs`);
-    they may also be given in the name: `load("crepe-tiny?hop_ms=50")`.
+    checks such as hear-validator without any download). `knobs` are the extraction settings
+    (layers, readout, mode, hop_ms, window_ms, ... see `embedzoo.knobs`), on top of the spec's.
+
+    The extractor's `weights_identity` says which weights it holds (`embedzoo.weights.weights_identity`):
+    `embed_files` records it in an output folder's manifest, `embedzoo eval` keys its cache with it.
     """
-    from embedzoo import hub
+    from embedzoo import weights as store
     from embedzoo.extractor import pick_device
 
     import torch
 
-    name, spec_knobs = split_model_spec(model)
-    card = get_registry().get(name)
+    spec = ModelSpec.parse(model).with_weights(weights)
+    card = get_registry().get(spec.name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         extractor = build_model(card)
-    extractor.configure(**{**spec_knobs, **knobs})  # check knobs before any download
-    if weights is not None and str(weights) == "random":
-        return extractor.to(pick_device(device)).eval()
-    if weights is None:
-        path = hub.pull(card, offline=offline, mirror=mirror, cache_dir=cache_dir)
-        state = hub.load_weights(path)
-    else:
-        path = Path(weights).expanduser()
+    extractor.configure(**{**spec.overrides(), **knobs})  # check knobs before any download
+    if spec.weights is None:
+        path = store.pull(card, offline=offline, mirror=mirror, cache_dir=cache_dir)
+        load_state(extractor, store.load_weights(path), source=str(path))
+    elif spec.weights != store.RANDOM:
+        path = Path(spec.weights).expanduser()
         if not path.is_file():
             raise WeightsError(f"weights file {path} does not exist", hint="pass a .safetensors file or an original checkpoint")
         # safetensors in the model's own layout pass through; an original release (pickle or
         # safetensors in the authors' layout) is converted in memory by the plugin's filter
-        state = hub.convert_checkpoint(card, path)
-    load_state(extractor, state, source=str(path))
+        load_state(extractor, store.convert_checkpoint(card, path), source=str(path))
+    extractor.weights_identity = store.weights_identity(card, spec.weights, seed=seed, cache_dir=cache_dir)
     return extractor.to(pick_device(device)).eval()
 
 

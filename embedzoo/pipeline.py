@@ -28,9 +28,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from embedzoo.audio import InputFile, stream_audio
+from embedzoo.audio import stream_audio
 from embedzoo.errors import ConfigError, EmbedzooError
 from embedzoo.extractor import ClipEmbeddings, Extractor, Session
+from embedzoo.inputs import InputFile
+from embedzoo.knobs import Knobs, knob_record
 
 FORMATS = ("npy", "parquet")
 MANIFEST = "embedzoo.json"
@@ -225,12 +227,12 @@ def _loader(dataset: _DecodeFiles, workers: int) -> Iterator:
 
 
 def job_manifest(extractor: Extractor, scene: bool, timestamp: bool, fmt: str, weights: str) -> dict[str, Any]:
-    """What an output folder's embeddings depend on: every knob but the batch sizes (which change
-    speed, not results); the compute dtype is kept, since bfloat16 rounds the results."""
+    """What an output folder's embeddings depend on: the model, the identity of its weights
+    (`embedzoo.weights.weights_identity`) and the knobs that change results (`knob_record`)."""
     return {
         "model": extractor.card.id,
         "weights": weights,
-        "knobs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(extractor.knobs).items() if k not in ("batch_size", "batch_seconds")},
+        "knobs": knob_record(extractor.knobs),
         "sample_rate": extractor.card.sample_rate,
         "scene": scene,
         "timestamp": timestamp,
@@ -263,14 +265,24 @@ def embed_files(
     fmt: str = "npy",
     workers: int = 1,
     overwrite: bool = False,
-    weights: str = "",
+    weights: str | None = None,
+    knobs: Knobs | dict[str, Any] | None = None,
     block_seconds: float = 30.0,
     shard_rows: int = 512,
     on_progress: Callable[[str, float], None] | None = None,
 ) -> Summary:
-    """Embed every file, skipping those already done, recording failures; see the module doc."""
+    """Embed every file, skipping those already done, recording failures; see the module doc.
+
+    `weights`: the weights' identity for the manifest (default: the one `embedzoo.load` recorded on
+    the extractor; '' for an extractor built otherwise). `knobs` (a Knobs, or overrides) apply to
+    this job only (`Extractor.with_knobs`); the extractor itself is left as it is.
+    """
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {FORMATS}, not {fmt!r}")
+    if knobs is not None:
+        extractor = extractor.with_knobs(knobs)
+    if weights is None:
+        weights = extractor.weights_identity
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_manifest(out, job_manifest(extractor, scene, timestamp, fmt, weights), overwrite)

@@ -7,6 +7,7 @@ list of entry-point names; empty means none) selects which plugins load.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import os
@@ -19,6 +20,7 @@ import pluggy
 
 from embedzoo import hookspecs
 from embedzoo.errors import DuplicateNameError, PluginError
+from embedzoo.family import Family
 
 ENTRY_POINT_GROUP = "embedzoo"
 
@@ -33,6 +35,7 @@ class PluginInfo:
     families: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     error: str | None = None
+    problems: list[str] = field(default_factory=list)  # cards of its families it could not complete
 
     @property
     def ok(self) -> bool:
@@ -43,7 +46,7 @@ class PluginInfo:
 class PluginState:
     manager: pluggy.PluginManager
     infos: list[PluginInfo]
-    families: dict[str, tuple[str, str]]  # family -> (module path, plugin name)
+    families: dict[str, Family]  # family name -> the Family its plugin registered
     cards: list[tuple[str, Any]]  # (plugin name, ModelCard or dict)
 
 
@@ -72,7 +75,7 @@ def load_plugins(refresh: bool = False) -> PluginState:
     manager.add_hookspecs(hookspecs)
     selected = _selected_names()
     infos: list[PluginInfo] = []
-    families: dict[str, tuple[str, str]] = {}
+    families: dict[str, Family] = {}
     cards: list[tuple[str, Any]] = []
     seen: set[str] = set()
     for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
@@ -96,13 +99,15 @@ def load_plugins(refresh: bool = False) -> PluginState:
     return _STATE
 
 
-def _collect(module: ModuleType, info: PluginInfo, families: dict[str, tuple[str, str]], cards: list) -> None:
+def _collect(module: ModuleType, info: PluginInfo, families: dict[str, Family], cards: list) -> None:
     """Call one plugin's hooks on its own, so its errors are attributed to it."""
-    own: dict[str, str] = {}
+    own: list[Family] = []
     own_cards: list[Any] = []
 
-    def register_family(family: str, module_path: str) -> None:
-        own[family] = module_path
+    def register_family(family: Family) -> None:
+        if not isinstance(family, Family):
+            raise PluginError(f"plugin {info.name}: register_families must call register(Family(...)), got {family!r}")
+        own.append(family)
 
     def register_model(card: Any) -> None:
         own_cards.append(card)
@@ -113,13 +118,14 @@ def _collect(module: ModuleType, info: PluginInfo, families: dict[str, tuple[str
     single.register(module, name=info.name)
     single.hook.register_families(register=register_family)
     single.hook.register_models(register=register_model)
-    for family, module_path in own.items():
-        if family in families:
-            other = families[family][1]
-            raise DuplicateNameError(f"family {family!r} is registered by both plugin {other!r} and plugin {info.name!r}")
-    for family, module_path in own.items():
-        families[family] = (module_path, info.name)
-    info.families = sorted(own)
+    names = [family.name for family in own]
+    for family in own:
+        if family.name in families or names.count(family.name) > 1:
+            other = families[family.name].plugin if family.name in families else info.name
+            raise DuplicateNameError(f"family {family.name!r} is registered by both plugin {other!r} and plugin {info.name!r}")
+    for family in own:
+        families[family.name] = dataclasses.replace(family, plugin=info.name)
+    info.families = sorted(names)
     for card in own_cards:
         cards.append((info.name, card))
         info.models.append(card["id"] if isinstance(card, dict) else card.id)
@@ -136,12 +142,12 @@ def family_module(family: str, plugin_hint: str = "") -> ModuleType:
             f"no installed plugin provides the model family {family!r}{detail}",
             hint=f"run `embedzoo install {install}` (or check EMBEDZOO_LOAD_PLUGINS); `embedzoo plugins` lists what is loaded",
         )
-    module_path, plugin = state.families[family]
+    registered = state.families[family]
     try:
-        module = importlib.import_module(module_path)
+        module = importlib.import_module(registered.model)
     except Exception as exc:
-        raise PluginError(f"plugin {plugin!r} failed to import {module_path} for family {family!r}: {_short_error(exc)}") from exc
+        raise PluginError(f"plugin {registered.plugin!r} failed to import {registered.model} for family {family!r}: {_short_error(exc)}") from exc
     for required in ("create_model", "checkpoint_filter_fn"):
         if not hasattr(module, required):
-            raise PluginError(f"plugin {plugin!r}: module {module_path} has no {required}()")
+            raise PluginError(f"plugin {registered.plugin!r}: module {registered.model} has no {required}()")
     return module

@@ -3,18 +3,23 @@
 Every plugin's `checkpoint_filter_fn` does the same bookkeeping around its own key names: each
 tensor of the file must land once on a key of the model with the right shape, and every key of the
 model must be filled. `remap_state_dict` is that loop; a plugin gives only its renaming (and any
-reshape), and checks or drops frontend tensors before calling it.
+reshape), and checks or drops frontend tensors before calling it. `unwrap_state_dict` first takes
+the tensors out of a training or release checkpoint's wrapping.
+
+Torch-free at import (the weights wing re-exports `unwrap_state_dict`, and `embedzoo list` must not
+import torch); torch is imported when a checkpoint is remapped.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from embedzoo.errors import WeightsError
 
-__all__ = ["remap_state_dict", "is_bn_counter"]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = ["remap_state_dict", "unwrap_state_dict", "is_bn_counter"]
 
 
 def is_bn_counter(key: str) -> bool:
@@ -47,6 +52,8 @@ def remap_state_dict(
     Raises WeightsError naming the key for a non-tensor value, a key with no place, two keys
     landing on one, a wrong shape, or keys the file lacks.
     """
+    from torch import Tensor
+
     out: dict[str, Tensor] = {}
     origin: dict[str, str] = {}
     for key, value in source.items():
@@ -57,11 +64,12 @@ def remap_state_dict(
             raise WeightsError(f"checkpoint key {key!r} has no place in {model_id}", hint=unused_hint)
         if ours in out:
             raise WeightsError(f"checkpoint keys {origin[ours]!r} and {key!r} both map to {ours!r}")
+        stored = tuple(value.shape)
         if adapt is not None:
             value = adapt(ours, value)
         expected = tuple(target[ours].shape)
         if tuple(value.shape) != expected:
-            raise WeightsError(f"checkpoint key {key!r} has shape {tuple(value.shape)}; {model_id} needs {expected} for {ours!r}", hint=shape_hint)
+            raise WeightsError(f"checkpoint key {key!r} has shape {stored}; {model_id} needs {expected} for {ours!r}", hint=shape_hint)
         out[ours] = value.contiguous()
         origin[ours] = key
     missing = [key for key in target if key not in out and not optional(key)]
@@ -70,3 +78,22 @@ def remap_state_dict(
         raise WeightsError(f"checkpoint lacks {names}{' ...' if len(missing) > 8 else ''} for {model_id}", hint=missing_hint)
     fill = fill or (lambda key, tensor: tensor.new_zeros(tensor.shape))
     return {key: out[key] if key in out else fill(key, target[key]) for key in target}
+
+
+def unwrap_state_dict(checkpoint: Any, model_id: str = "") -> dict[str, Any]:
+    """The tensors of a training or release checkpoint, for a plugin's `checkpoint_filter_fn`.
+
+    Accepts a plain state dict, one nested under "state_dict" or "model" (at any depth), and
+    DataParallel's "module." prefixes; anything else (a pickled model object) is a WeightsError.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise WeightsError(
+            f"expected a state dict (names to tensors) for {model_id or 'this model'}, got a {type(checkpoint).__name__}",
+            hint="save the model's state_dict(), not the model object",
+        )
+    while True:
+        inner = next((checkpoint[k] for k in ("state_dict", "model") if isinstance(checkpoint.get(k), Mapping)), None)
+        if inner is None:
+            break
+        checkpoint = inner
+    return {key.removeprefix("module."): value for key, value in checkpoint.items()}

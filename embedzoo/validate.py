@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 import torch
 
-from embedzoo.hear import HEAR_SAMPLE_RATES  # noqa: E402
+from embedzoo.hear import HEAR_SAMPLE_RATES
+from embedzoo.spec import ModelSpec
 
 
 @dataclass
@@ -52,10 +53,13 @@ def _require(condition: bool, message: str) -> None:
 
 
 def validate_model(spec: str, device: str = "auto", run_hear_validator: bool = True, **knobs: Any) -> Report:
+    """Run every check on the model `spec` names (a model spec, as `embedzoo.hear.load_model` takes),
+    with `knobs` on top; the official validator gets the same model as one spec string."""
     from embedzoo import hear
 
     report = Report(spec)
-    model = hear.load_model(spec, device=device, **knobs)
+    chosen = ModelSpec.parse(spec).with_knobs(**knobs)
+    model = hear.load_model(str(chosen), device=device)
     dev = model.device
     rate = model.sample_rate
     generator = torch.Generator().manual_seed(0)
@@ -124,7 +128,7 @@ def validate_model(spec: str, device: str = "auto", run_hear_validator: bool = T
         _check(report, name, run)
 
     if run_hear_validator:
-        report.checks.append(_official_validator(spec, device))
+        report.checks.append(_official_validator(str(chosen), device))
     return report
 
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from embedzoo.registry import get_registry
+from embedzoo.spec import ModelSpec
 
 
 def targets(patterns: list[str], presets: bool) -> list[str]:
@@ -44,8 +45,7 @@ def targets(patterns: list[str], presets: bool) -> list[str]:
 
 def validate(spec: str, device: str, timeout: float) -> tuple[str, float, str]:
     """(result, seconds, detail): result is 'pass', 'FAIL' or 'TIMEOUT'."""
-    model, _, preset = spec.partition(":")
-    query = f"{model}{':' + preset if preset else ''}?weights=random"
+    query = str(ModelSpec.parse(spec).with_weights("random"))
     command = [sys.executable, "-m", "hearvalidator.validate", "embedzoo.hear", "-m", query, "-d", device]
     start = time.perf_counter()
     try:

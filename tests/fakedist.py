@@ -23,19 +23,21 @@ def make_dist(site: Path, name: str, modules: dict[str, str], entry_points: dict
 
 TOY_PLUGIN = {
     "toyplug/__init__.py": '''
-        from embedzoo.hookspecs import hookimpl
+        from embedzoo.plugin import Family, Geometry, LayerSpec, hookimpl
+
+        def geometry(config):
+            layers = (LayerSpec("frames", 6, tokens=("sum",)), LayerSpec("energy", 1))
+            return Geometry(layers, frame_hop=4, frame_field=8, min_window=8, max_window=400)
 
         @hookimpl
         def register_families(register):
-            register("toyfam", "toyplug.model")
+            register(Family("toyfam", "toyplug.model", geometry))
 
         @hookimpl
         def register_models(register):
             register({
                 "id": "toy-model", "aliases": ["toy"], "family": "toyfam", "plugin": "embedzoo-toyplug",
-                "sample_rate": 16000, "layers": [{"name": "frames", "width": 6, "tokens": ["sum"]}, {"name": "energy", "width": 1}],
-                "frame_hop": 4, "frame_field": 8, "min_window": 8, "max_window": 400,
-                "defaults": {"layers": ["frames"], "hop_ms": 0.5, "window_ms": 2.0},
+                "sample_rate": 16000, "defaults": {"layers": ["frames"], "hop_ms": 0.5, "window_ms": 2.0},
                 "license": "MIT",
             })
     ''',

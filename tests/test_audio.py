@@ -1,4 +1,4 @@
-"""embedzoo.audio on real files written by the tests: formats, rates, channels, broken files, streaming, inputs."""
+"""embedzoo.audio (and embedzoo.inputs) on real files written by the tests: formats, rates, channels, broken files, streaming, inputs."""
 
 from __future__ import annotations
 
@@ -16,11 +16,9 @@ from embedzoo.audio import (
     AUDIO_EXTENSIONS,
     AudioWarning,
     ClippingWarning,
-    InputFile,
     TruncatedAudioWarning,
     audio_info,
     check_audio,
-    collect_inputs,
     load_audio,
     resample,
     stream_audio,
@@ -28,6 +26,7 @@ from embedzoo.audio import (
     write_example_audio,
 )
 from embedzoo.errors import AudioError
+from embedzoo.inputs import InputFile, collect_inputs
 
 RATES = [8000, 11025, 16000, 22050, 44100, 48000, 96000]
 CODECS = {

@@ -304,3 +304,70 @@ def test_a_flat_readout_scene_is_the_mean_of_its_windows(cnn):
     assert close(scene, stamps.mean(dim=1))
     both = cnn.embed(audio)  # with timestamps as well: the same windows, computed once
     assert all(close(b.scene, s) and close(b.timestamp, t) for b, s, t in zip(both, scene, stamps))
+
+
+# ---- what a plugin declares, the engine does ------------------------------------------------
+
+
+class _Recording(ToyExtractor):
+    """The toy with a record of the input lengths the engine forwarded (the engine is under test)."""
+
+    def __init__(self, card):
+        super().__init__(card)
+        self.lengths: list[int] = []
+
+    def forward_layers(self, audio, layers=None):
+        self.lengths.append(audio.shape[-1])
+        return super().forward_layers(audio, layers)
+
+
+def _with_frames_layer(**fields):
+    from toymodel import TOY_CARD
+
+    return dataclasses.replace(TOY_CARD, layers=(LayerSpec("frames", 6, tokens=("sum",), **fields), LayerSpec("energy", 1)))
+
+
+def test_frame_skip_crops_the_frames_before_the_first_valid_one():
+    # frames 0 and 1 of each chunk are declared invalid: frame mode must read from frame 2 on, so a
+    # clip's frame j is the network's frame j + 2 over the chunk (the padded edge never shows)
+    skipping = ToyExtractor(_with_frames_layer(frame_skip=2, frame_field=16)).eval()
+    skipping.configure(mode="frame", hop_ms=0.25)
+    audio = torch.randn(1, 300, generator=torch.Generator().manual_seed(8))
+    emb, _ = skipping.timestamp_embeddings(audio)
+    padded = torch.nn.functional.pad(audio, (8, 16))  # field // 2 before, the field after
+    with torch.no_grad():
+        frames = torch.tanh(skipping.proj(padded.unfold(-1, 8, 4)))[:, 2:]
+    assert close(emb, frames[:, : emb.shape[1]])
+
+
+def test_frame_mode_refuses_layers_declared_without_it():
+    model = ToyExtractor(_with_frames_layer(frame_mode=False)).eval()
+    with pytest.raises(ConfigError, match="cannot run in frame mode") as err:
+        model.configure(mode="frame")
+    assert "mode 'window'" in err.value.hint
+    model.configure(layers="energy", mode="frame")  # the other layer still can
+
+
+def test_frame_pad_extends_each_chunk_and_keeps_the_valid_frames():
+    plain = ToyExtractor().eval().configure(mode="frame", hop_ms=0.25)
+    padded = _Recording(_with_frames_layer(frame_pad=12)).eval().configure(mode="frame", hop_ms=0.25)
+    audio = torch.randn(1, 2500, generator=torch.Generator().manual_seed(9))
+    unpadded = _Recording(_with_frames_layer()).eval().configure(mode="frame", hop_ms=0.25)
+    assert close(padded.timestamp_embeddings(audio)[0], plain.timestamp_embeddings(audio)[0])
+    unpadded.timestamp_embeddings(audio)
+    assert padded.lengths == [n + 12 for n in unpadded.lengths] and len(padded.lengths) > 1
+
+
+def test_a_natural_map_must_match_its_declared_bands(cnn):
+    from embedzoo.extractor import as_sequence
+
+    spec = cnn.card.layer("map")
+    good = torch.randn(2, 2, 3, 5)  # (batch, channels, bands, frames)
+    assert as_sequence(good, spec).shape == (2, 5, 6)
+    assert torch.equal(as_sequence(good, spec)[:, 1], good[:, :, :, 1].flatten(1))  # channel-major
+    with pytest.raises(RuntimeError, match="3 x 2 map"):
+        as_sequence(torch.randn(2, 3, 2, 5), spec)
+    with pytest.raises(RuntimeError, match="not declare it pooled"):
+        as_sequence(torch.randn(2, 6), spec)
+    with pytest.raises(RuntimeError, match="return it as a"):
+        as_sequence(torch.randn(2, 5, 6), spec)

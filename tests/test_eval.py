@@ -16,10 +16,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from embedzoo.cache import cache_root, sha256_file
 from embedzoo.errors import ConfigError
-from embedzoo.evaluate import EvalSettings, ModelHandle, embedding_key, evaluate, sweep
-from embedzoo.tasks import make_task
+from embedzoo.eval.embeddings import ModelHandle, embedding_key
+from embedzoo.eval.evaluate import EvalSettings, evaluate
+from embedzoo.eval.sweep import sweep
+from embedzoo.eval.tasks import make_task
+from embedzoo.weights.cache import cache_root, sha256_file
 from fakedist import TOY_PLUGIN, make_dist
 from toymodel import ToyExtractor
 

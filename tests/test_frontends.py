@@ -1,7 +1,8 @@
 """embedzoo.frontends against the references: Kaldi mel banks (torchaudio.compliance.kaldi) and
 PaSST's AugmentMelSTFT in eval mode (hear21passt), in float32, for every STFT hop PaSST ships; the
 generic mel filter banks against librosa and torchaudio (independent oracles, both triangle kinds),
-the STFT power against torch.stft, power_to_db against librosa, VGGish's example framing against
+the STFT power against a float64 numpy DFT and torchlibrosa, torchlibrosa's conv kernels, PANNs'
+log-mel against torchlibrosa's, power_to_db against librosa, VGGish's example framing against
 torchvggish, and the float32 guarantee under autocast. (The PANNs and VGGish plugins' tests check
 DBMelSpectrogram and VGGishLogMel end to end against panns_hear and torchvggish.)"""
 
@@ -12,10 +13,11 @@ import pytest
 import torch
 
 from embedzoo.frontends import (
-    ConvSTFTPower,
     DBMelSpectrogram,
     MelSTFT,
+    STFTPower,
     VGGishLogMel,
+    dft_kernels,
     hz_to_mel,
     kaldi_mel_banks,
     mel_filterbank,
@@ -123,24 +125,71 @@ def test_mel_filterbank_rejects_bad_arguments() -> None:
         mel_filterbank(16000, 512, 64, triangles="bark")
 
 
+def numpy_stft_power(audio: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    """The centred (reflect) STFT power with a periodic Hann window, in float64 numpy: (batch, frames, bins)."""
+    padded = np.pad(audio, ((0, 0), (n_fft // 2, n_fft // 2)), mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    return np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2
+
+
+def tone_and_noise(rows: int, samples: int, seed: int) -> torch.Tensor:
+    """A different tone per row in a little noise, plus a quiet row."""
+    t = torch.arange(samples) / 16000
+    audio = 0.05 * torch.randn(rows, samples, generator=torch.Generator().manual_seed(seed))
+    audio += 0.3 * torch.sin(2 * torch.pi * (200 + 300 * torch.arange(rows)[:, None]) * t)
+    audio[-1] *= 1e-3
+    return audio
+
+
 @pytest.mark.parametrize("n_fft,hop", [(1024, 320), (512, 160), (400, 100)])
-def test_conv_stft_power_equals_torch_stft(n_fft, hop) -> None:
-    """torchlibrosa's Conv1d STFT is the centred (reflect) STFT with a periodic Hann window."""
-    audio = 0.3 * torch.randn(2, 12345, generator=torch.Generator().manual_seed(n_fft))
-    ours = ConvSTFTPower(n_fft, hop)(audio)
-    spec = torch.stft(audio.double(), n_fft, hop, window=torch.hann_window(n_fft, periodic=True, dtype=torch.float64),
-                      center=True, pad_mode="reflect", return_complex=True)  # fmt: skip
-    assert ours.shape == (2, ConvSTFTPower(n_fft, hop).frames(12345), n_fft // 2 + 1)
-    assert rel_err(ours, spec.abs().pow(2).transpose(1, 2)) < 1e-5
+@pytest.mark.parametrize("samples", [12345, 160000])
+def test_stft_power_matches_float64_dft(n_fft, hop, samples) -> None:
+    """torchlibrosa's Conv1d STFT is the centred (reflect) STFT with a periodic Hann window: here by
+    torch.stft, within 1e-6 of float64 (the Conv1d's own error grows to 4e-6 on long inputs)."""
+    audio = tone_and_noise(3, samples, n_fft)
+    stft = STFTPower(n_fft, hop)
+    ours = stft(audio)
+    assert ours.dtype == torch.float32 and ours.shape == (3, stft.frames(samples), n_fft // 2 + 1)
+    expected = torch.from_numpy(numpy_stft_power(audio.double().numpy(), n_fft, hop))
+    assert rel_err(ours, expected) < 1e-6
+    assert rel_err(ours[-1], expected[-1]) < 1e-6  # the quiet row on its own scale
+    assert rel_err(stft(audio[1:2]), expected[1:2]) < 1e-6  # each row alone gives the same
 
 
-def test_conv_stft_power_matches_torchlibrosa() -> None:
+def test_stft_power_matches_torchlibrosa() -> None:
     stft = pytest.importorskip("torchlibrosa.stft")
     ref = stft.Spectrogram(n_fft=1024, hop_length=320, win_length=1024, window="hann", center=True, pad_mode="reflect", freeze_parameters=True)
     audio = 0.3 * torch.randn(2, 32000, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         expected = ref(audio)[:, 0]  # (batch, 1, frames, bins)
-    assert rel_err(ConvSTFTPower(1024, 320)(audio), expected) < 1e-5
+    assert rel_err(STFTPower(1024, 320)(audio), expected) < 1e-5
+
+
+@pytest.mark.parametrize("n_fft", [1024, 512])
+def test_dft_kernels_match_torchlibrosa(n_fft) -> None:
+    """What the PANNs converter checks a checkpoint's frozen STFT weights against (atol 1e-6)."""
+    stft = pytest.importorskip("torchlibrosa.stft")
+    ref = stft.STFT(n_fft=n_fft, hop_length=n_fft // 4, window="hann", center=True, pad_mode="reflect", freeze_parameters=True)
+    real, imag = dft_kernels(n_fft)
+    assert real.shape == imag.shape == ref.conv_real.weight.shape == (n_fft // 2 + 1, 1, n_fft)
+    assert (real.float() - ref.conv_real.weight).abs().max() < 1e-6
+    assert (imag.float() - ref.conv_imag.weight).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("sr,n_fft,hop,fmax", [(32000, 1024, 320, 14000.0), (16000, 512, 160, 8000.0)])
+def test_db_mel_spectrogram_matches_torchlibrosa(sr, n_fft, hop, fmax) -> None:
+    """PANNs' log-mel: torchlibrosa's Spectrogram + LogmelFilterBank(top_db=None), as panns_hear builds it."""
+    stft = pytest.importorskip("torchlibrosa.stft")
+    spectrogram = stft.Spectrogram(n_fft=n_fft, hop_length=hop, win_length=n_fft, window="hann", center=True, pad_mode="reflect", freeze_parameters=True)
+    logmel = stft.LogmelFilterBank(sr=sr, n_fft=n_fft, n_mels=64, fmin=50, fmax=fmax, ref=1.0, amin=1e-10, top_db=None, freeze_parameters=True)
+    audio = tone_and_noise(3, 3 * sr, sr)
+    audio[0, sr : sr + sr // 5] = 0.0  # exact silence: the -100 dB floor
+    with torch.no_grad():
+        expected = logmel(spectrogram(audio))[:, 0]
+    ours = DBMelSpectrogram(sr, n_fft, hop, 64, 50.0, fmax)(audio)
+    assert ours.shape == expected.shape == (3, 1 + 3 * sr // hop, 64)
+    assert rel_err(ours, expected) < 1e-5
 
 
 @pytest.mark.parametrize("top_db", [None, 80.0])
@@ -169,9 +218,9 @@ def test_vggish_examples_match_waveform_to_examples() -> None:
     assert rel_err(ours[0], expected) < 1e-5
 
 
-@pytest.mark.parametrize("name", ["conv_stft", "db_mel", "vggish"])
+@pytest.mark.parametrize("name", ["stft", "db_mel", "vggish"])
 def test_frontends_stay_float32_under_autocast(name) -> None:
-    frontend = {"conv_stft": lambda: ConvSTFTPower(512, 160), "db_mel": lambda: DBMelSpectrogram(16000, 512, 160, 64, 50.0, 8000.0),
+    frontend = {"stft": lambda: STFTPower(512, 160), "db_mel": lambda: DBMelSpectrogram(16000, 512, 160, 64, 50.0, 8000.0),
                 "vggish": VGGishLogMel}[name]()  # fmt: skip
     audio = 0.3 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(3))
     exact = frontend(audio)

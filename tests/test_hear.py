@@ -112,26 +112,30 @@ def test_a_32khz_model_is_presented_at_a_hear_rate_and_passes_the_validator(tmp_
 
 @pytest.fixture(scope="module")
 def shallow_passt(tmp_path_factory):
-    """PaSST-S's card with 2 blocks instead of 12 (same frontend, patches, presets and HEAR
-    geometry), registered through EMBEDZOO_REGISTRY, with random weights: conformance is about
-    shapes and timestamps, which depth does not change."""
+    """PaSST-S with 2 blocks instead of 12 (same frontend, patches, presets and HEAR geometry), a
+    catalog entry registered through EMBEDZOO_REGISTRY -- id, family, config and the one preset a
+    2-block model changes; the family's geometry gives its layers -- with random weights:
+    conformance is about shapes and timestamps, which depth does not change."""
     pytest.importorskip("embedzoo_passt")
     import yaml
     from safetensors.torch import save_file
 
-    from embedzoo.card import card_from_dict, card_to_dict
+    from embedzoo.card import card_from_dict
     from embedzoo.loader import build_model
-    from embedzoo.registry import get_card
+    from embedzoo.plugins import load_plugins
+    from embedzoo.registry import default_registry_path, read_catalog, resolve_entry
 
-    data = card_to_dict(get_card("passt-s-ap476"))
-    data.update(id="passt-shallow-test", aliases=[], config={**data["config"], "depth": 2}, provider="tests")
-    data["layers"] = [layer for layer in data["layers"] if not layer["name"].startswith("block") or layer["name"] in ("block1", "block2")]
-    data["presets"] = {**data["presets"], "frames": {**data["presets"]["frames"], "layers": ["block2"]}}
-    data.pop("provider")
+    entry = {
+        "id": "passt-shallow-test",
+        "family": "passt",
+        "config": {"stride": 10, "stft_hop": 320, "input_tdim": 998, "depth": 2},
+        "presets": {"frames": {"layers": ["block2"], "mode": "frame", "readout": "mean"}},
+    }
     folder = tmp_path_factory.mktemp("shallow")
-    (folder / "registry.yaml").write_text(yaml.safe_dump({"models": [data]}))
+    (folder / "registry.yaml").write_text(yaml.safe_dump({"models": [entry]}))
+    card = load_plugins().families["passt"].complete(card_from_dict(resolve_entry(entry, read_catalog(default_registry_path()).families)))
     weights = folder / "weights.safetensors"
-    save_file({k: v.contiguous() for k, v in build_model(card_from_dict(data)).state_dict().items()}, weights)
+    save_file({k: v.contiguous() for k, v in build_model(card).state_dict().items()}, weights)
     return folder / "registry.yaml", weights
 
 

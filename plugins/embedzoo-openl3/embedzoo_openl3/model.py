@@ -4,7 +4,8 @@ Twelve released models: input representation `mel128` | `mel256` | `linear`, tra
 `env` (environmental) AudioSet videos, with a 512- or 6144-d embedding. The weights are the
 torchopenl3 port (`torchopenl3_{repr}_{content}_{size}.pth.tar`) of the authors' Keras models.
 
-One forward is one 1 s window at 48 kHz (48000 samples: min_window = max_window). The network:
+One forward is one 1 s window at 48 kHz (48000 samples: min_window = max_window). The network
+(`geometry.py` states its variants' widths, bands and frames):
 
 - frontend, as kapre 0.1.4 computes it (and torchopenl3 re-implements it): an STFT as a Conv1d of
   periodic-Hann x DFT kernels, hop 242, no centring. `linear`: n_fft 512, magnitude (257 bins).
@@ -12,103 +13,39 @@ One forward is one 1 s window at 48 kHz (48000 samples: min_window = max_window)
   padding computed for a 1 s input), power, an HTK mel filterbank 0-24 kHz, then the square root.
   Then "decibels" as kapre defines them for amplitudes: 10*log10(max(x, 1e-10)), minus the maximum
   of the whole window, floored at -80. The window-wide maximum makes every frame depend on the
-  whole window, which is why OpenL3 has no frame mode (see `forward_layers`);
+  whole window, which is why OpenL3's layers declare no frame mode (the core refuses it);
 - BatchNorm over the (single-channel) spectrogram, then four conv blocks of two 3x3 convolutions
   (64, 128, 256, 512 channels), each conv followed by BatchNorm + ReLU and blocks 1-3 by a 2x2 max
   pool; block 4's second convolution (`audio_embedding_layer`) has neither BatchNorm nor ReLU;
 - embedding: a max pool of block 4's map -- the whole map for 512-d; (F/4, 8) for 6144-d, leaving 4
   bands x 3 time steps x 512 channels -- flattened (band, time, channel), channels fastest.
 
-Layers (what `forward_layers` returns, each (batch, frames, width)):
-- `spectrogram`: the normalised frontend output (before the first BatchNorm), one frame per STFT
-  frame (199 for mel, 197 for linear), 128 / 256 / 257 bins;
-- `block1`..`block4`: a conv block's output, time steps as frames, (channels, bands) flattened
-  channel-major with frequency fastest (`bands` in the card): 64x{64,128,128}, 128x{32,64,64},
-  256x{16,32,32}, 512x{16,32,32};
-- `embedding`: the pooled 512 / 6144-d embedding, one vector per window (`pooled` in the card).
+Layers, in their natural shapes (what `forward_layers` returns):
+- `spectrogram` (batch, frames, bins): the normalised frontend output (before the first BatchNorm),
+  one frame per STFT frame (199 for mel, 197 for linear), 128 / 256 / 257 bins;
+- `block1`..`block4` (batch, channels, bands, frames): a conv block's output: 64x{64,128,128},
+  128x{32,64,64}, 256x{16,32,32}, 512x{16,32,32};
+- `embedding` (batch, 512 | 6144): the pooled embedding, one vector per window.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from embedzoo.card import ModelCard
-from embedzoo.errors import CardError, ConfigError, WeightsError
-from embedzoo.extractor import Extractor
-from embedzoo.hub import unwrap_state_dict
-from embedzoo.remap import remap_state_dict
+from embedzoo.plugin import ConfigError, Extractor, ModelCard, WeightsError, remap_state_dict, unwrap_state_dict
+
+from embedzoo_openl3.geometry import CHANNELS, HOP, LAYERS, SAMPLE_RATE, WINDOW, OpenL3Cfg, settings
 
 __all__ = ["OpenL3", "OpenL3Cfg", "KapreFrontend", "create_model", "checkpoint_filter_fn", "htk_mel_filterbank", "dft_kernels"]
 
-SAMPLE_RATE = 48000
-WINDOW = 48000  # one second: the only input size the embedding is defined for
-HOP = 242
 AMIN = 1e-10
 DYNAMIC_RANGE = 80.0
 BN_EPS = 1e-3  # Keras' BatchNormalization default, kept by the port
-CHANNELS = (64, 128, 256, 512)
-LAYERS = ("spectrogram", "block1", "block2", "block3", "block4", "embedding")
-
-
-@dataclass(frozen=True)
-class OpenL3Cfg:
-    """One OpenL3 variant: its input representation and embedding size (content type changes weights only)."""
-
-    input_repr: str
-    embedding_size: int
-
-    @property
-    def n_fft(self) -> int:
-        return 512 if self.input_repr == "linear" else 2048
-
-    @property
-    def bins(self) -> int:
-        """Frequency bins of the spectrogram the network sees."""
-        return {"linear": 257, "mel128": 128, "mel256": 256}[self.input_repr]
-
-    @property
-    def pad(self) -> tuple[int, int]:
-        """kapre's Keras 'same' padding, computed for a 1 s input whatever the input's length."""
-        if self.input_repr == "linear":
-            return (0, 0)
-        rest = WINDOW % HOP
-        total = max(self.n_fft - (HOP if rest == 0 else rest), 0)
-        return (total // 2, total - total // 2)
-
-    def frames(self, samples: int) -> int:
-        """STFT frames of an input of `samples` samples."""
-        return (samples + sum(self.pad) - self.n_fft) // HOP + 1
-
-    def block_bands(self) -> tuple[int, ...]:
-        """Frequency bands after each block (floor-halved by the three 2x2 pools)."""
-        bands, out = self.bins, []
-        for index in range(4):
-            bands = bands // 2 if index < 3 else bands
-            out.append(bands)
-        return tuple(out)
-
-    def geometry(self) -> dict[str, tuple[int, int]]:
-        """(frame_hop, frame_field) in samples of each framed layer: 3x3 convs widen the field by
-        two frames of their input, 2x2 pools double the hop."""
-        out = {"spectrogram": (HOP, self.n_fft)}
-        field, jump = 1, 1  # in STFT frames
-        for index in range(4):
-            field += 4 * jump
-            if index < 3:
-                field, jump = field + jump, jump * 2
-            out[f"block{index + 1}"] = (jump * HOP, (field - 1) * HOP + self.n_fft)
-        return out
-
-    def embedding_pool(self) -> tuple[int, int]:
-        """Max-pool (bands, time steps) over block 4's map of a 1 s window."""
-        bands, steps = self.block_bands()[-1], self.frames(WINDOW) // 8
-        return (bands, steps) if self.embedding_size == 512 else (bands // 4, 8)
 
 
 # ---- frontend ------------------------------------------------------------------------------------
@@ -217,40 +154,7 @@ class OpenL3(Extractor):
         self.bn0 = nn.BatchNorm2d(1, eps=BN_EPS)
         chs = (1,) + CHANNELS
         self.blocks = nn.ModuleList(ConvBlock(chs[i], chs[i + 1], last=i == 3) for i in range(4))
-        bands = cfg.block_bands()
-        self.layer_bands: dict[str, int] = {"spectrogram": 1, **{f"block{i + 1}": bands[i] for i in range(4)}, "embedding": 1}
-        self.layer_widths: dict[str, int] = {
-            "spectrogram": cfg.bins,
-            **{f"block{i + 1}": CHANNELS[i] * bands[i] for i in range(4)},
-            "embedding": cfg.embedding_size,
-        }
         self.memory_format = torch.contiguous_format
-        self._check_card()
-
-    def _check_card(self) -> None:
-        card = self.card
-        if card.sample_rate != SAMPLE_RATE or card.frame_hop != HOP or card.max_window != WINDOW:
-            raise CardError(f"model {card.id}: OpenL3 runs at {SAMPLE_RATE} Hz on {WINDOW}-sample windows with frames every {HOP} samples")
-        for spec in card.layers:
-            if spec.name not in self.layer_widths:
-                raise CardError(f"model {card.id}: OpenL3 has no layer {spec.name!r}", hint=f"OpenL3's layers are {', '.join(LAYERS)}")
-            width, bands = self.layer_widths[spec.name], self.layer_bands[spec.name]
-            if spec.width != width or spec.tokens or spec.bands != bands or spec.pooled != (spec.name == "embedding"):
-                raise CardError(f"model {card.id}: layer {spec.name} is {width} wide in {bands} band(s) without tokens; the card disagrees")
-            geometry = self.cfg.geometry().get(spec.name)
-            if geometry is not None and card.frame_geometry(spec) != geometry:
-                raise CardError(f"model {card.id}: layer {spec.name} has frames every {geometry[0]} samples, each seeing {geometry[1]}; the card disagrees")
-
-    # -- settings --
-
-    def configure(self, **knobs: Any) -> "OpenL3":
-        """As Extractor.configure, refusing frame mode up front (see `forward_layers`)."""
-        before = (self.knobs, getattr(self, "_overrides", {}))
-        super().configure(**knobs)
-        if self.knobs.mode == "frame":
-            self.knobs, self._overrides = before
-            raise _no_frame_mode(self.card.id)
-        return self
 
     # -- forward --
 
@@ -274,39 +178,16 @@ class OpenL3(Extractor):
         return out
 
     def forward_layers(self, audio: Tensor, layers: Sequence[str] | None = None) -> list[Tensor]:
-        """audio (batch, samples) -> per layer (batch, frames, width); see the module docstring.
-
-        Frame mode is refused: the frontend subtracts the maximum of the whole window from every
-        frame, so no layer's frames are a function of their own receptive field alone -- a long
-        chunk would be normalised by the chunk's loudest moment, not OpenL3's 1 s window's."""
-        if self.knobs.mode == "frame":
-            raise _no_frame_mode(self.card.id)
-        names = [spec.name for spec in self.card.layers] if layers is None else list(layers)
-        for name in names:
-            if name not in LAYERS:
-                raise ConfigError(f"model {self.card.id} has no layer {name!r}", hint=f"choose from: {', '.join(LAYERS)}")
-        if audio.ndim != 2 or audio.shape[-1] + sum(self.cfg.pad) < self.cfg.n_fft + 7 * HOP:
+        """audio (batch, samples) -> per layer its natural shape; see the module docstring."""
+        names = list(LAYERS) if layers is None else list(layers)
+        unknown = [name for name in names if name not in LAYERS]
+        if unknown:
+            raise ConfigError(f"model {self.card.id} has no layer(s) {unknown}", hint=f"choose from: {', '.join(LAYERS)}")
+        if audio.ndim != 2 or audio.shape[-1] < self.cfg.shortest:
             raise ConfigError(f"OpenL3 needs audio of shape (batch, samples), {WINDOW} samples a window; got {tuple(audio.shape)}")
         raw = self.forward_intermediates(audio, names)
-        outputs = []
-        for name in names:
-            x = raw[name]
-            if name == "spectrogram":
-                x = x.transpose(1, 2)
-            elif name.startswith("block"):
-                x = x.permute(0, 3, 1, 2).flatten(2)  # (B, steps, C*bands), channel-major
-            else:
-                x = x[:, None, :]
-            outputs.append(x.contiguous())
-        return outputs
-
-
-def _no_frame_mode(model_id: str) -> ConfigError:
-    return ConfigError(
-        f"model {model_id} has no frame mode: OpenL3's frontend normalises each 1 s window by its own maximum, "
-        "so its frames depend on the whole window, not on their own receptive field",
-        hint="use mode 'window' (one forward per timestamp window, OpenL3's own recipe)",
-    )
+        # the spectrogram is (B, bins, frames): a sequence is (B, frames, bins); maps and the embedding are natural
+        return [raw[name].transpose(1, 2) if name == "spectrogram" else raw[name] for name in names]
 
 
 # ---- checkpoint conversion ------------------------------------------------------------------------
@@ -394,21 +275,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: OpenL3) -> dict[s
 
 # ---- configs --------------------------------------------------------------------------------------
 
-INPUT_REPRS = ("mel128", "mel256", "linear")
-CONTENT_TYPES = ("music", "env")
-EMBEDDING_SIZES = (512, 6144)
-
 
 def create_model(card: ModelCard) -> OpenL3:
-    """An OpenL3 network of the card's `config.input_repr` / `config.embedding_size`, randomly
-    initialised, in eval mode (`config.content_type` only selects the weights)."""
-    config = card.config
-    cfg = OpenL3Cfg(str(config.get("input_repr")), int(config.get("embedding_size", 0)))
-    if cfg.input_repr not in INPUT_REPRS or cfg.embedding_size not in EMBEDDING_SIZES or config.get("content_type") not in CONTENT_TYPES:
-        raise CardError(
-            f"model {card.id}: OpenL3 config {dict(config)} is unknown",
-            hint=f"set config.input_repr ({', '.join(INPUT_REPRS)}), config.content_type ({', '.join(CONTENT_TYPES)}) "
-            f"and config.embedding_size ({', '.join(map(str, EMBEDDING_SIZES))})",
-        )
-    return OpenL3(card, cfg).eval()
-
+    """An OpenL3 network of the card's `config.input_repr` / `config.embedding_size` (`geometry.settings`),
+    randomly initialised, in eval mode (`config.content_type` only selects the weights)."""
+    return OpenL3(card, settings(card.config)).eval()

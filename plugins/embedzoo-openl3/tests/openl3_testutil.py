@@ -13,6 +13,7 @@ import torch
 from embedzoo import hub
 from embedzoo.card import ModelCard
 from embedzoo.registry import get_registry
+from embedzoo.testing import rel_err  # noqa: F401  (re-exported to the test modules)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -31,11 +32,6 @@ def card_id(input_repr: str, content_type: str, embedding_size: int) -> str:
 
 def get_card(ident: str) -> ModelCard:
     return get_registry().get(ident)
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    assert tuple(ours.shape) == tuple(ref.shape), (tuple(ours.shape), tuple(ref.shape))
-    return float((ours.double() - ref.double()).abs().max() / ref.double().abs().max())
 
 
 def randomised_reference(input_repr: str, content_type: str, embedding_size: int, seed: int) -> PytorchOpenl3:
@@ -98,9 +94,10 @@ def make_audio(rows: int, samples: int, seed: int) -> torch.Tensor:
 
 
 def reference_layers(ref: PytorchOpenl3, audio: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every layer of the reference in our (batch, frames, width) layout, from its own forward:
-    the spectrogram (speclayer), the block outputs (hooks on the three max pools' inputs are not
-    modules, so blocks are read from `keep_all_outputs`, located by shape), and the embedding."""
+    """Every layer of the reference in our natural shapes, from its own forward: the spectrogram
+    (speclayer) as (batch, frames, bins), the block maps (batch, C, F, T) (hooks on the three max
+    pools' inputs are not modules, so blocks are read from `keep_all_outputs`, located by shape),
+    and the embedding (batch, D)."""
     with torch.no_grad():
         outputs = ref(audio[:, None, :], keep_all_outputs=True)
     spectrogram = outputs[0][:, 0]  # (B, bins, frames)
@@ -111,6 +108,6 @@ def reference_layers(ref: PytorchOpenl3, audio: torch.Tensor) -> dict[str, torch
     assert [b.shape[1] for b in blocks] == [64, 128, 256, 512]
     taken = {"spectrogram": spectrogram.transpose(1, 2)}
     for index, block in enumerate(blocks):
-        taken[f"block{index + 1}"] = block.permute(0, 3, 1, 2).flatten(2)
-    taken["embedding"] = outputs[-1][:, None]
+        taken[f"block{index + 1}"] = block  # already (batch, C, F, T)
+    taken["embedding"] = outputs[-1]
     return taken

@@ -8,15 +8,14 @@
   1e-5 relative error in float32, from the reference's own forward;
 - the core's window path: `timestamp_embeddings` equals `torchopenl3.get_audio_embedding`
   (center=True, hop 0.1 s and 0.25 s), timestamps included; scene embeddings; freq_pool on blocks;
-- frame mode is refused with a reason; the plugin's top-level module is torch-free;
+- frame mode is refused for every layer (the core's refusal, from `frame_mode=False`); the plugin
+  registers its family, torch-free;
 - an hour of audio streams through a Session in bounded memory.
+(Shapes, widths, bands and pooling against `geometry.py`: the core's tests/test_models.py.)
 """
 
 from __future__ import annotations
 
-import dataclasses
-import subprocess
-import sys
 import warnings
 
 import librosa
@@ -40,8 +39,10 @@ from safetensors.torch import load_file, save_file
 
 import torchopenl3
 from embedzoo.errors import ConfigError, WeightsError
-from embedzoo.testing import stream_one_clip
-from embedzoo_openl3.model import LAYERS, OpenL3, checkpoint_filter_fn, create_model, htk_mel_filterbank, mel_norm_of
+from embedzoo.extractor import as_sequence
+from embedzoo.testing import assert_registers, assert_torch_free_import, stream_one_clip
+from embedzoo_openl3.geometry import LAYERS
+from embedzoo_openl3.model import OpenL3, checkpoint_filter_fn, create_model, htk_mel_filterbank, mel_norm_of
 
 PARITY = [("mel128", "env", 512), ("mel256", "music", 6144), ("linear", "music", 512)]
 
@@ -78,17 +79,12 @@ def pairs(tmp_path_factory) -> dict[str, tuple]:
 # ---- the plugin ---------------------------------------------------------------------------------
 
 
-def test_top_level_import_is_torch_free():
-    code = "import embedzoo_openl3, sys; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
-
-
 def test_plugin_registers_the_family_and_all_cards():
-    from embedzoo.plugins import family_module, load_plugins
+    from embedzoo.plugins import family_module
     from embedzoo.registry import get_registry
 
-    assert load_plugins().families["openl3"][0] == "embedzoo_openl3.model"
+    assert_registers("openl3", ["openl3"])
+    assert_torch_free_import("embedzoo_openl3", "embedzoo_openl3.geometry")
     assert family_module("openl3").create_model is create_model
     ids = sorted(card.id for card in get_registry().find("openl3-*"))
     assert ids == sorted(card_id(*v) for v in VARIANTS)
@@ -109,9 +105,8 @@ def test_every_variant_builds_matches_its_card_and_converts(input_repr, size):
         assert isinstance(model, OpenL3) and not model.training
         assert sum(p.numel() for p in model.parameters()) == card.params
         assert tuple(s.name for s in card.layers) == LAYERS
-        assert {s.name: (s.width, s.bands) for s in card.layers} == {n: (model.layer_widths[n], model.layer_bands[n]) for n in LAYERS}
         assert card.layer("embedding").pooled and card.layer("embedding").width == size
-        assert model.layer_widths["spectrogram"] == {"mel128": 128, "mel256": 256, "linear": 257}[input_repr]
+        assert card.layer("spectrogram").width == {"mel128": 128, "mel256": 256, "linear": 257}[input_repr]
         state = checkpoint_filter_fn(source, model)
         model.load_state_dict(state, strict=True)
         assert len(state) == len(source) - len(frontend) + len(kept) == len(model.state_dict())
@@ -134,10 +129,11 @@ def test_every_layer_matches_reference(pairs, variant):
     with torch.no_grad():
         ours = dict(zip(LAYERS, model.forward_layers(audio)))
     frames = 197 if variant[0] == "linear" else 199
-    assert ours["spectrogram"].shape == (rows, frames, model.layer_widths["spectrogram"])
+    assert ours["spectrogram"].shape == (rows, frames, get_card(ident).layer("spectrogram").width)
     assert float(ours["spectrogram"].amin()) == -80.0 and float(ours["spectrogram"].amax()) == 0.0
     for name in LAYERS:
-        assert ours[name].shape[-1] == get_card(ident).layer(name).width, name
+        spec = get_card(ident).layer(name)
+        assert as_sequence(ours[name], spec).shape[-1] == spec.width, name  # the natural shape fits the card
         assert rel_err(ours[name], expected[name]) < TOLERANCE, name
 
 
@@ -181,7 +177,7 @@ def test_freq_pool_and_readouts_on_blocks(pairs):
     audio = make_audio(1, SR, seed=3)
     with torch.no_grad():
         (block4,) = model.forward_layers(audio, ["block4"])
-    maps = block4.unflatten(-1, (512, 16))  # channel-major, frequency fastest
+    maps = block4.permute(0, 3, 1, 2)  # (1, 512, 16, steps) -> (1, steps, 512 channels, 16 bands)
     model.configure(layers=["block4"], freq_pool="mean+max", readout="mean")
     try:
         assert model.scene_embedding_size == 1024
@@ -203,7 +199,7 @@ def test_layer_subsets_stop_early(pairs):
         assert calls == []
     finally:
         hook.remove()
-    assert block2.shape == (1, 49, 4096) and spectrogram.shape == (1, 199, 128)
+    assert block2.shape == (1, 128, 32, 49) and spectrogram.shape == (1, 199, 128)
     with pytest.raises(ConfigError, match="block5"):
         model.forward_layers(audio, ["block5"])
     with pytest.raises(ConfigError, match="48000"):
@@ -222,16 +218,15 @@ def test_frontend_stays_float32_under_autocast(pairs):
 
 
 def test_frame_mode_is_refused_with_the_reason(pairs):
+    """The frontend normalises each 1 s window by its own maximum: no layer's frames are a function
+    of their own receptive field, so every layer declares frame_mode=False and the core refuses."""
     _, _, model = pairs["openl3-mel128-env-512"]
-    with pytest.raises(ConfigError, match="normalises each 1 s window"):
-        model.configure(mode="frame", layers=["block2"])
+    for name in LAYERS:
+        reason = "one vector per window" if name == "embedding" else "depend on the whole window"
+        with pytest.raises(ConfigError, match="frame mode") as caught:
+            model.configure(mode="frame", layers=[name])
+        assert reason in caught.value.message, (name, caught.value.message)
     assert model.knobs.mode == "window" and model.knobs.layers == ("embedding",)
-    model.knobs = dataclasses.replace(model.knobs, mode="frame")  # as if set past configure
-    try:
-        with pytest.raises(ConfigError, match="frame mode"):
-            model.forward_layers(make_audio(1, SR, seed=1), ["spectrogram"])
-    finally:
-        model.configure(mode="window")
 
 
 # ---- conversion -----------------------------------------------------------------------------------

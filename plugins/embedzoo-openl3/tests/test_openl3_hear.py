@@ -11,10 +11,6 @@ in process on a short clip.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from openl3_testutil import SR, get_card, make_audio, randomised_reference, save_original
@@ -22,6 +18,7 @@ from safetensors.torch import save_file
 
 import embedzoo.hear as hear
 from embedzoo import hub
+from embedzoo.testing import run_hear_validator
 
 pytest.importorskip("hearvalidator")
 
@@ -38,14 +35,8 @@ def weights(tmp_path_factory):
 
 
 def test_hear_validator_passes(weights, tmp_path):
-    spec = f"{ID}?weights={weights}&layers=spectrogram&hop_ms=250"
-    result = subprocess.run(
-        [sys.executable, "-m", "hearvalidator.validate", "embedzoo.hear", "-m", spec, "-d", "cpu"],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ), cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Looks good!" in result.stdout
-    assert "Received embedding of shape: torch.Size([8, 128])" in result.stdout
+    stdout = run_hear_validator(f"{ID}?weights={weights}&layers=spectrogram&hop_ms=250", cwd=tmp_path, timeout=600)
+    assert "Received embedding of shape: torch.Size([8, 128])" in stdout
 
 
 def test_hear_api_gives_the_embedding(weights):

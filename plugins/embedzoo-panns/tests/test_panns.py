@@ -10,7 +10,10 @@ random weights.
   a frame's field lies inside the clip;
 - conversion: lossless (every learnt tensor used once, frontend tensors checked then dropped);
   bad checkpoints are refused naming the key;
-- the plugin's top-level module is torch-free.
+- the plugin registers its family and its top-level module and geometry are torch-free.
+
+Shapes, widths, bands and frame counts against geometry.py: the core's tests/test_models.py
+(`embedzoo.testing.check_family`).
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -28,17 +29,15 @@ from safetensors.torch import load_file, save_file
 
 from embedzoo import hub
 from embedzoo.errors import CardError, ConfigError, WeightsError
+from embedzoo.extractor import as_sequence
+from embedzoo.testing import assert_registers, assert_torch_free_import, rel_err
+from embedzoo_panns.geometry import spans
 from embedzoo_panns.model import CHANNELS_LAST, Cnn14, checkpoint_filter_fn, create_model
 
 TOLERANCE = 1e-5
 BLOCKS = tuple(f"block{i}" for i in range(1, 7))
 LAYERS = ("logmel",) + BLOCKS + ("embedding", "logits")
 DLM_LAYERS = ("logmel",) + BLOCKS + ("segment_embedding", "segment_logits", "logits")
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    assert tuple(ours.shape) == tuple(ref.shape), (tuple(ours.shape), tuple(ref.shape))
-    return float((ours.double() - ref.double()).abs().max() / ref.double().abs().max())
 
 
 def make_audio(rows: int, samples: int, sr: int, seed: int) -> torch.Tensor:
@@ -79,6 +78,15 @@ def reference_layers(ref, audio: torch.Tensor) -> dict[str, torch.Tensor]:
     return taken
 
 
+def our_layers(model: Cnn14, audio: torch.Tensor, names=None) -> dict[str, torch.Tensor]:
+    """Our layers (all when None) as (batch, frames, width) sequences: conv maps flattened
+    channel-major by the core's `as_sequence`, pooled vectors as one frame (the reference's layout)."""
+    names = list(model.layer_names) if names is None else list(names)
+    with torch.no_grad():
+        outputs = model.forward_layers(audio, names)
+    return {name: as_sequence(out, model.card.layer(name), model.card.id) for name, out in zip(names, outputs)}
+
+
 @contextlib.contextmanager
 def knobs(model, **values):
     """The model configured with `values` for the block, then as it was."""
@@ -92,7 +100,7 @@ def knobs(model, **values):
 
 def inside(model, name: str, index: int, samples: int) -> bool:
     """Whether output frame `index` of a layer is computed from the clip's own samples only."""
-    span, hop, half = model.spans[name], model.cfg.hop, model.cfg.n_fft // 2
+    span, hop, half = spans(model.cfg.head)[name], model.cfg.hop, model.cfg.n_fft // 2
     return (span.first + span.jump * index) * hop >= half and (span.last + span.jump * index) * hop + half <= samples
 
 
@@ -104,29 +112,26 @@ def model_32k(cnn14_32k) -> Cnn14:
 # ---- the plugin ---------------------------------------------------------------------------------
 
 
-def test_top_level_import_is_torch_free():
-    code = "import embedzoo_panns, sys; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+def test_registration_and_geometry_are_torch_free():
+    assert_torch_free_import("embedzoo_panns", "embedzoo_panns.geometry")
 
 
 def test_plugin_registers_the_family():
-    from embedzoo.plugins import family_module, load_plugins
+    from embedzoo.plugins import family_module
 
-    assert load_plugins().families["panns"][0] == "embedzoo_panns.model"
+    assert_registers("panns", ["panns"])
     module = family_module("panns")
     assert module.create_model is create_model and module.checkpoint_filter_fn is checkpoint_filter_fn
 
 
 @pytest.mark.parametrize("card_id", ["panns-cnn14", "panns-cnn14-16k", "panns-cnn14-dlm"])
 def test_architecture_matches_card(card_id):
-    """create_model checks every layer's width, bands and frame grid against the card."""
+    """The card's layers are the network's, in forward order; the parameter count is the card's."""
     card = get_card(card_id)
     model = create_model(card)
     assert not model.training
     assert sum(p.numel() for p in model.parameters()) == card.params
     assert model.layer_names == (DLM_LAYERS if card_id.endswith("dlm") else LAYERS) == tuple(s.name for s in card.layers)
-    assert model.layer_widths == {s.name: s.width for s in card.layers}
     assert model.state_dict().keys().isdisjoint({"frontend.dft_real", "frontend.dft_imag", "frontend.mel"})
 
 
@@ -139,8 +144,7 @@ def test_every_layer_matches_reference_32k(cnn14_32k, model_32k, samples):
     audio = make_audio(2, samples, 32000, seed=samples)
     expected = reference_layers(ref, audio)
     assert expected["logits"].std() > 1e-2, "reference output saturated: the test would be weak"
-    with torch.no_grad():
-        ours = dict(zip(LAYERS, model_32k.forward_layers(audio)))
+    ours = our_layers(model_32k, audio)
     assert ours["logmel"].shape == (2, 1 + samples // 320, 64)
     for name in LAYERS:
         assert ours[name].abs().max() > 0, name
@@ -151,11 +155,10 @@ def test_ten_seconds_matches_reference(cnn14_32k, model_32k):
     ref, _ = cnn14_32k
     audio = make_audio(1, 320000, 32000, seed=7)
     expected = reference_layers(ref, audio)
-    with torch.no_grad():
-        logmel, block6, embedding, logits = model_32k.forward_layers(audio, ["logmel", "block6", "embedding", "logits"])
-    assert block6.shape == (1, 31, 4096)
-    for name, ours in [("logmel", logmel), ("block6", block6), ("embedding", embedding), ("logits", logits)]:
-        assert rel_err(ours, expected[name]) < TOLERANCE, name
+    ours = our_layers(model_32k, audio, ["logmel", "block6", "embedding", "logits"])
+    assert ours["block6"].shape == (1, 31, 4096)
+    for name in ("logmel", "block6", "embedding", "logits"):
+        assert rel_err(ours[name], expected[name]) < TOLERANCE, name
 
 
 def test_every_layer_matches_reference_16k(tmp_path):
@@ -167,8 +170,7 @@ def test_every_layer_matches_reference_16k(tmp_path):
     model.load_state_dict(hub.convert_checkpoint(card, path), strict=True)
     audio = make_audio(2, 20000, 16000, seed=4)
     expected = reference_layers(ref, audio)
-    with torch.no_grad():
-        ours = dict(zip(LAYERS, model.forward_layers(audio)))
+    ours = our_layers(model, audio)
     assert ours["logmel"].shape == (2, 1 + 20000 // 160, 64)
     for name in LAYERS:
         assert rel_err(ours[name], expected[name]) < TOLERANCE, name
@@ -253,13 +255,6 @@ def test_16k_checkpoint_does_not_fit_32k(model_32k):
         checkpoint_filter_fn({"model": other}, model_32k)
 
 
-def test_a_card_with_a_wrong_frame_grid_is_refused(model_32k):
-    card = model_32k.card
-    wrong = tuple(dataclasses.replace(s, frame_offset=0) if s.name == "block4" else s for s in card.layers)
-    with pytest.raises(CardError, match="block4.*frame_offset"):
-        create_model(dataclasses.replace(card, layers=wrong))
-
-
 # ---- frame mode ---------------------------------------------------------------------------------
 
 
@@ -283,7 +278,7 @@ def test_frame_mode_gives_the_references_frames_of_the_whole_clip(cnn14_32k, mod
         with knobs(model_32k, mode="frame", layers=name, hop_ms=hop / 32, batch_seconds=4):
             assert model_32k.chunk_samples(field) < samples
             frames, times = model_32k.timestamp_embeddings(audio, 32000)
-        assert frames.shape == (1, 1 + samples // hop, model_32k.layer_widths[name])
+        assert frames.shape == (1, 1 + samples // hop, model_32k.card.layer(name).width)
         assert torch.allclose(times[0], torch.arange(frames.shape[1]) * hop / 32)
         # timestamp k (sample k hop) is nearest to frame k, centred on offset + k hop (offset < hop / 2)
         compared = [k for k in range(min(frames.shape[1], expected[name].shape[1])) if inside(model_32k, name, k, samples)]
@@ -315,8 +310,7 @@ def test_decision_level_head_matches_reference(cnn14_dlm, model_dlm, samples):
     audio = make_audio(2, samples, 32000, seed=samples + 1)
     expected = reference_layers(ref, audio)
     assert expected["logits"].std() > 1e-2, "reference output saturated: the test would be weak"
-    with torch.no_grad():
-        ours = dict(zip(DLM_LAYERS, model_dlm.forward_layers(audio)))
+    ours = our_layers(model_dlm, audio)
     assert ours["segment_logits"].shape == (2, expected["block6"].shape[1], 527)
     for name in DLM_LAYERS:
         assert ours[name].abs().max() > 0, name
@@ -396,7 +390,7 @@ def test_memory_layout_setting_changes_speed_not_results(cnn14_32k, model_32k):
     expected = reference_layers(ref, audio)
     with torch.no_grad():
         raw = model.forward_intermediates(audio, ["block3"])["block3"]
-        ours = dict(zip(LAYERS, model.forward_layers(audio)))
+    ours = our_layers(model, audio)
     assert raw.is_contiguous(memory_format=torch.channels_last) == channels_last
     for name in LAYERS:
         assert rel_err(ours[name], expected[name]) < TOLERANCE, name

@@ -1,18 +1,21 @@
 """The PaSST cards' small twins (`<card>-small`: 64 wide, 2 blocks, 1 head), added to the catalog
 through EMBEDZOO_REGISTRY, for tests whose references loop over windows: the recipes are the
-windows, not the width."""
+windows, not the width.
+
+Each twin is what a new checkpoint of the family is: a catalog entry of a few lines (id, family,
+config, the presets and defaults it sets beyond the family's). The family's geometry derives
+its layers (`block1`, `block2`), widths and windows from the config.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Iterator
 
 import pytest
 import yaml
 
-from embedzoo.card import card_to_dict
-from embedzoo.registry import get_registry
+from embedzoo.registry import default_registry_path, get_registry, read_catalog
 
 # hear21passt module -> the embedzoo card that reproduces it with preset "base"
 RECIPES = {
@@ -24,32 +27,30 @@ RECIPES = {
 # the cards that get a `-small` twin (the base card's serves test_passt_memory)
 SMALL_CARDS = (*RECIPES.values(), "passt-s-ap476")
 SMALL = {"embed_dim": 64, "depth": 2, "num_heads": 1}
-FULL_WIDTH = 768
+# the family's `frames` preset reads block12, which a 2-block twin lacks: its last block instead
+SMALL_PRESETS = {"frames": {"layers": [f"block{SMALL['depth']}"], "mode": "frame", "readout": "mean"}}
 
 
-def small_card_entry(card_id: str) -> dict[str, Any]:
-    """The card as a catalog entry, with the small network: width/depth in config, layers cut to it."""
-    card = get_registry().get(card_id)
-    blocks = {f"block{i}" for i in range(SMALL["depth"] + 1, int(card.config.get("depth", 12)) + 1)}
-    layers = tuple(
-        dataclasses.replace(spec, width=SMALL["embed_dim"] if spec.width == FULL_WIDTH else spec.width)
-        for spec in card.layers
-        if spec.name not in blocks
-    )
-    small = dataclasses.replace(card, id=f"{card.id}-small", aliases=(), config={**card.config, **SMALL}, layers=layers)
-    entry = card_to_dict(small)
-    entry.pop("provider", None)
-    return entry
+def small_entry(card_id: str) -> dict[str, Any]:
+    """The card's own catalog entry, renamed, with the small network in its config."""
+    (entry,) = [e for e in read_catalog(default_registry_path()).models if e["id"] == card_id]
+    twin = {"id": f"{card_id}-small", "family": entry["family"], "config": {**entry["config"], **SMALL}}
+    if "defaults" in entry:
+        twin["defaults"] = entry["defaults"]
+    twin["presets"] = {**entry.get("presets", {}), **SMALL_PRESETS}
+    return twin
 
 
 @pytest.fixture(scope="module")
 def small_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The `-small` cards in an extra catalog file for the duration of this module."""
     path = tmp_path_factory.mktemp("catalog") / "passt-small.yaml"
-    path.write_text(yaml.safe_dump({"models": [small_card_entry(card_id) for card_id in SMALL_CARDS]}))
+    path.write_text(yaml.safe_dump({"models": [small_entry(card_id) for card_id in SMALL_CARDS]}))
     before = os.environ.get("EMBEDZOO_REGISTRY")
     os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(filter(None, [before, str(path)]))
     get_registry.cache_clear()
+    registry = get_registry()
+    assert not [card_id for card_id in registry.problems if card_id.endswith("-small")], registry.problems
     yield
     if before is None:
         del os.environ["EMBEDZOO_REGISTRY"]

@@ -6,14 +6,13 @@
   `base` and `base2level` modules, and every exposed layer, within 1e-5 relative error (float32);
 - conversion: lossless; training checkpoints (`net.` / `net_swa.` prefixes) accepted; stray,
   missing and mis-shaped keys named;
-- the plugin's top-level module is torch-free.
+- registration: the plugin registers the family torch-free, and the core refuses what its geometry
+  declares unsupported (frame mode of the pooled heads and of `mel`).
 """
 
 from __future__ import annotations
 
 import importlib
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ import embedzoo
 from embedzoo.errors import ConfigError, WeightsError
 from embedzoo.knobs import resolve_knobs
 from embedzoo.registry import get_registry
+from embedzoo.testing import assert_registers, assert_torch_free_import, rel_err
 from embedzoo_passt.model import checkpoint_filter_fn, create_model
 
 passt_ref = pytest.importorskip("hear21passt.models.passt")
@@ -37,12 +37,6 @@ from passt_small import SMALL, small_catalog  # noqa: E402,F401  (the cards' sma
 SR = 32000
 TOLERANCE = 1e-5
 CARD = "passt-s-ap476"
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    """max |a - b| / max |b|, after checking the shapes agree."""
-    assert tuple(ours.shape) == tuple(ref.shape), (tuple(ours.shape), tuple(ref.shape))
-    return float((ours.double() - ref.double()).abs().max() / ref.double().abs().max())
 
 
 def randomise(module: torch.nn.Module, seed: int) -> None:
@@ -136,8 +130,8 @@ def test_every_layer_matches_reference_intermediates(reference: PasstBasicWrappe
         "mel": mel.transpose(1, 2),
         "patch": seen["patch"].mean(dim=2).transpose(1, 2),
         **{name: columns(seen[name]) for name in [f"block{i}" for i in range(1, 13)] + ["norm"]},
-        "features": features[:, None],
-        "logits": logits[:, None],
+        "features": features,  # pooled: one vector per forward, (batch, width)
+        "logits": logits,
     }
     with torch.inference_mode():
         outputs = model.forward_layers(audio, list(expected))
@@ -294,7 +288,7 @@ def test_variant_layers(card_id: str, arch: str, kwargs: dict, tmp_path: Path) -
         expected = reference(audio)
     with torch.inference_mode():
         logits, features = model.forward_layers(audio, ["logits", "features"])
-    assert rel_err(torch.cat([logits[:, 0], features[:, 0]], dim=1), expected) < TOLERANCE
+    assert rel_err(torch.cat([logits, features], dim=1), expected) < TOLERANCE
 
 
 # ---- conversion -----------------------------------------------------------------------------
@@ -340,9 +334,21 @@ def test_conversion_names_what_does_not_fit(reference) -> None:
         checkpoint_filter_fn(bad, model)
 
 
-def test_plugin_module_is_torch_free() -> None:
-    code = "import sys, embedzoo_passt; assert 'torch' not in sys.modules, 'torch imported'"
-    subprocess.run([sys.executable, "-c", code], check=True)
+def test_plugin_registers_the_family_torch_free() -> None:
+    assert_torch_free_import("embedzoo_passt", "embedzoo_passt.geometry")
+    assert_registers("passt", ["passt"])
+
+
+def test_frame_mode_is_refused_where_the_geometry_says() -> None:
+    """The pooled heads have no frames, and `mel`'s centred STFT frames cannot tile chunks: the core
+    refuses both from the declared specs; the patch columns run in frame mode."""
+    card = get_registry().get(CARD)
+    for layer in ("features", "logits"):
+        with pytest.raises(ConfigError, match="one vector per window"):
+            resolve_knobs(card, {"layers": [layer], "mode": "frame"})
+    with pytest.raises(ConfigError, match="cannot run in frame mode"):
+        resolve_knobs(card, {"layers": ["mel"], "mode": "frame"})
+    assert resolve_knobs(card, {"layers": ["patch", "norm"], "mode": "frame"}).mode == "frame"
 
 
 def test_bad_input_through_the_pipeline(checkpoint, tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ longer than 30 s in seconds. The full-size network is proven by test_passt.py.
 
 The weights go, in the released checkpoint layout (a plain PaSST state dict, torch.save), through
 `checkpoint_filter_fn` via `embedzoo.load(..., weights=path, preset="base")` of the module's card
-with the same small network (`<card>-small`, added through EMBEDZOO_REGISTRY: the card's config
-with the small width and depth, and its layers cut to them; every other field the card's own).
+with the same small network (`<card>-small`, added through EMBEDZOO_REGISTRY: a catalog entry with
+the card's config, the small width and depth, and the card's own presets and defaults; the
+family's geometry derives its layers).
 
 Clips: 0.1 s (shorter than the 160 ms timestamp window), 1.07 s (a batch of two), 3.74 s, 10 s,
 and one longer than the model's max window. Where the reference crashes (a scene forward of fewer
@@ -23,8 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -33,8 +32,9 @@ import torch
 
 import embedzoo
 from embedzoo.registry import get_registry
-from passt_small import FULL_WIDTH, RECIPES, SMALL, small_catalog  # noqa: F401  (RECIPES: module -> card, preset "base")
-from test_passt import SR, TOLERANCE, randomise, rel_err
+from embedzoo.testing import rel_err
+from passt_small import RECIPES, SMALL, small_catalog  # noqa: F401  (RECIPES: module -> card, preset "base")
+from test_passt import SR, TOLERANCE, randomise
 
 from hear21passt.models.passt import PaSST as RefPaSST  # noqa: E402  (test_passt skips without hear21passt)
 from hear21passt.wrapper import PasstBasicWrapper  # noqa: E402

@@ -1,18 +1,20 @@
 """VGGish (Hershey et al., ICASSP 2017) as an embedzoo extractor, numerically equal to torchvggish.
 
-One forward sees one VGGish *example*: 96 log-mel frames (0.96 s of hops), which at 16 kHz with a
-400-sample STFT window and hop 160 needs exactly 400 + 95 * 160 = 15600 samples (min_window =
-max_window = 15600). The fully connected head takes exactly 512 x 6 x 4 features, so one example is
-the architecture's only input size; longer clips are windowed by the core.
+One example is 96 log-mel frames (0.96 s of hops), which at 16 kHz with a 400-sample STFT window
+and hop 160 is exactly 400 + 95 * 160 = 15600 samples (min_window = max_window = 15600): the fully
+connected head takes exactly 512 x 6 x 4 features. The log-mel and the conv blocks take any length
+(frame mode reads them at their own rates); `geometry.py` states every layer's width, bands and frames.
 
-Layers (each (batch, frames, width)):
-- `logmel`    : the 96 input frames, 64 mel bands;
-- `block1`..`block4`: the output of each VGG stage (after its max-pool), time steps as frames
-  (48, 24, 12, 6), channels x mel bins flattened channel-major (64x32, 128x16, 256x8, 512x4 = 2048);
-- `embedding` : the 128-d output of the last fully connected layer (after torchvggish's ReLU), 1 frame;
-- `postprocessed`: PCA (with whitening) + clip to [-2, 2] + 8-bit quantisation to 0..255, exactly as
-  torchvggish's `Postprocessor` (AudioSet's released features), 1 frame. Needs the PCA parameters in
-  the checkpoint (see `checkpoint_filter_fn`).
+Layers, in their natural shapes:
+- `logmel` (batch, frames, 64): one frame per 160 samples;
+- `block1`..`block4` (batch, channels, bands, frames): the output of each VGG stage (after its
+  max-pool): 64x32, 128x16, 256x8, 512x4 (channels x mel bands), frames every 320, 640, 1280, 2560
+  samples (48, 24, 12, 6 in an example);
+- `embedding` (batch, 1, 128): the output of the last fully connected layer (after torchvggish's
+  ReLU), one frame per example;
+- `postprocessed` (batch, 1, 128): PCA (with whitening) + clip to [-2, 2] + 8-bit quantisation to
+  0..255, exactly as torchvggish's `Postprocessor` (AudioSet's released features). Needs the PCA
+  parameters in the checkpoint (see `checkpoint_filter_fn`).
 
 The log-mel frontend is the core's `embedzoo.frontends.VGGishLogMel` (|STFT| 512 of 400-sample
 frames every 160, 64 HTK mel bands 125-7500 Hz, log(x + 0.01)), equal to torchvggish's
@@ -30,39 +32,32 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from embedzoo.card import ModelCard
-from embedzoo.hub import unwrap_state_dict
-from embedzoo.remap import remap_state_dict
-from embedzoo.errors import CardError, ConfigError, WeightsError
-from embedzoo.extractor import Extractor
-from embedzoo.frontends import VGGishLogMel
+from embedzoo.plugin import ConfigError, Extractor, ModelCard, WeightsError, frontends, remap_state_dict, unwrap_state_dict
 
-__all__ = ["VGGish", "create_model", "checkpoint_filter_fn"]
+from embedzoo_vggish.geometry import (
+    EMBEDDING, EXAMPLE_HOP, EXAMPLE_SAMPLES, FMAX, FMIN, HOP, N_FFT, N_MELS, SAMPLE_RATE, VGG_CFG, VGGISH_HIDDEN,
+    VGGISH_LAYERS, WIN, check_config, vggish_blocks, vggish_head_features, vggish_shortest,
+)  # fmt: skip
 
-SAMPLE_RATE = 16000
-WIN = 400  # 25 ms
-HOP = 160  # 10 ms
-N_FFT = 512
-N_MELS = 64
-FMIN, FMAX = 125.0, 7500.0
+__all__ = ["VGGish", "create_model", "checkpoint_filter_fn", "EXAMPLE_HOP", "EXAMPLE_SAMPLES", "LAYERS"]
+
+LAYERS = VGGISH_LAYERS
 LOG_OFFSET = 0.01
-EXAMPLE_FRAMES = 96
-EXAMPLE_SAMPLES = WIN + (EXAMPLE_FRAMES - 1) * HOP  # 15600
-EXAMPLE_HOP = EXAMPLE_FRAMES * HOP  # 15360: the reference's examples do not overlap
 QUANTIZE_MIN, QUANTIZE_MAX = -2.0, 2.0
-CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M")
-LAYERS = ("logmel", "block1", "block2", "block3", "block4", "embedding", "postprocessed")
 PCA_KEYS = {"pca_eigen_vectors": "pca.eigen_vectors", "pca_means": "pca.means"}  # PCA file -> ours
 # NHWC convolutions: same results, 17-25% less time on CPU (bench/vggish.py, bench/RESULTS.md);
 # a card's `config.channels_last` overrides it
 CHANNELS_LAST = True
+# the shortest input of each layer: one STFT frame, a block's stride in frames, one whole example
+SHORTEST = {"logmel": WIN, **{f"block{k}": vggish_shortest(g) for k, g in enumerate(vggish_blocks(), 1)},
+            "embedding": EXAMPLE_SAMPLES, "postprocessed": EXAMPLE_SAMPLES}  # fmt: skip
 
 
 def make_features() -> nn.Sequential:
     """torchvggish's `make_layers`: conv3x3(pad 1) + ReLU stacks with 2x2 max-pools."""
     layers: list[nn.Module] = []
     in_chs = 1
-    for v in CFG:
+    for v in VGG_CFG:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
@@ -74,46 +69,37 @@ def make_features() -> nn.Sequential:
 class PCA(nn.Module):
     """Holder of AudioSet's PCA parameters (`pca.eigen_vectors` (128, 128), `pca.means` (128,)).
 
-    NaN until a checkpoint provides them. Named apart from the PCA file's own keys
-    (`pca_eigen_vectors`, `pca_means`) so that a merged original file always goes through
-    `checkpoint_filter_fn`."""
+    Random, as every weight of a fresh model is (so `weights=random` reads every layer); a
+    checkpoint without the PCA file sets them to NaN ("not provided", refused by
+    `VGGish.postprocess`). Named apart from the PCA file's own keys (`pca_eigen_vectors`,
+    `pca_means`) so that a merged original file always goes through `checkpoint_filter_fn`."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("eigen_vectors", torch.full((128, 128), float("nan")))
-        self.register_buffer("means", torch.full((128,), float("nan")))
+        self.register_buffer("eigen_vectors", torch.randn(EMBEDDING, EMBEDDING) / EMBEDDING**0.5)
+        self.register_buffer("means", 0.1 * torch.randn(EMBEDDING))
 
 
 class VGGish(Extractor):
-    """VGGish driven by embedzoo's extractor interface: one 0.96 s example per row."""
+    """VGGish driven by embedzoo's extractor interface: one 0.96 s example per row (the head), any
+    length for the log-mel and the blocks."""
 
     def __init__(self, card: ModelCard):
         super().__init__(card)
-        self.frontend = VGGishLogMel(SAMPLE_RATE, WIN, HOP, N_FFT, N_MELS, FMIN, FMAX, LOG_OFFSET)
+        self.frontend = frontends.VGGishLogMel(SAMPLE_RATE, WIN, HOP, N_FFT, N_MELS, FMIN, FMAX, LOG_OFFSET)
         self.features = make_features()
         self.channels_last = bool(card.config.get("channels_last", CHANNELS_LAST))
         if self.channels_last:
             self.features.to(memory_format=torch.channels_last)
         self.embeddings = nn.Sequential(
-            nn.Linear(512 * 4 * 6, 4096), nn.ReLU(True), nn.Linear(4096, 4096), nn.ReLU(True), nn.Linear(4096, 128), nn.ReLU(True)
-        )
-        # PCA + whitening of AudioSet's released features; NaN until a checkpoint provides them.
+            nn.Linear(vggish_head_features(), VGGISH_HIDDEN), nn.ReLU(True),
+            nn.Linear(VGGISH_HIDDEN, VGGISH_HIDDEN), nn.ReLU(True),
+            nn.Linear(VGGISH_HIDDEN, EMBEDDING), nn.ReLU(True),
+        )  # fmt: skip
+        # PCA + whitening of AudioSet's released features (the postprocessed layer)
         self.pca = PCA()
         pools = [i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
-        self.block_ends = {f"block{n + 1}": index for n, index in enumerate(pools)}
-        self.layer_names = LAYERS
-        self.layer_widths = {"logmel": N_MELS, **{f"block{n}": 2048 for n in range(1, 5)}, "embedding": 128, "postprocessed": 128}
-        self._check_card()
-
-    def _check_card(self) -> None:
-        for spec in self.card.layers:
-            if self.layer_widths.get(spec.name) != spec.width or spec.tokens:
-                raise CardError(
-                    f"model {self.card.id}: VGGish layer {spec.name!r} (width {spec.width}, tokens {list(spec.tokens)}) does not exist",
-                    hint=f"VGGish's layers: {self.layer_widths}",
-                )
-        if self.card.sample_rate != SAMPLE_RATE or self.card.max_window != EXAMPLE_SAMPLES or self.card.min_window != EXAMPLE_SAMPLES:
-            raise CardError(f"model {self.card.id}: VGGish takes exactly {EXAMPLE_SAMPLES} samples at {SAMPLE_RATE} Hz")
+        self.block_ends = {index: f"block{n + 1}" for n, index in enumerate(pools)}
 
     @property
     def has_pca(self) -> bool:
@@ -131,36 +117,40 @@ class VGGish(Extractor):
         return torch.round((clipped - QUANTIZE_MIN) * (255.0 / (QUANTIZE_MAX - QUANTIZE_MIN)))
 
     def forward_layers(self, audio: Tensor, layers: Sequence[str] | None = None) -> list[Tensor]:
-        """audio (batch, 15600) at 16 kHz -> per layer (batch, frames, width); stops after the last layer asked."""
-        names = list(self.layer_names) if layers is None else list(layers)
-        for name in names:
-            if name not in self.layer_names:
-                raise ConfigError(f"model {self.card.id} has no layer {name!r}", hint=f"choose from: {', '.join(self.layer_names)}")
-        if audio.ndim != 2 or audio.shape[-1] != EXAMPLE_SAMPLES:
-            raise ConfigError(f"VGGish needs audio of shape (batch, {EXAMPLE_SAMPLES}), got {tuple(audio.shape)}")
-        deepest = max(self.layer_names.index(n) for n in names)
+        """audio (batch, samples) at 16 kHz -> per layer its natural shape (module docstring); the
+        embedding needs exactly one example (15600 samples), the log-mel and blocks any length that
+        gives them a frame. Stops after the last layer asked."""
+        names = list(LAYERS) if layers is None else list(layers)
+        unknown = [name for name in names if name not in LAYERS]
+        if unknown:
+            raise ConfigError(f"model {self.card.id} has no layer(s) {unknown}", hint=f"choose from: {', '.join(LAYERS)}")
+        deepest = max(LAYERS.index(n) for n in names)
+        if audio.ndim != 2:
+            raise ConfigError(f"VGGish needs audio of shape (batch, samples), got {tuple(audio.shape)}")
+        if deepest >= LAYERS.index("embedding") and audio.shape[-1] != EXAMPLE_SAMPLES:
+            raise ConfigError(f"VGGish's embedding needs exactly one example: audio of shape (batch, {EXAMPLE_SAMPLES}), got {tuple(audio.shape)}")
+        if audio.shape[-1] < SHORTEST[LAYERS[deepest]]:
+            raise ConfigError(f"VGGish's {LAYERS[deepest]} needs at least {SHORTEST[LAYERS[deepest]]} samples, got {audio.shape[-1]}")
         out: dict[str, Tensor] = {}
-        x = self.frontend(audio)  # (B, 96, 64)
+        x = self.frontend(audio)  # (B, T, 64)
         out["logmel"] = x
         if deepest >= 1:
             x = x[:, None]
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            ends = {index: name for name, index in self.block_ends.items()}
             for index, module in enumerate(self.features):
                 x = module(x)
-                if index in ends:
-                    name = ends[index]
-                    # (B, C, T, F) -> (B, T, C*F), channel-major
-                    out[name] = x.permute(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1)
-                    if self.layer_names.index(name) >= deepest:
+                if index in self.block_ends:
+                    name = self.block_ends[index]
+                    out[name] = x.transpose(2, 3)  # (B, C, T, F) -> the natural (B, C, F, T)
+                    if LAYERS.index(name) >= deepest:
                         break
-        if deepest >= self.layer_names.index("embedding"):
+        if deepest >= LAYERS.index("embedding"):
             # torchvggish flattens (B, C, T, F) as (B, T, F, C)
             flat = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
             embedding = self.embeddings(flat)
-            out["embedding"] = embedding[:, None]
-            if deepest == self.layer_names.index("postprocessed"):
+            out["embedding"] = embedding[:, None]  # one frame per example
+            if deepest == LAYERS.index("postprocessed"):
                 out["postprocessed"] = self.postprocess(embedding)[:, None]
         return [out[name] for name in names]
 
@@ -198,7 +188,5 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: VGGish) -> dict[s
 def create_model(card: ModelCard) -> VGGish:
     """VGGish with random weights (PCA parameters unset), in eval mode; `config.channels_last`
     (optional) picks the convolutions' memory layout."""
-    unknown = set(card.config) - {"channels_last"}
-    if unknown:
-        raise CardError(f"model {card.id}: unknown VGGish config keys {sorted(unknown)}", hint="known: channels_last")
+    check_config("VGGish", card.config)
     return VGGish(card).eval()

@@ -12,29 +12,28 @@ a port of the TF model whose released weights are w-hc's `yamnet.pth`) on timm b
   padded by 200 samples (see docs/models/yamnet.md);
 - `blocks[0]`: 3x3 conv, stride 2, 32 channels, BatchNorm (eps 1e-4), ReLU (timm `ConvNormAct`);
 - `blocks[1..13]`: MobileNetV1 depthwise-separable blocks (timm `DepthwiseSeparableConv`: 3x3
-  depthwise, BN, ReLU, 1x1 pointwise, BN, ReLU, no skip), strides and widths as in `ARCH`;
+  depthwise, BN, ReLU, 1x1 pointwise, BN, ReLU, no skip), strides and widths as in `geometry.YAMNET_ARCH`;
 - every conv pads like TF "SAME" (timm's `padding='same'`: a stride-2 conv on an even length pads
   one zero at the end only);
 - head: mean over time and frequency (the 1024-d `embedding`), Linear to 521 AudioSet classes
   (`logits`, before the sigmoid TF applies).
 
-Layers of `forward_layers` (each (batch, frames, width)):
-- `logmel` (64): one frame per 160 samples;
-- `block1` .. `block14`: the output of `blocks[k-1]` (the reference's `layer<k>`), time steps as
-  frames, (channels, frequency bands) flattened channel-major; time and frequency halve at blocks
-  1, 3, 5, 7 and 13;
-- `embedding` (1024), `logits` (521): one vector per forward (pooled).
+Layers (`geometry.py` states their widths, bands and frames), in their natural shapes:
+- `logmel` (batch, frames, 64): one frame per 160 samples;
+- `block1` .. `block14` (batch, channels, bands, frames): the output of `blocks[k-1]` (the
+  reference's `layer<k>`); time and frequency halve at blocks 1, 3, 5, 7 and 13;
+- `embedding` (batch, 1024), `logits` (batch, 521): one vector per forward (pooled).
 
-Window mode returns every output frame of a block (zero-padded "SAME" convolutions), as the
-reference computes them on a patch. Frame mode returns only the frames whose whole receptive field
-lies in the input, on one fixed alignment of the stride grid, so chunks of a long clip tile it
-exactly (see `block_geometry` and `forward_layers`).
+`forward_layers` is the reference's computation on whatever it is given (a 15600-sample window is
+one YAMNet patch): every output frame of a block, zero-padded "SAME" convolutions included. Frame
+mode is the core's: it appends the blocks' declared `frame_pad` to each chunk, so every stride-2
+conv sees an even length and the stride grid sits on the chunk's start whatever its length, and
+keeps the frames whose whole receptive field lies in the chunk (`frame_skip`), so chunks of a long
+clip tile it exactly (see `geometry.yamnet_blocks`).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Mapping, Sequence
 
@@ -43,85 +42,20 @@ from timm.layers import ConvNormAct
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv
 from torch import Tensor, nn
 
-from embedzoo.card import ModelCard
-from embedzoo.errors import CardError, ConfigError
-from embedzoo.extractor import Extractor
-from embedzoo.frontends import VGGishLogMel
-from embedzoo.hub import unwrap_state_dict
-from embedzoo.remap import remap_state_dict
+from embedzoo.plugin import ConfigError, Extractor, ModelCard, frontends, remap_state_dict, unwrap_state_dict
 
-__all__ = ["YAMNet", "block_geometry", "create_model", "checkpoint_filter_fn", "release_key_map"]
-
-SAMPLE_RATE = 16000
-WIN, HOP, N_FFT = 400, 160, 512  # 25 ms frames every 10 ms
-N_MELS, FMIN, FMAX = 64, 125.0, 7500.0
-LOG_OFFSET = 0.001  # YAMNet's (VGGish uses 0.01)
-PATCH_FRAMES = 96
-PATCH_SAMPLES = WIN + (PATCH_FRAMES - 1) * HOP  # 15600: one 0.96 s patch
-BN_EPS = 1e-4  # TF YAMNet's BatchNorm epsilon (PyTorch's default 1e-5 changes the outputs)
-NUM_CLASSES = 521
-KERNEL = 3
-# (stride, output channels) of blocks[0] (a full conv) and the 13 depthwise-separable blocks
-ARCH: tuple[tuple[int, int], ...] = (
-    (2, 32), (1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512),
-    (1, 512), (1, 512), (1, 512), (1, 512), (1, 512), (2, 1024), (1, 1024),
+from embedzoo_vggish.geometry import (
+    FMAX, FMIN, HOP, N_FFT, N_MELS, NUM_CLASSES, SAMPLE_RATE, WIN, YAMNET_ARCH, YAMNET_BLOCKS, YAMNET_LAYERS, check_config,
 )  # fmt: skip
-BLOCKS = tuple(f"block{k}" for k in range(1, len(ARCH) + 1))
-LAYERS = ("logmel", *BLOCKS, "embedding", "logits")
+
+__all__ = ["YAMNet", "create_model", "checkpoint_filter_fn", "release_key_map"]
+
+LOG_OFFSET = 0.001  # YAMNet's (VGGish uses 0.01)
+BN_EPS = 1e-4  # TF YAMNet's BatchNorm epsilon (PyTorch's default 1e-5 changes the outputs)
+KERNEL = 3
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-
-# ---- geometry ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BlockGeometry:
-    """Where a block's output frames sit, on the alignment where every stride-2 conv sees an even
-    length (its "SAME" padding is then one zero at the end; a stride-1 conv pads one each side).
-
-    Output i of the block is computed from STFT frames first + jump*i ... first + jump*i + span - 1.
-    """
-
-    channels: int
-    bands: int
-    jump: int  # STFT frames between outputs (the block's total time stride)
-    first: int  # first STFT frame of output 0's receptive field (<= 0: reaches into the padding)
-    span: int  # STFT frames in one output's receptive field
-
-    @property
-    def frame_hop(self) -> int:
-        return HOP * self.jump
-
-    @property
-    def receptive_field(self) -> int:
-        """Samples one output frame depends on."""
-        return HOP * (self.span - 1) + WIN
-
-    @property
-    def skip(self) -> int:
-        """Outputs before the first whose receptive field lies inside the input."""
-        return math.ceil(-self.first / self.jump)
-
-    @property
-    def frame_field(self) -> int:
-        """The card's frame_field: twice the distance from the input's start to the centre of
-        output `skip` -- the receptive field widened (by less than one hop) so that frame j is
-        centred on frame_field // 2 + j * frame_hop, the core's frame-mode convention."""
-        centre = HOP * (self.first + self.jump * self.skip) + self.receptive_field // 2
-        return 2 * centre
-
-
-def block_geometry() -> tuple[BlockGeometry, ...]:
-    """The geometry of block1..block14 in frame mode, derived from ARCH."""
-    out = []
-    first, jump, span, bands = 0, 1, 1, N_MELS
-    for stride, channels in ARCH:
-        first -= 0 if stride == 2 else jump * (KERNEL // 2)
-        span += (KERNEL - 1) * jump
-        jump *= stride
-        bands = -(-bands // stride)
-        out.append(BlockGeometry(channels, bands, jump, first, span))
-    return tuple(out)
+# how deep each layer sits: the log-mel, the blocks, then the pooled head
+DEPTH = {"logmel": 0, **{name: k for k, name in enumerate(YAMNET_BLOCKS, 1)}, "embedding": len(YAMNET_BLOCKS), "logits": len(YAMNET_BLOCKS)}
 
 
 # ---- model ------------------------------------------------------------------------------------
@@ -133,11 +67,11 @@ class YAMNet(Extractor):
     def __init__(self, card: ModelCard, channels_last: bool = True):
         super().__init__(card)
         # torch-vggish-yamnet's log-mel, uncentred: torchaudio's HTK triangles (drawn in Hz), offset 0.001
-        self.frontend = VGGishLogMel(SAMPLE_RATE, WIN, HOP, N_FFT, N_MELS, FMIN, FMAX, log_offset=LOG_OFFSET, triangles="hz")
+        self.frontend = frontends.VGGishLogMel(SAMPLE_RATE, WIN, HOP, N_FFT, N_MELS, FMIN, FMAX, log_offset=LOG_OFFSET, triangles="hz")
         norm = partial(nn.BatchNorm2d, eps=BN_EPS)
         blocks: list[nn.Module] = []
         in_chs = 1
-        for index, (stride, out_chs) in enumerate(ARCH):
+        for index, (stride, out_chs) in enumerate(YAMNET_ARCH):
             if index == 0:
                 blocks.append(ConvNormAct(in_chs, out_chs, KERNEL, stride=stride, padding="same", norm_layer=norm, act_layer=nn.ReLU))
             else:
@@ -153,49 +87,19 @@ class YAMNet(Extractor):
         self.channels_last = channels_last
         if channels_last:
             self.blocks.to(memory_format=torch.channels_last)
-        self.geometry = dict(zip(BLOCKS, block_geometry()))
-        self.layer_widths = {"logmel": N_MELS, **{n: g.channels * g.bands for n, g in self.geometry.items()}, "embedding": in_chs, "logits": NUM_CLASSES}
-        self._check_card()
-
-    def layer_spec(self, name: str) -> dict[str, int | bool]:
-        """What the card must say of a layer: width, bands, pooled, frame_hop, frame_field, min_window."""
-        if name == "logmel":
-            return {"width": N_MELS, "bands": 1, "pooled": False, "frame_hop": HOP, "frame_field": WIN, "min_window": WIN}
-        if name in self.geometry:
-            g = self.geometry[name]
-            return {"width": g.channels * g.bands, "bands": g.bands, "pooled": False, "frame_hop": g.frame_hop, "frame_field": g.frame_field, "min_window": WIN}
-        return {"width": self.layer_widths[name], "bands": 1, "pooled": True, "frame_hop": 0, "frame_field": 0, "min_window": PATCH_SAMPLES}
-
-    def _check_card(self) -> None:
-        card = self.card
-        if card.sample_rate != SAMPLE_RATE or card.min_window < WIN:
-            raise CardError(f"card {card.id}: YAMNet runs at {SAMPLE_RATE} Hz on inputs of at least {WIN} samples")
-        for spec in card.layers:
-            if spec.name not in self.layer_widths:
-                raise CardError(f"card {card.id}: YAMNet has no layer {spec.name!r}", hint=f"layers: {', '.join(LAYERS)}")
-            expected = self.layer_spec(spec.name)
-            hop, field = (0, 0) if spec.pooled else card.frame_geometry(spec)
-            declared = {"width": spec.width, "bands": spec.bands, "pooled": spec.pooled, "frame_hop": hop, "frame_field": field,
-                        "min_window": card.layer_min_window(spec)}  # fmt: skip
-            wrong = {k: v for k, v in expected.items() if declared[k] != v}
-            if wrong or spec.tokens:
-                raise CardError(f"card {card.id}: layer {spec.name} must have {wrong}, the card says {({k: declared[k] for k in wrong})} (tokens {list(spec.tokens)})")
 
     # ---- forward ----------------------------------------------------------------------------
 
-    def forward_intermediates(self, audio: Tensor, names: Sequence[str], time_multiple: int = 1) -> dict[str, Tensor]:
+    def forward_intermediates(self, audio: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
         """Raw outputs of the named layers: logmel (B, T, 64), blockK (B, C, T', F), embedding
-        (B, 1024), logits (B, 521). Stops after the deepest layer asked. `time_multiple` > 1 pads the
-        log-mel with zeros at the end to a multiple of that many frames before the blocks."""
-        depth = {"logmel": 0, **{n: k for k, n in enumerate(BLOCKS, 1)}, "embedding": len(BLOCKS), "logits": len(BLOCKS)}
-        deepest = max(depth[n] for n in names)
+        (B, 1024), logits (B, 521). Stops after the deepest layer asked."""
+        deepest = max(DEPTH[n] for n in names)
         out: dict[str, Tensor] = {}
         mel = self.frontend(audio)
         out["logmel"] = mel
         if deepest == 0:
             return out
-        short = -mel.shape[1] % time_multiple
-        x = nn.functional.pad(mel, (0, 0, 0, short))[:, None] if short else mel[:, None]
+        x = mel[:, None]
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for k, block in enumerate(self.blocks, 1):
@@ -210,41 +114,17 @@ class YAMNet(Extractor):
         return out
 
     def forward_layers(self, audio: Tensor, layers: Sequence[str] | None = None) -> list[Tensor]:
-        """audio (batch, samples >= 400) at 16 kHz -> per layer (batch, frames, width).
-
-        Window mode returns every frame a layer computes on the input (a 15600-sample window is one
-        YAMNet patch, the reference's computation). Frame mode returns block frames whose receptive
-        field lies wholly in the input, frame j centred on frame_field // 2 + j * frame_hop: the log-mel
-        is padded to a multiple of 32 frames so that every stride-2 conv sees an even length, which
-        fixes the stride grid to the input's start whatever its length (`BlockGeometry`).
-        """
-        names = list(LAYERS) if layers is None else list(layers)
-        unknown = [n for n in names if n not in self.layer_widths]
+        """audio (batch, samples >= 400) at 16 kHz -> per layer its natural shape (module docstring):
+        the reference network on exactly this input, every frame it computes."""
+        names = list(YAMNET_LAYERS) if layers is None else list(layers)
+        unknown = [n for n in names if n not in DEPTH]
         if unknown:
-            raise ConfigError(f"{self.card.id} has no layer(s) {unknown}", hint=f"layers: {', '.join(LAYERS)}")
+            raise ConfigError(f"{self.card.id} has no layer(s) {unknown}", hint=f"layers: {', '.join(YAMNET_LAYERS)}")
         if audio.ndim != 2 or audio.shape[-1] < WIN:
             raise ConfigError(f"YAMNet needs audio of shape (batch, samples >= {WIN}), got {tuple(audio.shape)}")
-        frame_mode = self.knobs.mode == "frame"
-        if frame_mode and any(self.layer_spec(n)["pooled"] for n in names):
-            raise ConfigError(f"{self.card.id}: layers embedding and logits are pooled over a window; frame mode has no frames for them")
-        stride = max((self.geometry[n].jump for n in names if n in self.geometry), default=1)
-        raw = self.forward_intermediates(audio, names, time_multiple=stride if frame_mode else 1)
-        outputs = []
-        for name in names:
-            x = raw[name]
-            if name in ("embedding", "logits"):
-                outputs.append(x[:, None, :])
-                continue
-            if name in self.geometry:
-                x = x.permute(0, 2, 1, 3).flatten(2)  # (B, C, T, F) -> (B, T, C*F), frequency fastest
-                if frame_mode:
-                    g = self.geometry[name]
-                    count = (audio.shape[-1] - g.frame_field) // g.frame_hop + 1
-                    if count < 1:
-                        raise ConfigError(f"{self.card.id}: frame mode needs chunks of at least {g.frame_field} samples for {name}, got {audio.shape[-1]}")
-                    x = x[:, g.skip : g.skip + count]
-            outputs.append(x)
-        return outputs
+        raw = self.forward_intermediates(audio, names)
+        # blocks run on (B, C, T, F); a map's natural shape is (B, C, F, T)
+        return [raw[name].transpose(2, 3) if name in YAMNET_BLOCKS else raw[name] for name in names]
 
 
 # ---- checkpoint conversion ----------------------------------------------------------------------
@@ -254,7 +134,7 @@ def release_key_map() -> dict[str, str]:
     """Every key of w-hc's `yamnet.pth` (torch-vggish-yamnet's `YAMNet` state dict) -> ours."""
     mapping = {"layer1.fused.conv.weight": "blocks.0.conv.weight", "classifier.weight": "classifier.weight", "classifier.bias": "classifier.bias"}
     mapping.update({f"layer1.fused.bn.{p}": f"blocks.0.bn.{p}" for p in BN_PARAMS})
-    for k in range(2, len(ARCH) + 1):
+    for k in range(2, len(YAMNET_ARCH) + 1):
         ours = f"blocks.{k - 1}"
         for theirs, conv, bn in (("depthwise_conv", "conv_dw", "bn1"), ("pointwise_conv", "conv_pw", "bn2")):
             mapping[f"layer{k}.{theirs}.conv.weight"] = f"{ours}.{conv}.weight"
@@ -282,15 +162,11 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: YAMNet) -> dict[s
 
 # ---- configs ----------------------------------------------------------------------------------
 
-DEFAULT_CONFIG: dict[str, Any] = {
-    "channels_last": True,  # NHWC convolutions (bench/yamnet.py, bench/RESULTS.md)
-}
+CHANNELS_LAST = True  # NHWC convolutions: the faster layout (bench/yamnet.py, bench/RESULTS.md)
 
 
 def create_model(card: ModelCard) -> YAMNet:
-    """YAMNet for this card (config keys as DEFAULT_CONFIG) with random weights, in eval mode."""
-    unknown = set(card.config) - set(DEFAULT_CONFIG)
-    if unknown:
-        raise CardError(f"card {card.id}: unknown YAMNet config keys {sorted(unknown)}", hint=f"known: {', '.join(DEFAULT_CONFIG)}")
-    cfg = {**DEFAULT_CONFIG, **card.config}
-    return YAMNet(card, channels_last=bool(cfg["channels_last"])).eval()
+    """YAMNet with random weights, in eval mode; `config.channels_last` (optional) picks the
+    convolutions' memory layout."""
+    check_config("YAMNet", card.config)
+    return YAMNet(card, channels_last=bool(card.config.get("channels_last", CHANNELS_LAST))).eval()

@@ -5,37 +5,37 @@
   converted by the core (`embedzoo.load(..., weights=path)`), give every layer (forward hooks on the
   reference), the embedding and the PCA postprocessing within 1e-5 relative error in float32;
 - the core's window path (timestamp embeddings) equals the reference on a 10 s clip;
-- conversion is lossless and names bad keys; the top-level module is torch-free.
+- `freq_pool` pools a block over its mel bands (`flat` keeps the whole map);
+- frame mode reads the log-mel and every block at its own rate, equal to the reference run once
+  over the whole clip, although embedzoo computes it in chunks of at most one example;
+- conversion is lossless and names bad keys; the plugin registers both families, torch-free.
+(Shapes, widths, bands and frame counts against `geometry.py`: the core's tests/test_models.py.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torchvggish import mel_features, vggish_input, vggish_params
 from torchvggish import torchvggish as tv
-from torchvggish import vggish_input
 
 import embedzoo
 from embedzoo import hub
 from embedzoo.errors import ConfigError, WeightsError
 from embedzoo.registry import get_card, get_registry
-from embedzoo_vggish.model import EXAMPLE_HOP, EXAMPLE_SAMPLES, LAYERS, VGGish, checkpoint_filter_fn, create_model
+from embedzoo.testing import assert_registers, assert_torch_free_import, rel_err
+from embedzoo_vggish.geometry import EXAMPLE_HOP, EXAMPLE_SAMPLES, VGGISH_LAYERS, vggish_blocks
+from embedzoo_vggish.model import VGGish, checkpoint_filter_fn, create_model
 
 SR = 16000
 TOLERANCE = 1e-5
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    assert tuple(ours.shape) == tuple(ref.shape), (tuple(ours.shape), tuple(ref.shape))
-    return float((ours.double() - ref.double()).abs().max() / ref.double().abs().max())
+LAYERS = VGGISH_LAYERS
 
 
 def randomised_reference(seed: int) -> tv.VGG:
@@ -73,8 +73,18 @@ def make_audio(samples: int, seed: int) -> np.ndarray:
     return (0.2 * rng.standard_normal(samples) + 0.5 * np.sin(2 * np.pi * (300 + 900 * t) * t)).astype(np.float32)
 
 
+def reference_log_mel(audio: np.ndarray) -> np.ndarray:
+    """The reference's log-mel of a whole clip (float64): what waveform_to_examples frames into examples."""
+    return mel_features.log_mel_spectrogram(
+        audio.astype(np.float64), audio_sample_rate=SR, log_offset=vggish_params.LOG_OFFSET,
+        window_length_secs=vggish_params.STFT_WINDOW_LENGTH_SECONDS, hop_length_secs=vggish_params.STFT_HOP_LENGTH_SECONDS,
+        num_mel_bins=vggish_params.NUM_MEL_BINS, lower_edge_hertz=vggish_params.MEL_MIN_HZ, upper_edge_hertz=vggish_params.MEL_MAX_HZ,
+    )  # fmt: skip
+
+
 def reference_layers(ref: tv.VGG, examples: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every layer of the reference through forward hooks on its own modules, as (N, frames, width)."""
+    """Every layer of the reference through forward hooks on its own modules, in our natural shapes:
+    the log-mel (N, frames, 64), block maps (N, C, F, T), the embedding (N, 1, 128)."""
     pools = [m for m in ref.features if isinstance(m, torch.nn.MaxPool2d)]
     caught: dict[str, torch.Tensor] = {}
     hooks = [pool.register_forward_hook(lambda _m, _i, o, n=n: caught.__setitem__(f"block{n + 1}", o.clone()))
@@ -87,9 +97,25 @@ def reference_layers(ref: tv.VGG, examples: torch.Tensor) -> dict[str, torch.Ten
             hook.remove()
     out = {"logmel": examples[:, 0]}
     for name, x in caught.items():
-        out[name] = x.permute(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1)
+        out[name] = x.transpose(2, 3)  # the reference's (N, C, T, F) -> (N, C, F, T)
     out["embedding"] = embedding[:, None]
     return out
+
+
+def reference_maps(ref: tv.VGG, log_mel: np.ndarray) -> dict[str, torch.Tensor]:
+    """The reference's VGG stack (fully convolutional) over a whole clip's log-mel: each block's
+    (C, T, F) map, read by hooks on its max-pools."""
+    pools = [m for m in ref.features if isinstance(m, torch.nn.MaxPool2d)]
+    caught: dict[str, torch.Tensor] = {}
+    hooks = [pool.register_forward_hook(lambda _m, _i, o, n=n: caught.__setitem__(f"block{n + 1}", o[0].clone()))
+             for n, pool in enumerate(pools)]  # fmt: skip
+    try:
+        with torch.no_grad():
+            ref.features(torch.from_numpy(log_mel).float()[None, None])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return caught
 
 
 @pytest.fixture(scope="module")
@@ -110,23 +136,14 @@ def converted(tmp_path_factory) -> tuple[tv.VGG, dict[str, torch.Tensor], VGGish
 # ---- the plugin ---------------------------------------------------------------------------------
 
 
-def test_top_level_import_is_torch_free():
-    code = "import embedzoo_vggish, sys; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+def test_plugin_registers_both_families_torch_free():
+    from embedzoo.plugins import family_module
 
-
-def test_plugin_registers_the_family_and_card_matches():
-    from embedzoo.plugins import family_module, load_plugins
-
-    assert load_plugins().families["vggish"][0] == "embedzoo_vggish.model"
+    assert_registers("vggish", ["vggish", "yamnet"])
+    assert_torch_free_import("embedzoo_vggish", "embedzoo_vggish.geometry")
     assert family_module("vggish").create_model is create_model
     card = get_registry().get("vggish")
-    model = create_model(card)
-    assert sum(p.numel() for p in model.parameters()) == card.params
-    assert tuple(s.name for s in card.layers) == LAYERS
-    assert {s.name: s.width for s in card.layers} == model.layer_widths
-    assert card.min_window == card.max_window == EXAMPLE_SAMPLES == 15600
+    assert sum(p.numel() for p in create_model(card).parameters()) == card.params
 
 
 # ---- parity -------------------------------------------------------------------------------------
@@ -155,9 +172,10 @@ def test_every_layer_matches_torchvggish(converted):
     assert expected["embedding"].std() > 1e-2, "reference embedding is degenerate: the test would be weak"
     with torch.no_grad():
         ours = dict(zip(LAYERS, model.forward_layers(torch.from_numpy(clips))))
-    frames = {"logmel": 96, "block1": 48, "block2": 24, "block3": 12, "block4": 6, "embedding": 1, "postprocessed": 1}
+    shapes = {"logmel": (96, 64), "block1": (64, 32, 48), "block2": (128, 16, 24), "block3": (256, 8, 12), "block4": (512, 4, 6),
+              "embedding": (1, 128), "postprocessed": (1, 128)}  # fmt: skip
     for name in LAYERS:
-        assert ours[name].shape == (3, frames[name], model.layer_widths[name]), name
+        assert ours[name].shape == (3, *shapes[name]), name
         if name != "postprocessed":
             assert rel_err(ours[name], expected[name]) < TOLERANCE, name
     # quantised to 0..255: equal except (rarely) one step where a value sits on a rounding edge
@@ -203,6 +221,62 @@ def test_layer_subsets_stop_early_and_errors(converted):
         model.forward_layers(audio, ["block5"])
     with pytest.raises(ConfigError, match="15600"):
         model.forward_layers(audio[:, :15000], ["embedding"])
+
+
+def test_freq_pool_mean_pools_a_block_over_its_mel_bands(converted):
+    """`freq_pool=mean` makes a block's frames channels wide: the mean over the frequency axis of
+    torchvggish's block map; `flat` keeps the whole map, channel-major (what it always was)."""
+    ref, _, model, _, _ = converted
+    clips = np.stack([make_audio(EXAMPLE_SAMPLES, seed=s) for s in (9, 10)])
+    examples = torch.cat([vggish_input.waveform_to_examples(c.astype(np.float64), SR).detach() for c in clips])
+    maps = reference_layers(ref, examples)  # (N, C, F, T)
+    try:
+        for name, channels in (("block2", 128), ("block4", 512)):
+            model.configure(layers=name, freq_pool="mean", readout="mean")
+            assert model.scene_embedding_size == channels
+            assert rel_err(model.embed_segments(clips), maps[name].mean(dim=2).mean(dim=-1)) < TOLERANCE, name
+            # each frame alone: channels wide, the frequency mean of the map's time step
+            spec = model.card.layer(name)
+            frames = model.embed_segments(clips, frames=True)
+            count = (EXAMPLE_SAMPLES - spec.frame_field) // spec.frame_hop + 1
+            expected = maps[name].mean(dim=2).transpose(1, 2)[:, spec.frame_skip : spec.frame_skip + count]
+            assert frames.shape == (2, count, channels) and rel_err(frames, expected) < TOLERANCE, name
+            model.configure(freq_pool="flat")
+            assert model.scene_embedding_size == 2048
+            assert rel_err(model.embed_segments(clips), maps[name].permute(0, 3, 1, 2).flatten(2).mean(dim=1)) < TOLERANCE, name
+    finally:
+        model.configure(layers="embedding", freq_pool="flat", readout="mean")
+
+
+def test_frame_mode_reads_the_log_mel_and_blocks_of_the_whole_clip(converted):
+    """Frame mode reads each layer at its own rate: frame j must be the reference's output centred
+    on clip sample j x frame_hop, with the reference run once over the whole clip (no chunk edges),
+    although embedzoo computes it in chunks of at most one example (several per layer here)."""
+    ref, _, model, _, _ = converted
+    clip = make_audio(4 * SR + 1234, seed=12)
+    audio = torch.from_numpy(clip)[None]
+    try:
+        # the log-mel: frame j covers [160 j - 200, 160 j + 200), the clip delayed by 200 zeros
+        model.configure(mode="frame", layers="logmel", hop_ms=10, pad_mode="constant")
+        logmel, timestamps = model.timestamp_embeddings(audio, SR)
+        count = logmel.shape[1]
+        assert count == len(clip) // 160 + 1 and torch.allclose(timestamps[0], torch.arange(count) * 10.0)
+        delayed = np.concatenate([np.zeros(200), clip, np.zeros(400)])
+        assert rel_err(logmel[0], torch.from_numpy(reference_log_mel(delayed)[:count])) < TOLERANCE
+        for k, grid in enumerate(vggish_blocks(), 1):
+            # the reference's output i over the clip delayed by frame_field // 2 zeros is centred on
+            # clip sample (i - skip) x hop: our frame j is its output j + skip
+            hop, field, skip = grid.frame_hop, grid.frame_field, grid.skip
+            model.configure(layers=f"block{k}", hop_ms=hop * 1000 / SR)
+            frames, timestamps = model.timestamp_embeddings(audio, SR)
+            count = frames.shape[1]
+            assert count == len(clip) // hop + 1 and torch.allclose(timestamps[0], torch.arange(count) * hop * 1000.0 / SR)
+            delayed = np.concatenate([np.zeros(field // 2), clip, np.zeros(field + hop)])
+            block = reference_maps(ref, reference_log_mel(delayed))[f"block{k}"]  # (C, T, F)
+            expected = block.permute(1, 0, 2).flatten(1)[skip : skip + count]  # channel-major frames
+            assert rel_err(frames[0], expected) < TOLERANCE, k
+    finally:
+        model.configure(mode="window", layers="embedding", hop_ms=960, pad_mode="constant")
 
 
 # ---- conversion ---------------------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""A model family: what a plugin registers, stated once, torch-free.
+
+A family is a name, the module that builds its models (imported lazily, on first use) and a pure
+function from a card's `config` to the architecture's facts (`Geometry`: layer specs, native frame
+grid, window limits) -- timm's `feature_info` stated beside its config. The catalog's cards carry
+only what a checkpoint adds (sources, config, knobs, licence); `Family.complete` fills in the rest
+when the plugin is installed, so nothing about an architecture is written twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from embedzoo.card import LayerSpec, ModelCard
+from embedzoo.errors import CardError
+
+__all__ = ["Family", "Geometry"]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """An architecture's facts for one config, in samples at `sample_rate`.
+
+    `layers`: what `forward_layers` returns, in order (the last one is the default layer);
+    `frame_hop`/`frame_field`: the native frame grid of layers that do not state their own;
+    `min_window`/`max_window`: the shortest and longest input one forward takes;
+    `sample_rate`: the rate this config runs at, when the config decides it (else the card's).
+    """
+
+    layers: tuple[LayerSpec, ...]
+    frame_hop: int
+    frame_field: int
+    max_window: int
+    min_window: int = 1
+    sample_rate: int | None = None
+
+
+@dataclass(frozen=True)
+class Family:
+    """One architecture family: `register(Family(name, "pkg.model", geometry))` in a plugin's hook.
+
+    `model` names the module with `create_model(card)` and `checkpoint_filter_fn(state, model)`;
+    `geometry(config)` must be torch-free and cheap (the catalog calls it for every card).
+    """
+
+    name: str
+    model: str
+    geometry: Callable[[Mapping[str, Any]], Geometry]
+    plugin: str = ""  # filled in by the plugin loader: the entry point that registered it
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.model:
+            raise CardError("a Family needs a name and the module path of its model")
+        if not callable(self.geometry):
+            raise CardError(f"family {self.name}: geometry must be a function config -> Geometry")
+
+    def complete(self, card: ModelCard) -> ModelCard:
+        """The card with the architecture fields from `geometry(card.config)`, checked against the
+        card's own knobs (default layers, presets' layers, sample rate)."""
+        if card.family != self.name:
+            raise CardError(f"model {card.id} is of family {card.family!r}, not {self.name!r}")
+        try:
+            geometry = self.geometry(dict(card.config))
+        except CardError as exc:
+            raise CardError(f"model {card.id}: {exc.message}", hint=exc.hint) from exc
+        except Exception as exc:  # a geometry bug is the plugin's, reported with the card
+            raise CardError(f"model {card.id}: family {self.name}'s geometry failed on config {dict(card.config)}: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(geometry, Geometry):
+            raise CardError(f"family {self.name}: geometry() returned {type(geometry).__name__}, not Geometry")
+        if geometry.sample_rate is not None and geometry.sample_rate != card.sample_rate:
+            raise CardError(
+                f"model {card.id}: config {dict(card.config)} runs at {geometry.sample_rate} Hz, the card says {card.sample_rate}",
+                hint=f"set sample_rate: {geometry.sample_rate} in its registry entry",
+            )
+        fields = {f.name for f in dataclasses.fields(Geometry)} - {"sample_rate"}
+        completed = dataclasses.replace(card, **{name: getattr(geometry, name) for name in fields})
+        _check_knob_layers(completed)
+        return completed
+
+
+def _check_knob_layers(card: ModelCard) -> None:
+    """Every layer named by the card's defaults, presets and levels must exist."""
+    named = [("defaults", card.defaults)] + [(f"preset {name}", preset) for name, preset in card.presets.items()]
+    for where, knobs in named:
+        layers = knobs.get("layers", ())
+        for layer in [layers] if isinstance(layers, str) else layers:
+            for name in str(layer).replace(" ", "").split(","):
+                if name and name not in {spec.name for spec in card.layers}:
+                    raise CardError(
+                        f"model {card.id}: {where} names layer {name!r}, which this architecture does not have",
+                        hint=f"layers: {', '.join(spec.name for spec in card.layers)}",
+                    )

@@ -1,0 +1,406 @@
+"""The embedzoo cache: settings, on-disk layout, trust-on-first-use pins and bookkeeping.
+
+Torch-free on purpose: `embedzoo list` asks `is_cached` for every card and must stay fast.
+
+Layout (root = `cache_dir=` argument, else `$EMBEDZOO_CACHE`, else `$XDG_CACHE_HOME/embedzoo`,
+else `~/.cache/embedzoo`)::
+
+    <root>/models/<model id>/<key>/model.safetensors   converted weights, the only file extraction reads
+    <root>/models/<model id>/<key>/meta.json           provenance: source, original and safetensors sha256, ...
+    <root>/downloads/<url key>/<basename>              originals fetched from url sources (+ .part while downloading)
+    <root>/hf/                                         huggingface_hub cache (see `hf_cache_dir`)
+    <root>/pins.json                                   url -> {sha256, size, first_seen} for unpinned url sources
+
+`<key>` is the first 16 hex digits of the original's sha256 when the card pins one, else of a hash
+of the source's identity (hf repo@commit/file, url, or package==version/path): it changes whenever
+the original can change, so a stale conversion is never reused.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fnmatch
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+from embedzoo.card import ModelCard, Source
+
+__all__ = [
+    "MODEL_FILE", "META_FILE", "PINS_FILE", "cache_root", "mirror_root", "is_offline",
+    "hf_cache_dir", "sha256_file", "note_hash", "atomic_write_text", "file_lock", "now_iso",
+    "embedzoo_version", "source_identity", "cache_key", "converted_path", "download_dir",
+    "read_meta", "meta_matches", "is_cached", "pin_record", "recorded_pin", "record_pin",
+    "forget_pin", "CacheEntry", "cache_entries", "remove", "verify",
+]  # fmt: skip
+
+MODEL_FILE = "model.safetensors"
+META_FILE = "meta.json"
+PINS_FILE = "pins.json"
+_TRUE = {"1", "true", "yes", "on"}
+
+
+# ---------------------------------------------------------------------------------------- settings
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The embedzoo cache folder: argument, else $EMBEDZOO_CACHE, else the user cache folder."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("EMBEDZOO_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "embedzoo"
+
+
+def mirror_root(mirror: str | os.PathLike | None = None) -> Path | None:
+    """The local mirror folder (argument, else $EMBEDZOO_MIRROR), or None when there is none."""
+    if mirror is not None:
+        return Path(mirror).expanduser()
+    env = os.environ.get("EMBEDZOO_MIRROR")
+    return Path(env).expanduser() if env else None
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    """Offline mode: argument, else $EMBEDZOO_OFFLINE, else $HF_HUB_OFFLINE (read at call time)."""
+    if offline is not None:
+        return bool(offline)
+    value = os.environ.get("EMBEDZOO_OFFLINE")
+    if value is None:
+        value = os.environ.get("HF_HUB_OFFLINE", "")
+    return value.strip().lower() in _TRUE
+
+
+def hf_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where hub files go.
+
+    An explicit `cache_dir=` keeps everything in one folder: `<cache_dir>/hf`. Otherwise a hub cache
+    the user configured for huggingface_hub ($HF_HUB_CACHE, else $HF_HOME/hub) is shared, so files
+    already downloaded by transformers & co. are not fetched twice. Otherwise `<root>/hf`, so that
+    copying the embedzoo cache to an offline machine carries the originals too.
+    """
+    if cache_dir is not None:
+        return cache_root(cache_dir) / "hf"
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(name):
+            return Path(os.environ[name]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return cache_root() / "hf"
+
+
+# ------------------------------------------------------------------------------------------- files
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file, memoised per (path, size, mtime) so verify-then-record hashes once."""
+    stat = os.stat(path)
+    memo = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if memo not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        _HASHES[memo] = digest.hexdigest()
+    return _HASHES[memo]
+
+
+def note_hash(path: str | os.PathLike, sha256: str) -> None:
+    """Remember a hash computed under another name (a .part renamed into place) to avoid re-reading."""
+    stat = os.stat(path)
+    _HASHES[(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)] = sha256
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and os.replace: readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An inter-process lock (filelock, a huggingface_hub dependency), so two pulls never interleave."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path)):
+        yield
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def embedzoo_version() -> str:
+    try:
+        return importlib.metadata.version("embedzoo")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------------ layout
+
+
+def source_identity(source: Source) -> str:
+    """A string that changes whenever the file behind an unhashed source may change."""
+    if source.kind == "hf":
+        return f"hf:{source.repo}@{source.revision}/{source.filename}"
+    if source.kind == "url":
+        return f"url:{source.url}"
+    try:
+        version = importlib.metadata.version(source.package)
+    except importlib.metadata.PackageNotFoundError:
+        version = "?"
+    return f"package:{source.package}=={version}/{source.path}"
+
+
+def cache_key(card: ModelCard) -> str:
+    """The folder name of a card's conversion: its pinned original sha256, else its source identity."""
+    extras = [extra for source in card.sources for extra in source.extras]
+    suffix = ""
+    if extras:  # a checkpoint of several files: any of them changing makes another conversion
+        identity = "+".join(extra.sha256 or source_identity(extra) for extra in extras)
+        suffix = "-" + hashlib.sha256(identity.encode()).hexdigest()[:8]
+    for source in card.sources:
+        if source.sha256:
+            return source.sha256[:16] + suffix
+    identity = source_identity(card.sources[0]) if card.sources else f"nosource:{card.id}"
+    return "id-" + hashlib.sha256(identity.encode()).hexdigest()[:16] + suffix
+
+
+def converted_path(card: ModelCard, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the card's converted safetensors lives (whether or not it exists yet)."""
+    return cache_root(cache_dir) / "models" / card.id / cache_key(card) / MODEL_FILE
+
+
+def download_dir(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """One folder per url (basenames like `model.pth` are not unique across urls)."""
+    return cache_root(cache_dir) / "downloads" / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def read_meta(model_path: Path) -> dict[str, Any] | None:
+    """The meta.json beside a converted file, or None when missing or unreadable."""
+    try:
+        return json.loads((model_path.parent / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def meta_matches(card: ModelCard, model_path: Path) -> bool:
+    """True when a finished conversion for exactly this card and key sits at `model_path` (no hashing)."""
+    meta = read_meta(model_path)
+    if meta is None or meta.get("model_id") != card.id or meta.get("key") != cache_key(card):
+        return False
+    try:
+        return model_path.stat().st_size == meta.get("size")
+    except OSError:
+        return False
+
+
+def is_cached(card: ModelCard, cache_dir: str | os.PathLike | None = None) -> bool:
+    """True when `pull` would return at once: the card's converted weights are in the cache."""
+    return meta_matches(card, converted_path(card, cache_dir))
+
+
+# -------------------------------------------------------------------------------------------- pins
+
+
+def _pins_path(cache_dir: str | os.PathLike | None) -> Path:
+    return cache_root(cache_dir) / PINS_FILE
+
+
+def _read_pins(cache_dir: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(_pins_path(cache_dir).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        from embedzoo.errors import WeightsError
+
+        raise WeightsError(
+            f"the pins file {_pins_path(cache_dir)} is unreadable ({exc})",
+            hint="fix or delete it; deleting forgets the hashes recorded for unpinned urls",
+        ) from exc
+    return data if isinstance(data, dict) else {}
+
+
+def pin_record(source: Source, cache_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The full pins.json record (sha256, size, first_seen) for an unpinned url source."""
+    if source.kind != "url":
+        return None
+    return _read_pins(cache_dir).get(source.url)
+
+
+def recorded_pin(source: Source, cache_dir: str | os.PathLike | None = None) -> str | None:
+    """The sha256 recorded at first download of an unpinned url source (for `embedzoo info`)."""
+    record = pin_record(source, cache_dir)
+    return record.get("sha256") if record else None
+
+
+def record_pin(source: Source, sha256: str, size: int, cache_dir: str | os.PathLike | None = None) -> None:
+    """Trust on first use: remember what an unpinned url served the first time; never overwrite."""
+    path = _pins_path(cache_dir)
+    with file_lock(path.with_name(PINS_FILE + ".lock")):
+        pins = _read_pins(cache_dir)
+        if source.url in pins:
+            return
+        pins[source.url] = {"sha256": sha256, "size": size, "first_seen": now_iso()}
+        atomic_write_text(path, json.dumps(pins, indent=2, sort_keys=True) + "\n")
+
+
+def forget_pin(url: str, cache_dir: str | os.PathLike | None = None) -> bool:
+    """Drop a url's recorded hash (after deciding to trust a changed file); True if one was there."""
+    path = _pins_path(cache_dir)
+    with file_lock(path.with_name(PINS_FILE + ".lock")):
+        pins = _read_pins(cache_dir)
+        if pins.pop(url, None) is None:
+            return False
+        atomic_write_text(path, json.dumps(pins, indent=2, sort_keys=True) + "\n")
+        return True
+
+
+# ------------------------------------------------------------------------------------- bookkeeping
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One converted model in the cache, as `embedzoo cache ls` shows it."""
+
+    model_id: str
+    key: str
+    path: Path
+    size: int
+    date: str
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+def cache_entries(cache_dir: str | os.PathLike | None = None) -> list[CacheEntry]:
+    """Every converted model under the cache, including unfinished ones (no meta.json)."""
+    models = cache_root(cache_dir) / "models"
+    entries: list[CacheEntry] = []
+    if not models.is_dir():
+        return entries
+    for model_dir in sorted(p for p in models.iterdir() if p.is_dir()):
+        for key_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):
+            path = key_dir / MODEL_FILE
+            if not path.exists() and not (key_dir / META_FILE).exists():
+                continue
+            meta = read_meta(path) or {}
+            try:
+                stat = path.stat()
+                size, mtime = stat.st_size, stat.st_mtime
+            except OSError:
+                size, mtime = 0, 0.0
+            date = meta.get("date") or _dt.datetime.fromtimestamp(mtime, _dt.timezone.utc).replace(microsecond=0).isoformat()
+            entries.append(CacheEntry(model_dir.name, key_dir.name, path, size, date, meta.get("source", ""), meta))
+    return entries
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        Path(os.path.abspath(path)).relative_to(os.path.abspath(folder))
+        return True
+    except ValueError:
+        return False
+
+
+def remove(
+    patterns: str | Iterable[str],
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    originals: bool = True,
+) -> list[Path]:
+    """Delete the cached conversions of the model ids matching `patterns` (ids or globs).
+
+    With `originals`, also delete the original checkpoints embedzoo downloaded for them into this
+    cache (`downloads/`, `hf/`) when no remaining model uses them. pins.json is kept: forgetting a
+    hash would let a changed file be accepted silently on the next pull. Returns what was removed.
+    """
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    patterns = list(patterns)
+    root = cache_root(cache_dir)
+    entries = cache_entries(cache_dir)
+    doomed = [e for e in entries if any(fnmatch.fnmatchcase(e.model_id, p) for p in patterns)]
+    doomed_ids = {e.model_id for e in doomed}
+    removed: list[Path] = []
+    for model_id in sorted(doomed_ids):
+        folder = root / "models" / model_id
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    if originals:
+        still_used = {path for e in entries if e.model_id not in doomed_ids for path in _originals(e.meta)}
+        for entry in doomed:
+            for original in _originals(entry.meta):
+                if original not in still_used:
+                    removed.extend(_remove_original(Path(original), root))
+    return removed
+
+
+def _originals(meta: Mapping[str, Any]) -> list[str]:
+    """The original files a conversion was made from: the checkpoint and its extra files."""
+    paths = [meta.get("original_path")] + [extra.get("path") for extra in meta.get("extras", ())]
+    return [path for path in paths if path]
+
+
+def _remove_original(original: Path, root: Path) -> list[Path]:
+    """Remove a downloaded original, but only one inside this cache (never a mirror or a package)."""
+    out: list[Path] = []
+    downloads, hf = root / "downloads", root / "hf"
+    if _inside(original, downloads) and original.parent != downloads:
+        if original.parent.exists():
+            shutil.rmtree(original.parent, ignore_errors=True)
+            out.append(original.parent)
+    elif _inside(original, hf) and os.path.lexists(original):
+        blob = original.resolve()
+        original.unlink()
+        out.append(original)
+        if blob != original and blob.exists() and _inside(blob, hf):
+            blob.unlink()
+            out.append(blob)
+    return out
+
+
+def verify(cache_dir: str | os.PathLike | None = None) -> list[tuple[CacheEntry, bool, str]]:
+    """Re-hash every converted file against its meta.json and check that safetensors can open it."""
+    from safetensors import safe_open
+
+    results: list[tuple[CacheEntry, bool, str]] = []
+    for entry in cache_entries(cache_dir):
+        problem = ""
+        if not entry.meta:
+            problem = f"no readable {META_FILE} (interrupted conversion?)"
+        elif not entry.path.exists():
+            problem = f"{MODEL_FILE} is missing"
+        elif entry.size != entry.meta.get("size"):
+            problem = f"size is {entry.size} bytes, meta.json says {entry.meta.get('size')}"
+        else:
+            _HASHES.clear()  # verify must really re-read the bytes
+            actual = sha256_file(entry.path)
+            if actual != entry.meta.get("safetensors_sha256"):
+                problem = f"sha256 is {actual}, meta.json says {entry.meta.get('safetensors_sha256')}"
+            else:
+                try:
+                    with safe_open(str(entry.path), framework="pt") as handle:
+                        for name in handle.keys():
+                            handle.get_slice(name).get_shape()
+                except Exception as exc:  # safetensors raises its own error types
+                    problem = f"safetensors cannot open it: {exc}"
+        results.append((entry, not problem, problem))
+    return results

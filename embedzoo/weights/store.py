@@ -1,0 +1,305 @@
+"""Convert and store: an original checkpoint -> the model's state dict, saved once as safetensors.
+
+`pull` fetches a card's original (`embedzoo.weights.fetch`), converts it to the model's own
+state-dict layout with the plugin's `checkpoint_filter_fn` -- proven by a strict load into a fresh
+model -- and stores it in the cache with a meta.json of its provenance; extraction only ever reads
+that file (`load_weights`). Legacy pickles are read only with `torch.load(weights_only=True)`: a
+checkpoint that needs arbitrary code is refused. `convert_checkpoint` does the same conversion in
+memory for a file the user passes (`embedzoo.load(id, weights=PATH)`).
+
+torch and safetensors are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from embedzoo.card import ModelCard, Source
+from embedzoo.errors import ChecksumError, OfflineError, WeightsError
+from embedzoo.remap import unwrap_state_dict
+from embedzoo.weights.cache import (
+    META_FILE,
+    MODEL_FILE,
+    atomic_write_text,
+    cache_key,
+    converted_path,
+    embedzoo_version,
+    file_lock,
+    meta_matches,
+    now_iso,
+    sha256_file,
+)
+from embedzoo.weights.fetch import Progress, fetch_source
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = ["convert_checkpoint", "load_weights", "pull"]
+
+_LIST_LIMIT = 10
+
+
+# ----------------------------------------------------------------------------------------- convert
+
+
+def _load_original(path: Path, fmt: str) -> Any:
+    """Read an original checkpoint: safetensors, or a pickle restricted to tensors and containers."""
+    if fmt == "safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise WeightsError(
+                f"{path} is not a readable safetensors file: {exc}",
+                hint="the file may be truncated or in another format: delete it and pull again",
+            ) from exc
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"{path} holds Python objects besides tensors and containers; embedzoo unpickles checkpoints only with "
+            f"torch.load(weights_only=True) and refuses it ({first})",
+            hint="if you trust its author, load it yourself in a separate session and save the state dict with "
+            "safetensors.torch.save_file, then use that .safetensors file",
+        ) from exc
+    except Exception as exc:
+        raise WeightsError(
+            f"cannot read the checkpoint {path}: {type(exc).__name__}: {exc}",
+            hint="the file may be truncated or not a PyTorch checkpoint: delete it and pull again",
+        ) from exc
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_LIST_LIMIT])
+    return shown + (f" ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else "")
+
+
+def _merge_extras(card: ModelCard, path: Path, original: Any, extras: list[tuple[Path, str]]) -> Any:
+    """The main checkpoint's tensors plus those of its extra files (one dict; no key twice)."""
+    if not extras:
+        return original
+    merged = dict(unwrap_state_dict(original, card.id))
+    for extra_path, extra_fmt in extras:
+        extra = unwrap_state_dict(_load_original(extra_path, extra_fmt), card.id)
+        twice = sorted(set(merged) & set(extra))
+        if twice:
+            raise WeightsError(f"{extra_path} and {path} both hold {_listing(twice)} (model {card.id})")
+        merged.update(extra)
+    return merged
+
+
+def _convert(card: ModelCard, path: Path, fmt: str, extras: list[tuple[Path, str]] | None = None) -> dict[str, Tensor]:
+    """Original checkpoint (and its extra files) -> the model's state dict, proven by a strict
+    load into a fresh model."""
+    import torch
+
+    from embedzoo.plugins import family_module
+
+    original = _merge_extras(card, path, _load_original(path, fmt), extras or [])
+    module = family_module(card.family, card.plugin)
+    model = module.create_model(card)
+    own = model.state_dict()
+    already = (
+        isinstance(original, Mapping)
+        and set(original) == set(own)
+        and all(isinstance(value, torch.Tensor) for value in original.values())
+    )
+    if already:  # a checkpoint already in embedzoo's layout (e.g. one of our own safetensors)
+        state = dict(original)
+    else:
+        try:
+            state = module.checkpoint_filter_fn(original, model)
+        except Exception as exc:
+            raise WeightsError(
+                f"plugin {card.plugin} could not convert {path} for model {card.id}: {type(exc).__name__}: {exc}",
+                hint=f"is this really a checkpoint of {card.id}? the plugin expects the layout of its original release",
+            ) from exc
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"plugin {card.plugin}: checkpoint_filter_fn must return a dict of tensors (converting {path})")
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        lines = [f"the checkpoint {path} does not fit model {card.id} (plugin {card.plugin}) after conversion:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_listing(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+        if shapes:
+            lines.append(f"  shape mismatches ({len(shapes)}): {_listing(shapes)}")
+        hint = f"check that the file is a checkpoint of {card.id} (config {dict(card.config)})"
+        raise WeightsError("\n".join(lines), hint=hint)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"the converted checkpoint {path} does not load into model {card.id}: {exc}") from exc
+    return _standalone(state)
+
+
+def _standalone(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Contiguous tensors that own their memory: what safetensors can save (it refuses shared storage)."""
+    out: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in state.items():
+        tensor = tensor.detach().cpu().contiguous()
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() in seen or storage.nbytes() != tensor.numel() * tensor.element_size():
+            tensor = tensor.clone()
+            storage = tensor.untyped_storage()
+        seen.add(storage.data_ptr())
+        out[name] = tensor
+    return out
+
+
+def convert_checkpoint(card: ModelCard, path: str | os.PathLike) -> dict[str, Tensor]:
+    """A user-supplied checkpoint (`embedzoo.load(id, weights=PATH)`) converted in memory, as `pull` would.
+
+    `.safetensors` files are read with safetensors, anything else as a restricted pickle.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"no checkpoint file at {path}", hint="check the path given as weights=")
+    fmt = "safetensors" if path.suffix == ".safetensors" else "torch"
+    return _convert(card, path, fmt)
+
+
+# -------------------------------------------------------------------------------------------- pull
+
+
+def pull(
+    card: ModelCard,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    mirror: str | os.PathLike | None = None,
+    offline: bool | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> Path:
+    """Make sure the card's converted safetensors is in the cache and return its path.
+
+    Returns at once, touching no original, when a finished conversion is there (unless `force`,
+    which converts again; the original is verified again either way). Otherwise tries the card's
+    sources in order and converts the first one that can be fetched; if none can, raises one error
+    listing every source's (OfflineError when all were offline misses).
+    """
+    target = converted_path(card, cache_dir)
+    if not force and meta_matches(card, target):
+        return target
+    if not card.sources:
+        raise WeightsError(
+            f"model {card.id} lists no weight sources",
+            hint=f"pass a checkpoint yourself: embedzoo.load({card.id!r}, weights=PATH)",
+        )
+    with file_lock(target.parent.with_name(target.parent.name + ".lock")):
+        if not force and meta_matches(card, target):  # another process converted it meanwhile
+            return target
+        failures: list[tuple[Source, WeightsError]] = []
+        for source in card.sources:
+            try:
+                original = fetch_source(
+                    source, cache_dir=cache_dir, mirror=mirror, offline=offline, progress=progress, model_id=card.id
+                )
+                extras = [
+                    (fetch_source(extra, cache_dir=cache_dir, mirror=mirror, offline=offline, progress=progress, model_id=card.id), extra.format)
+                    for extra in source.extras
+                ]
+                break
+            except WeightsError as exc:
+                failures.append((source, exc))
+        else:
+            raise _all_failed(card, failures)
+        state = _convert(card, original, source.format, extras)
+        _save(card, source, original, state, target, [path for path, _ in extras])
+    return target
+
+
+def _all_failed(card: ModelCard, failures: list[tuple[Source, WeightsError]]) -> WeightsError:
+    if len(failures) == 1:
+        return failures[0][1]
+    lines = [f"could not get the weights of model {card.id} from any of its {len(failures)} sources:"]
+    for source, exc in failures:
+        lines.append(f"  - {source.describe()}: " + str(exc).replace("\n", "\n    "))
+    kinds = {type(exc) for _, exc in failures}
+    cls = OfflineError if kinds == {OfflineError} else ChecksumError if kinds == {ChecksumError} else WeightsError
+    return cls("\n".join(lines), hint=failures[0][1].hint)
+
+
+def _save(
+    card: ModelCard, source: Source, original: Path, state: dict[str, Tensor], target: Path, extras: list[Path] | None = None
+) -> None:
+    """Write model.safetensors, then meta.json, each atomically; no meta means no finished conversion."""
+    from safetensors.torch import save_file
+
+    original_sha = sha256_file(original)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (target.parent / META_FILE).unlink(missing_ok=True)
+    tmp = target.with_name(f".{MODEL_FILE}.{os.getpid()}.tmp")
+    try:
+        save_file(
+            state,
+            str(tmp),
+            metadata={"format": "pt", "embedzoo_model": card.id, "source": source.describe(), "original_sha256": original_sha},
+        )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        plugin_version = importlib.metadata.version(card.plugin)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        plugin_version = ""
+    meta = {
+        "model_id": card.id,
+        "key": cache_key(card),
+        "source": source.describe(),
+        "source_kind": source.kind,
+        "original_path": str(original),
+        "original_sha256": original_sha,
+        "original_size": original.stat().st_size,
+        "extras": [{"path": str(path), "sha256": sha256_file(path)} for path in extras or []],
+        "safetensors_sha256": sha256_file(target),
+        "size": target.stat().st_size,
+        "tensors": len(state),
+        "embedzoo_version": embedzoo_version(),
+        "plugin": card.plugin,
+        "plugin_version": plugin_version,
+        "date": now_iso(),
+    }
+    atomic_write_text(target.parent / META_FILE, json.dumps(meta, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------- load
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The tensors of a converted `.safetensors` file; extraction never unpickles anything."""
+    path = Path(path).expanduser()
+    if path.suffix != ".safetensors":
+        raise WeightsError(
+            f"{path} is not a .safetensors file; extraction only reads converted weights",
+            hint="convert it first: `embedzoo pull <model id>` for catalog weights, or embedzoo.load(id, weights=PATH), "
+            "which converts an original checkpoint (embedzoo.weights.convert_checkpoint)",
+        )
+    if not path.is_file():
+        raise WeightsError(f"no weights file at {path}", hint="run `embedzoo pull <model id>`")
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise WeightsError(
+            f"cannot read the weights file {path}: {exc}",
+            hint="it is damaged: `embedzoo cache verify` shows which, then pull the model again with --force",
+        ) from exc
