@@ -116,14 +116,14 @@ def main() -> None:
     with contextlib.redirect_stdout(io.StringIO()), autocast:  # the reference's first forward prints shapes
         base.get_scene_embeddings(warm.to(args.device), reference)
         base.get_timestamp_embeddings(warm, reference)
-    ours.scene_embeddings(warm)
-    ours.timestamp_embeddings(warm)
+    ours.scene_embeddings(warm, SR)
+    ours.timestamp_embeddings(warm, SR)
 
     load = os.getloadavg()[0]
     t_ref_scene, r_scene = timed(ref_scene, args.device, args.repeat)
-    t_our_scene, o_scene = timed(lambda: ours.scene_embeddings(audio), args.device, args.repeat)
+    t_our_scene, o_scene = timed(lambda: ours.scene_embeddings(audio, SR), args.device, args.repeat)
     t_ref_ts, (r_ts, r_times) = timed(ref_timestamps, args.device, args.repeat)
-    t_our_ts, (o_ts, o_times) = timed(lambda: ours.timestamp_embeddings(audio), args.device, args.repeat)
+    t_our_ts, (o_ts, o_times) = timed(lambda: ours.timestamp_embeddings(audio, SR), args.device, args.repeat)
     load_after = os.getloadavg()[0]
 
     print(f"PaSST-S base, random weights: hear21passt.base vs embedzoo {CARD} (preset base); {args.clips} clips x 10 s "

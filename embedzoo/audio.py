@@ -1,31 +1,46 @@
 """Files and arrays in, clean mono float32 at the model's sample rate out.
 
-Decoding is soundfile (libsndfile), resampling is soxr, and every problem with a file becomes an
-`AudioError` that names the file, says what is wrong and what to do, so a batch job can record it
-and go on with the next file. The module is torch-free: the CLI and DataLoader workers import it
-without paying for torch.
+Decoding is soundfile (libsndfile: wav, flac, ogg, mp3, ...) and PyAV (ffmpeg, bundled in its
+wheels) for the containers libsndfile cannot read (m4a, mp4, aac, webm, mka, ...); resampling is
+soxr, and every problem with a file becomes an `AudioError` that names the file, says what is wrong
+and what to do, so a batch job can record it and go on with the next file. The module is
+torch-free: the CLI and DataLoader workers import it without paying for torch.
 
 Decisions worth knowing:
-- Down-mixing is the plain mean over channels (what torchaudio, librosa and the HEAR recipes do).
+- Down-mixing is the plain mean over channels (what torchaudio, librosa and the HEAR recipes do),
+  also for files PyAV decodes (not ffmpeg's weighted down-mix matrices).
 - Resampling uses soxr quality "HQ" (see `resample`).
 - Samples beyond [-1, 1] (unnormalised or clipped float files) are kept as they are and warned
-  about (`ClippingWarning`): rescaling would silently change what the model sees.
+  about (`ClippingWarning`): rescaling would silently change what the model sees. Beyond
+  `MAX_SAMPLE_MAGNITUDE` (2**24, int24-scale floats) the file is refused: such values are no
+  audio level, and squared (power spectra, norms) they leave float32's range inside models.
+  NaN/Inf samples are refused with the time of the first.
+- Bounded geometry: decoding reads blocks of at most `_BLOCK_BYTES` of decoded samples whatever
+  the channel count, so a header declaring 1,024 channels costs no more memory than a stereo file.
+  Files must declare 1 to `MAX_CHANNELS` channels and a rate of `MIN_SAMPLE_RATE` to
+  `MAX_SAMPLE_RATE` Hz (below 1 kHz a tiny file would stand for hours of audio after resampling).
+- Arrays (`as_float_samples`): float arrays are taken as they are; int8/int16/int32 (and uint8)
+  PCM is scaled to [-1, 1) by its full scale; other dtypes are refused with a hint.
 - Truncated files (the header promises more audio than the file holds) are decoded as far as the
   data goes and a `TruncatedAudioWarning` is emitted: a half-copied hour of recording still has a
   usable first half. Where libsndfile cannot decode the rest at all (a FLAC stream cut mid-frame
   loses sync, a cut Ogg Vorbis file has no end page) the result is an `AudioError` as for any
   corrupt file. Detection is best effort: it relies on the frame count in the header and, for
-  WAV/AIFF-style files whose count libsndfile already shortened, on libsndfile's parser log.
+  WAV/AIFF-style files whose count libsndfile already shortened, on libsndfile's parser log; files
+  PyAV decodes are taken as far as they decode.
+- PyAV opens files as Python file objects (no ffmpeg protocols, so a name like 'concat:a|b' is just
+  a name) and only with the demuxers in `_PYAV_FORMATS` (no playlists that would open other files).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 import soundfile as sf
@@ -35,10 +50,17 @@ from embedzoo.errors import AudioError
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "MAX_CHANNELS",
+    "MAX_SAMPLE_MAGNITUDE",
+    "MAX_SAMPLE_RATE",
+    "MIN_SAMPLE_RATE",
+    "PYAV_EXTENSIONS",
+    "SOUNDFILE_EXTENSIONS",
     "AudioInfo",
     "AudioWarning",
     "ClippingWarning",
     "TruncatedAudioWarning",
+    "as_float_samples",
     "audio_info",
     "check_audio",
     "load_audio",
@@ -60,7 +82,26 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'embedzoo.audio' has no attribute {name!r}")
 
 
-def _readable_extensions() -> tuple[str, ...]:
+MIN_SAMPLE_RATE = 1000
+"""Lowest file sample rate read, Hz: below it a few kilobytes would resample to hours of audio."""
+MAX_SAMPLE_RATE = 1_000_000
+"""Highest file sample rate read, Hz (ultrasound recorders reach 1 MHz; beyond is a broken header)."""
+MAX_CHANNELS = 1024
+"""Most channels a file may declare (libsndfile's own limit; the PyAV path keeps to it too)."""
+MAX_SAMPLE_MAGNITUDE = float(2**24)
+"""Largest |sample| accepted: int24-scale float files pass (with a ClippingWarning), 3e38 does not."""
+
+_BLOCK_BYTES = 1 << 24  # decoded samples per read, all channels together: 16 MiB whatever the geometry
+_LOAD_BLOCK_FRAMES = 1 << 20  # load_audio reads in blocks too, so a bogus header cannot ask for terabytes at once
+
+PYAV_EXTENSIONS: tuple[str, ...] = (".m4a", ".mp4", ".aac", ".webm", ".mka", ".opus", ".mp3")
+"""Containers PyAV decodes (where this libsndfile cannot, or as its fallback)."""
+# demuxers PyAV may use (ffmpeg names; "mov" is mov/mp4/m4a, "matroska" is mkv/mka/webm): no
+# playlists (hls, concat) or image/network formats that would read other files
+_PYAV_FORMATS = "mov,matroska,ogg,aac,mp3,wav,w64,flac,aiff,caf,asf,au"
+
+
+def _soundfile_extensions() -> tuple[str, ...]:
     """Extensions of the containers this libsndfile build decodes (mp3 and opus need >= 1.1/1.0.29)."""
     formats = sf.available_formats()
     extensions = [".wav", ".flac", ".ogg", ".oga"]
@@ -72,11 +113,26 @@ def _readable_extensions() -> tuple[str, ...]:
     return tuple(extensions)
 
 
+def _have_pyav() -> bool:
+    return importlib.util.find_spec("av") is not None  # no import: discovery stays light
+
+
+def _readable_extensions() -> tuple[str, ...]:
+    """What folders and globs pick up: libsndfile's extensions, then PyAV's (a core dependency)."""
+    extensions = _soundfile_extensions()
+    if _have_pyav():
+        extensions += tuple(e for e in PYAV_EXTENSIONS if e not in extensions)
+    return extensions
+
+
+SOUNDFILE_EXTENSIONS: tuple[str, ...] = _soundfile_extensions()
+"""What libsndfile reads here; other files (and these, when libsndfile cannot open them) go to PyAV."""
 AUDIO_EXTENSIONS: tuple[str, ...] = _readable_extensions()
 """What folders and globs pick up (compared case-insensitively). A file named directly is always tried."""
 
-_DECODE_HINT = "check that it is an audio file soundfile can read (" + ", ".join(AUDIO_EXTENSIONS) + "); re-encode it, e.g. `ffmpeg -i IN OUT.flac`"
-_LOAD_BLOCK_FRAMES = 1 << 20  # load_audio reads in blocks too, so a bogus header cannot ask for terabytes at once
+_DECODE_HINT = (
+    "check that it is an audio file embedzoo can read (" + ", ".join(AUDIO_EXTENSIONS) + "); re-encode it, e.g. `ffmpeg -i IN OUT.flac`"
+)
 
 
 class AudioWarning(UserWarning):
@@ -147,16 +203,48 @@ def to_mono(x: np.ndarray) -> np.ndarray:
 
 
 def _check_rate(rate: int, what: str) -> int:
+    """A positive whole number of Hz (an int, a numpy integer or a float such as 16000.0)."""
+    if isinstance(rate, (float, np.floating)) and float(rate).is_integer():
+        rate = int(rate)
     if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
         raise AudioError(f"{what} must be a positive integer number of Hz, got {rate!r}", hint="pass e.g. 16000")
     return int(rate)
 
 
+# full scale of PCM dtypes: int16 -32768..32767 -> [-1, 1); uint8 is offset binary (8-bit WAV)
+_PCM_FULL_SCALE = {np.dtype(np.int8): 2.0**7, np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31, np.dtype(np.uint8): 2.0**7}
+
+
+def as_float_samples(x: Any, name: str = "audio") -> np.ndarray:
+    """An array of samples as floats, PCM integers scaled to [-1, 1) in float32; anything else refused.
+
+    Floats pass as they are (float64 stays float64, so that `check_audio` refuses values beyond
+    float32's range rather than seeing them turned into Inf). int8/int16/int32 are divided by their full scale (2**7, 2**15,
+    2**31) and uint8 is offset by 128 first, as WAV stores it. int64, unsigned 16/32/64-bit, bool,
+    complex and object arrays have no agreed meaning as audio and raise an AudioError.
+    """
+    x = np.asarray(x)
+    if x.dtype in _PCM_FULL_SCALE:
+        scale = _PCM_FULL_SCALE[x.dtype]
+        if x.dtype == np.uint8:
+            return ((x.astype(np.float32) - 128.0) / scale).astype(np.float32)
+        return (x.astype(np.float64) / scale).astype(np.float32)
+    if x.dtype.kind == "f":
+        return x if x.dtype == np.float64 else x.astype(np.float32, copy=False)  # float64 checked before narrowing
+    what = {"b": "booleans", "c": "complex numbers", "i": f"{x.dtype} integers", "u": f"{x.dtype} integers"}.get(x.dtype.kind, f"dtype {x.dtype}")
+    raise AudioError(
+        f"{name}: audio must be float samples or int8/int16/int32 PCM, got {what}",
+        hint="pass float32 in [-1, 1] (for 16-bit PCM held in a wider type: x.astype('int16') or x / 32768)",
+    )
+
+
 def _first_nonfinite(x: np.ndarray) -> int | None:
     """Frame index of the first NaN/Inf, or None (one fast vectorised pass when all is well)."""
-    if np.isfinite(x.sum(dtype=np.float64)):  # NaN/Inf always propagate to the sum; finite overflow cannot in float64
+    if np.isfinite(x.sum(dtype=np.float64)):  # NaN/Inf always propagate to the sum
         return None
     finite = np.isfinite(x) if x.ndim == 1 else np.isfinite(x).all(axis=1)
+    if finite.all():  # a float64 sum of huge finite values can overflow by itself
+        return None
     return int(np.argmin(finite))
 
 
@@ -164,6 +252,15 @@ def _raise_nonfinite(name: str, frame: int, sample_rate: int) -> None:
     raise AudioError(
         f"'{name}' contains NaN or Inf samples, the first at {frame / sample_rate:.3f} s (sample {frame})",
         hint="clean the file (replace non-finite samples or re-export it from the source) or leave it out",
+        path=name,
+    )
+
+
+def _raise_huge(name: str, peak: float, frame: int, sample_rate: int) -> None:
+    raise AudioError(
+        f"'{name}' has a sample of magnitude {peak:.3g} at {frame / sample_rate:.3f} s (sample {frame}), "
+        f"beyond the largest embedzoo accepts (2**24 = {MAX_SAMPLE_MAGNITUDE:.0f}): no audio level is that high",
+        hint="rescale it to [-1, 1] (e.g. `sox IN --norm OUT.wav`), or leave it out",
         path=name,
     )
 
@@ -178,28 +275,41 @@ def _warn_clipping(name: str, peak: float, frame: int, sample_rate: int, stackle
 
 
 def _peak(x: np.ndarray) -> tuple[float, int]:
-    """Largest |sample| and the frame where it is."""
+    """Largest |sample| and the frame where it is (-1 when within [-1, 1]: not needed, not searched,
+    so a long clip costs two passes and no copy)."""
+    peak = max(float(x.max()), -float(x.min()))
+    if peak <= 1.0:
+        return peak, -1
     flat_index = int(np.argmax(np.abs(x)))
-    frame = flat_index if x.ndim == 1 else flat_index // x.shape[1]
-    return float(np.abs(x.flat[flat_index])), frame
+    return peak, flat_index if x.ndim == 1 else flat_index // x.shape[1]
 
 
-def check_audio(x: np.ndarray, name: str, sample_rate: int) -> np.ndarray:
-    """Refuse what no model can use (no samples, NaN/Inf), warn about |x| > 1; float32 contiguous out.
+def _refuse_unusable(x: np.ndarray, name: str, sample_rate: int, start: int = 0) -> tuple[float, int]:
+    """Raise for NaN/Inf or samples beyond MAX_SAMPLE_MAGNITUDE (frame `start` is the block's first);
+    returns the peak and its frame within `x`."""
+    bad = _first_nonfinite(x)
+    if bad is not None:
+        _raise_nonfinite(name, start + bad, sample_rate)
+    peak, frame = _peak(x)
+    if peak > MAX_SAMPLE_MAGNITUDE:
+        _raise_huge(name, peak, start + frame, sample_rate)
+    return peak, frame
+
+
+def check_audio(x: np.ndarray, name: str, sample_rate: int, warn: bool = True) -> np.ndarray:
+    """Refuse what no model can use (no samples, NaN/Inf, |x| > MAX_SAMPLE_MAGNITUDE), warn about
+    |x| > 1 (unless `warn` is False); float32 contiguous out. Integer PCM is scaled (`as_float_samples`).
 
     `name` (a file name or "clip 3") goes into the messages; `sample_rate` turns sample indices into
     seconds so the user can find the bad spot in an editor.
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = as_float_samples(x, name)
     if x.size == 0:
         raise AudioError(f"'{name}' has no audio samples", hint="the file is empty (or cut short before its first sample); re-export it or leave it out", path=name)
-    bad = _first_nonfinite(x)
-    if bad is not None:
-        _raise_nonfinite(name, bad, sample_rate)
-    peak, frame = _peak(x)
-    if peak > 1.0:
+    peak, frame = _refuse_unusable(x, name, sample_rate)
+    if warn and peak > 1.0:
         _warn_clipping(name, peak, frame, sample_rate, stacklevel=2)
-    return x
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,18 +317,176 @@ def check_audio(x: np.ndarray, name: str, sample_rate: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def _open(path: Path) -> sf.SoundFile:
-    """Open for reading, turning every way this can fail into an AudioError naming the file."""
+class _Decoder(Protocol):
+    """An open file, read block by block: soundfile's or PyAV's."""
+
+    rate: int
+    channels: int
+    frames: int  # what the header says (an estimate for compressed containers; 0: unknown)
+    format: str
+    subtype: str
+
+    def read(self, frames: int) -> np.ndarray:
+        """Up to `frames` frames as (frames, channels) float32 (float64 for DOUBLE files); fewer only at the end."""
+
+    def truncated(self, decoded: int) -> bool:
+        """Did the header promise more than the `decoded` frames?"""
+
+    def close(self) -> None: ...
+
+
+class _CannotOpen(Exception):
+    """This decoder cannot open the file; the reason goes into the AudioError if no decoder can."""
+
+
+class _SoundfileDecoder:
+    def __init__(self, path: Path):
+        try:
+            self._file = sf.SoundFile(path)
+        except (sf.SoundFileError, RuntimeError, TypeError, ValueError, OSError) as error:
+            raise _CannotOpen(_soundfile_reason(error)) from error
+        f = self._file
+        self.rate, self.channels, self.frames, self.format, self.subtype = f.samplerate, f.channels, f.frames, f.format, f.subtype
+        self._dtype = np.float64 if f.subtype == "DOUBLE" else np.float32  # so 1e300 is refused as huge, not read as Inf
+
+    def read(self, frames: int) -> np.ndarray:
+        return _read_block(self._file, frames, self._dtype)
+
+    def truncated(self, decoded: int) -> bool:
+        return _looks_truncated(self._file, decoded)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _PyAVDecoder:
+    """The first audio stream of a container, through PyAV (ffmpeg), as planar float32 at the rate
+    and layout of its first frame (swresample converts the sample format only; down-mixing is ours)."""
+
+    def __init__(self, path: Path):
+        try:
+            import av
+        except ImportError as error:
+            raise _CannotOpen("reading this container needs PyAV: pip install av") from error
+        self._av = av
+        self._handle = open(path, "rb")
+        try:
+            self._container = av.open(self._handle, options={"format_whitelist": _PYAV_FORMATS}, metadata_errors="ignore")
+        except Exception as error:  # ffmpeg's open errors are many (InvalidDataError, ValueError, ...)
+            self._handle.close()
+            raise _CannotOpen(_pyav_reason(error)) from error
+        try:
+            streams = self._container.streams.audio
+            if not streams:
+                raise _CannotOpen("the container has no audio stream")
+            self._stream = streams[0]
+            self._rate = 0  # set from the first frame
+            self._frames = self._decode()
+            first = next(self._frames, None)  # the first frame's rate and layout are the truth (HE-AAC doubles the header's rate)
+        except _CannotOpen:
+            self.close()
+            raise
+        except Exception as error:
+            self.close()
+            raise _CannotOpen(_pyav_reason(error)) from error
+        self._pending: list[np.ndarray] = [] if first is None else [first]
+        self._pending_frames = 0 if first is None else len(first)
+        context = self._stream.codec_context
+        self.channels = first.shape[1] if first is not None else context.channels
+        self.rate = self._rate or context.sample_rate
+        self.format = self._container.format.name.split(",")[0].upper()
+        self.subtype = context.name.upper()
+        seconds = float(self._stream.duration * self._stream.time_base) if self._stream.duration else (self._container.duration or 0) / 1e6
+        self.frames = int(round(seconds * self.rate))
+
+    def _decode(self) -> Iterator[np.ndarray]:
+        resampler = None
+        for frame in self._container.decode(self._stream):
+            if resampler is None:
+                self._rate = frame.sample_rate
+                resampler = self._av.AudioResampler(format="fltp", layout=frame.layout, rate=frame.sample_rate)
+            for out in resampler.resample(frame):
+                yield out.to_ndarray().T
+        if resampler is not None:
+            for out in resampler.resample(None):
+                yield out.to_ndarray().T
+
+    def read(self, frames: int) -> np.ndarray:
+        try:
+            while self._pending_frames < frames:
+                block = next(self._frames, None)
+                if block is None:
+                    break
+                self._pending.append(block)
+                self._pending_frames += len(block)
+        except Exception as error:
+            raise RuntimeError(_pyav_reason(error)) from error
+        if not self._pending:
+            return np.zeros((0, self.channels), np.float32)
+        data = np.ascontiguousarray(np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0], dtype=np.float32)
+        out, rest = data[:frames], data[frames:]
+        self._pending, self._pending_frames = ([rest] if len(rest) else []), len(rest)
+        return out
+
+    def truncated(self, decoded: int) -> bool:
+        return False  # container durations are estimates; see the module docstring
+
+    def close(self) -> None:
+        container = getattr(self, "_container", None)
+        if container is not None:
+            container.close()
+        self._handle.close()
+
+
+def _pyav_reason(error: Exception) -> str:
+    message = str(error)
+    # PyAV adds "[Errno N] " and ": '<name>'" (the file object's name); the path is already in our message
+    message = re.sub(r"^\[Errno -?\d+\]\s*", "", message)
+    return re.sub(r":\s*'[^']*'\s*$", "", message).strip() or type(error).__name__
+
+
+def _check_geometry(path: Path, decoder: _Decoder) -> None:
+    """Refuse rates and channel counts no recording has (a corrupt or hostile header)."""
+    name = str(path)
+    if not MIN_SAMPLE_RATE <= decoder.rate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            f"'{path}' declares a sample rate of {decoder.rate} Hz; embedzoo reads {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz",
+            hint="the header is corrupt or the data is not audio; re-export it at its real rate, or leave it out",
+            path=name,
+        )
+    if not 1 <= decoder.channels <= MAX_CHANNELS:
+        raise AudioError(
+            f"'{path}' declares {decoder.channels} channels; embedzoo reads 1 to {MAX_CHANNELS}",
+            hint="the header is corrupt; down-mix or split the file first (e.g. `ffmpeg -i IN -ac 1 OUT.flac`), or leave it out",
+            path=name,
+        )
+
+
+def _open(path: Path) -> _Decoder:
+    """Open for reading with soundfile, else PyAV (PyAV first for its own containers), turning every
+    way this can fail into an AudioError naming the file."""
     if not path.exists():
         raise AudioError(f"audio file not found: '{path}'", hint="check the path; the file may have been moved or deleted", path=str(path))
     if path.is_dir():
         raise AudioError(f"'{path}' is a folder, not an audio file", hint="pass the folder to collect_inputs / `embedzoo embed` to process the files in it", path=str(path))
     if not os.access(path, os.R_OK):
         raise AudioError(f"cannot read '{path}': permission denied", hint="check the file's permissions", path=str(path))
-    try:
-        return sf.SoundFile(path)
-    except (sf.SoundFileError, RuntimeError, TypeError, ValueError, OSError) as error:
-        raise AudioError(f"cannot decode '{path}': {_soundfile_reason(error)}", hint=_DECODE_HINT, path=str(path)) from error
+    pyav_first = path.suffix.lower() in PYAV_EXTENSIONS and path.suffix.lower() not in SOUNDFILE_EXTENSIONS
+    decoders: list[type] = [_PyAVDecoder, _SoundfileDecoder] if pyav_first else [_SoundfileDecoder, _PyAVDecoder]
+    reason = None
+    for decoder_class in decoders:
+        try:
+            decoder = decoder_class(path)
+        except _CannotOpen as error:
+            reason = reason or str(error)  # the first decoder's reason is the one that fits the file's name
+            continue
+        try:
+            _check_geometry(path, decoder)
+        except AudioError:
+            decoder.close()
+            raise
+        return decoder
+    raise AudioError(f"cannot decode '{path}': {reason}", hint=_DECODE_HINT, path=str(path))
 
 
 def _soundfile_reason(error: Exception) -> str:
@@ -228,10 +496,14 @@ def _soundfile_reason(error: Exception) -> str:
 
 
 def audio_info(path: str | Path) -> AudioInfo:
-    """Sample rate, channels, frames and duration from the file's header, without decoding it."""
+    """Sample rate, channels, frames and duration from the file's header (PyAV's containers: the
+    first frame and the container's duration), without decoding the file."""
     path = Path(path)
-    with _open(path) as f:
-        return AudioInfo(path=path, sample_rate=f.samplerate, channels=f.channels, frames=f.frames, format=f.format, subtype=f.subtype)
+    decoder = _open(path)
+    try:
+        return AudioInfo(path=path, sample_rate=decoder.rate, channels=decoder.channels, frames=decoder.frames, format=decoder.format, subtype=decoder.subtype)
+    finally:
+        decoder.close()
 
 
 # libsndfile's parser log: "data : 128000 (should be 63978)" when a chunk claims more bytes than the
@@ -256,8 +528,8 @@ def _looks_truncated(f: sf.SoundFile, decoded_frames: int) -> bool:
     return any(note in log.lower() for note in _CUT_NOTES)
 
 
-def _read_block(f: sf.SoundFile, frames: int) -> np.ndarray:
-    """Up to `frames` frames as (frames, channels) float32; fewer only at the end of the file.
+def _read_block(f: sf.SoundFile, frames: int, dtype: type = np.float32) -> np.ndarray:
+    """Up to `frames` frames as (frames, channels) `dtype` (float32 or float64); fewer only at the end of the file.
 
     Calls libsndfile directly: `SoundFile.read` seeks back to its own idea of the position after
     every call, and libsndfile 1.2's MP3 and Opus seeks are not sample-accurate, so block-wise
@@ -265,62 +537,74 @@ def _read_block(f: sf.SoundFile, frames: int) -> np.ndarray:
     fine. Without the seek, reading in blocks gives what one read gives.
     """
     lib, ffi, handle = getattr(sf, "_snd", None), getattr(sf, "_ffi", None), getattr(f, "_file", None)
+    double = np.dtype(dtype) == np.float64
     if lib is None or ffi is None or handle is None:  # a soundfile without these internals
-        return f.read(frames, dtype="float32", always_2d=True)
-    out = np.empty((frames, f.channels), dtype=np.float32)
-    got = lib.sf_readf_float(handle, ffi.cast("float *", out.ctypes.data), frames)
+        return f.read(frames, dtype="float64" if double else "float32", always_2d=True)
+    out = np.empty((frames, f.channels), dtype=np.float64 if double else np.float32)
+    if double:
+        got = lib.sf_readf_double(handle, ffi.cast("double *", out.ctypes.data), frames)
+    else:
+        got = lib.sf_readf_float(handle, ffi.cast("float *", out.ctypes.data), frames)
     code = lib.sf_error(handle)
     if code:
         raise sf.LibsndfileError(code)
     return out[:got]
 
 
-def _decoded_blocks(path: Path, block_seconds: float | None) -> Iterator[tuple[np.ndarray, int]]:
-    """(mono float32 block, file sample rate) until the end; checks NaN/Inf per block, warns on |x|>1 once.
+def _block_frames(decoder: _Decoder, block_seconds: float | None) -> int:
+    """Frames per read: `block_seconds` (or `_LOAD_BLOCK_FRAMES`), capped so that a block of all
+    channels stays within `_BLOCK_BYTES` -- 1,024 channels or a 1 MHz rate cost no more memory."""
+    wanted = _LOAD_BLOCK_FRAMES if block_seconds is None else max(1, int(round(block_seconds * decoder.rate)))
+    return max(1, min(wanted, _BLOCK_BYTES // (8 * decoder.channels)))
 
-    Blocks are `block_seconds` long (the last may be shorter), or `_LOAD_BLOCK_FRAMES` when None.
+
+def _decoded_blocks(path: Path, block_seconds: float | None) -> Iterator[tuple[np.ndarray, int]]:
+    """(mono float32 block, file sample rate) until the end; refuses NaN/Inf and huge samples per
+    block (in any channel, before the down-mix), warns on |x|>1 once.
+
+    Blocks are `block_seconds` long (the last may be shorter), or `_LOAD_BLOCK_FRAMES` when None,
+    and never more than `_BLOCK_BYTES` of decoded samples.
 
     Raises AudioError for files that cannot be opened or decoded, and for files with no samples.
     """
     name = str(path)
-    with _open(path) as f:
-        rate = f.samplerate
-        block_frames = _LOAD_BLOCK_FRAMES if block_seconds is None else max(1, int(round(block_seconds * rate)))
+    decoder = _open(path)
+    try:
+        rate = decoder.rate
+        block_frames = _block_frames(decoder, block_seconds)
         decoded = 0
         warned_clipping = False
         while True:
             try:
-                block = _read_block(f, block_frames)
-            except (sf.SoundFileError, RuntimeError, ValueError, MemoryError) as error:
+                block = decoder.read(block_frames)
+            except (sf.SoundFileError, RuntimeError, ValueError, OSError, MemoryError) as error:
                 where = f" beyond {decoded / rate:.3f} s" if decoded else ""
                 raise AudioError(f"cannot decode '{path}'{where}: {_soundfile_reason(error)}", hint="the file is corrupt or truncated; re-encode or re-copy it, or leave it out", path=name) from error
             if len(block) == 0:
                 break
+            peak, frame = _refuse_unusable(block, name, rate, start=decoded)
+            if not warned_clipping and peak > 1.0:
+                _warn_clipping(name, peak, decoded + frame, rate, stacklevel=3)
+                warned_clipping = True
             mono = np.ascontiguousarray(to_mono(block), dtype=np.float32)
-            bad = _first_nonfinite(mono)
-            if bad is not None:
-                _raise_nonfinite(name, decoded + bad, rate)
-            if not warned_clipping:
-                peak, frame = _peak(mono)
-                if peak > 1.0:
-                    _warn_clipping(name, peak, decoded + frame, rate, stacklevel=3)
-                    warned_clipping = True
             decoded += len(mono)
             yield mono, rate
         if decoded == 0:
             raise AudioError(
-                f"'{path}' has no audio samples" + (f" (its header promises {f.frames} frames)" if f.frames else ""),
+                f"'{path}' has no audio samples" + (f" (its header promises {decoder.frames} frames)" if decoder.frames else ""),
                 hint="the file is empty, or truncated/corrupt before its first sample; re-export it or leave it out",
                 path=name,
             )
-        if _looks_truncated(f, decoded):
-            promised = f"{f.frames / rate:.3f} s" if f.frames > decoded else "more"
+        if decoder.truncated(decoded):
+            promised = f"{decoder.frames / rate:.3f} s" if decoder.frames > decoded else "more"
             warnings.warn(
                 f"'{path}' looks truncated: decoded {decoded / rate:.3f} s where its header promises {promised}; "
                 "using what is there",
                 TruncatedAudioWarning,
                 stacklevel=3,
             )
+    finally:
+        decoder.close()
 
 
 def _too_short(path: Path, frames: int, sr_in: int, sr_out: int) -> AudioError:

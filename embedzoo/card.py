@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
@@ -23,6 +24,40 @@ SOURCE_KINDS: tuple[str, ...] = ("hf", "url", "package")
 CHECKPOINT_FORMATS: tuple[str, ...] = ("torch", "safetensors")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HF_REPO = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*$")  # [org/]name, as the hub allows
+_DIST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")  # a distribution name (PEP 508)
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why `name` cannot be one file name inside a cache or mirror folder, or None when it can.
+
+    Names from cards and urls become paths on disk: '..', a separator, an absolute path or a NUL
+    would let a card reach outside its folder (write, delete or read files elsewhere)."""
+    if not name:
+        return "it is empty"
+    if name in (".", ".."):
+        return f"{name!r} is not a file name"
+    if "/" in name or "\\" in name:
+        return "it holds a path separator"
+    if any(ord(char) < 32 or char == "\x7f" for char in name):
+        return "it holds a control character"
+    return None
+
+
+def unsafe_relpath(path: str) -> str | None:
+    """Why `path` cannot be a relative file path below a folder (a hub file in a repo, a file in a
+    package), or None when it can: '/'-separated safe names, nothing absolute, no '..' or '.'."""
+    if not path:
+        return "it is empty"
+    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+        return "it is absolute"
+    if "\\" in path:
+        return "it holds a backslash (use '/')"
+    for part in path.split("/"):
+        problem = unsafe_name(part)
+        if problem:
+            return f"the part {part!r} is not allowed: {problem}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -68,11 +103,50 @@ class Source:
                     f"source {where}: revision must be a full 40-hex commit id, not {self.revision!r}",
                     hint="pin the commit shown on the model's 'Files' page of the hub",
                 )
+            if not _HF_REPO.match(self.repo) or ".." in self.repo:
+                raise CardError(
+                    f"source {where}: repo must be 'org/name' (letters, digits, '.', '_', '-'), not {self.repo!r}",
+                    hint="use the repo id shown on the model's hub page",
+                )
+            self._check_path("filename", self.filename)
         elif self.kind == "url":
             if not self.url.startswith(("http://", "https://")):
                 raise CardError(f"source {where}: a url source needs an http(s) url")
-        elif self.kind == "package" and not (self.package and self.path):
-            raise CardError(f"source {where}: a package source needs package and path")
+            if self.filename:
+                self._check_name("filename", self.filename)
+            else:  # the url's last segment names the download and the mirror file: it must be a name
+                for name in {self.basename, urllib.parse.unquote(self.basename)}:
+                    problem = unsafe_name(name)
+                    if problem:
+                        raise CardError(
+                            f"source {where}: the url's last segment {name!r} cannot name a file ({problem})",
+                            hint="give the source a `filename:` (one file name, no '/')",
+                        )
+        elif self.kind == "package":
+            if not (self.package and self.path):
+                raise CardError(f"source {where}: a package source needs package and path")
+            if not _DIST_NAME.match(self.package):
+                raise CardError(
+                    f"source {where}: {self.package!r} is not a distribution name",
+                    hint="use the name `pip install` takes (letters, digits, '.', '_', '-')",
+                )
+            self._check_path("path", self.path)
+
+    def _check_name(self, what: str, value: str) -> None:
+        problem = unsafe_name(value)
+        if problem:
+            raise CardError(
+                f"source {self.describe()}: {what} {value!r} must be one file name ({problem})",
+                hint="a card names files, never places: no '/', '\\', '..' or absolute paths",
+            )
+
+    def _check_path(self, what: str, value: str) -> None:
+        problem = unsafe_relpath(value)
+        if problem:
+            raise CardError(
+                f"source {self.describe()}: {what} {value!r} must be a relative path inside its repo or package ({problem})",
+                hint="use '/'-separated names below the repo or package root, without '..' or a leading '/'",
+            )
 
     @property
     def basename(self) -> str:

@@ -37,15 +37,48 @@ class ClipEmbeddings:
     timestamps: Tensor | None = None
 
 
+def available_devices() -> list[str]:
+    """The devices this machine has, as `--device` spells them: cpu, cuda, cuda:0, ..., mps."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' is CUDA when present (then Apple's MPS), else the CPU."""
+    """'auto' is CUDA when present (then Apple's MPS), else the CPU. A device torch does not know
+    ('gpu') or this machine lacks ('cuda' without a GPU) is a ConfigError listing the ones there
+    are, raised here rather than at the first forward, after minutes of loading."""
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    here = ", ".join(["auto", *available_devices()])
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"unknown device {str(device)!r}", hint=f"use one of: {here} ('cuda' is an NVIDIA or AMD GPU, 'mps' Apple's)") from None
+    if chosen.type == "cpu":
+        return chosen
+    if chosen.type == "cuda":
+        present = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if chosen.index is None and present or chosen.index is not None and chosen.index < present:
+            return chosen
+        what = "no CUDA GPU" if not present else f"{present} CUDA GPU(s), numbered 0 to {present - 1}"
+    elif chosen.type == "mps":
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return chosen
+        what = "no Apple MPS device"
+    else:
+        backend = getattr(torch, chosen.type, None)
+        if backend is not None and getattr(backend, "is_available", lambda: False)():
+            return chosen
+        what = f"no {chosen.type} device"
+    raise ConfigError(f"device {str(device)!r} is not available: this machine has {what}", hint=f"use one of: {here}")
 
 
 class Extractor(torch.nn.Module, abc.ABC):
@@ -229,43 +262,71 @@ class Extractor(torch.nn.Module, abc.ABC):
 
     # ---- the public API ---------------------------------------------------------------------
 
-    def _prepare(self, audio: Tensor | np.ndarray | Sequence, sample_rate: int | None) -> list[np.ndarray]:
-        """Rows of a (batch, samples) tensor/array, or a list of 1-d clips, at the model's rate."""
-        if isinstance(audio, Tensor):
-            audio = audio.detach().float().cpu().numpy()
-        if isinstance(audio, np.ndarray):
-            if audio.ndim == 1:
-                audio = audio[None, :]
-            if audio.ndim != 2:
-                raise AudioError(f"audio must be (batch, samples), got shape {audio.shape}", hint="down-mix channels first")
-            clips = list(audio)
+    def _prepare(self, audio: Tensor | np.ndarray | Sequence, sample_rate: int) -> list[np.ndarray]:
+        """Rows of a (batch, samples) tensor/array, or a sequence of 1-d clips, checked and at the
+        model's rate. The rate is never guessed: a wrong guess gives plausible, wrong embeddings."""
+        from embedzoo.audio import _check_rate, as_float_samples, check_audio, resample
+
+        if sample_rate is None:
+            raise AudioError(
+                f"{self.card.id}: the audio's sample rate is missing",
+                hint=f"pass it, e.g. model.embed(clips, 16000); the model runs at {self.card.sample_rate} Hz and other rates are resampled"
+                f" (HEAR's get_*_embeddings and model(audio) take audio at model.sample_rate, {self.sample_rate} Hz)",
+            )
+        try:
+            rate = _check_rate(sample_rate, "sample_rate")
+        except AudioError as error:
+            raise AudioError(f"{self.card.id}: {error.message}", hint=error.hint) from None
+
+        def samples(x: Any, name: str) -> np.ndarray:
+            if isinstance(x, Tensor):
+                x = x.detach().cpu()
+                x = (x.float() if x.is_floating_point() else x).numpy()  # ints keep their dtype, to be scaled as PCM
+            return as_float_samples(x, name)
+
+        if isinstance(audio, (Tensor, np.ndarray)):
+            array = samples(audio, "audio")
+            if array.ndim not in (1, 2):
+                raise AudioError(
+                    f"audio must be (samples,) or (batch, samples), got shape {tuple(array.shape)}",
+                    hint="down-mix channels first (e.g. audio.mean(axis=-1) for (batch, samples, channels)), or pass a list of 1-d clips",
+                )
+            clips = [array] if array.ndim == 1 else list(array)
+        elif isinstance(audio, (str, bytes)) or not isinstance(audio, Sequence):
+            raise AudioError(
+                f"audio must be an array, a tensor or a list of 1-d clips, got {type(audio).__name__}",
+                hint="for files, decode them first (embedzoo.audio.load_audio) or use `embedzoo embed`",
+            )
         else:
-            clips = [np.asarray(c.detach().cpu() if isinstance(c, Tensor) else c, dtype=np.float32).reshape(-1) for c in audio]
-        rate = sample_rate or self.sample_rate
+            clips = []
+            for index, clip in enumerate(audio):
+                clip = samples(clip, f"clip {index}")
+                if clip.ndim != 1:
+                    raise AudioError(
+                        f"clip {index} must be 1-d (samples,), got shape {tuple(clip.shape)}",
+                        hint="down-mix channels first (e.g. clip.mean(axis=-1)); pass each clip of a batch separately",
+                    )
+                clips.append(clip)
         out = []
         for index, clip in enumerate(clips):
-            clip = np.ascontiguousarray(clip, dtype=np.float32)
             if clip.size == 0:
                 raise AudioError(f"clip {index} is empty", hint="pass at least one sample per clip")
-            if not np.isfinite(clip).all():
-                bad = int(np.argmin(np.isfinite(clip)))
-                raise AudioError(f"clip {index} has NaN/Inf at {bad / rate:.3f} s", hint="clean or drop the clip")
+            clip = check_audio(clip, f"clip {index}", rate, warn=False)  # NaN/Inf or beyond 2**24: refused, with the time
             if rate != self.card.sample_rate:
-                from embedzoo.audio import resample
-
                 clip = resample(clip, rate, self.card.sample_rate)
             out.append(clip)
         return out
 
     def embed(
-        self, clips: Iterable, sample_rate: int | None = None, scene: bool = True, timestamp: bool = True,
+        self, clips: Iterable, sample_rate: int, scene: bool = True, timestamp: bool = True,
         knobs: Knobs | dict[str, Any] | None = None,
     ) -> list[ClipEmbeddings]:
-        """Embeddings of clips of any lengths (1-d arrays/tensors, or rows of a 2-d one); `knobs`
-        (see `with_knobs`) apply to this call only."""
+        """Embeddings of clips of any lengths (1-d arrays/tensors, or rows of a 2-d one) at
+        `sample_rate` Hz (required: resampled to the model's rate); `knobs` (see `with_knobs`)
+        apply to this call only. float samples are taken as they are, int16/int32 PCM is scaled."""
         if knobs is not None:
             return self.with_knobs(knobs).embed(clips, sample_rate, scene, timestamp)
-        prepared = self._prepare(clips if isinstance(clips, (Tensor, np.ndarray)) else list(clips), sample_rate)
+        prepared = self._prepare(clips if isinstance(clips, (Tensor, np.ndarray, str, bytes)) else list(clips), sample_rate)
         session = Session(self, scene=scene, timestamp=timestamp)
         # pushed in slices, so a long clip is windowed as it goes rather than copied whole
         step = max(self.card.max_window, int(self.knobs.batch_seconds * self.card.sample_rate))
@@ -278,14 +339,14 @@ class Extractor(torch.nn.Module, abc.ABC):
         done = dict(session.take())
         return [done[key] for key in range(len(prepared))]
 
-    def scene_embeddings(self, audio: Tensor | np.ndarray, sample_rate: int | None = None) -> Tensor:
-        """(batch, samples) -> (batch, scene_embedding_size), on the input's device for tensors."""
+    def scene_embeddings(self, audio: Tensor | np.ndarray, sample_rate: int) -> Tensor:
+        """(batch, samples) at `sample_rate` Hz -> (batch, scene_embedding_size), on the input's device for tensors."""
         results = self.embed(audio, sample_rate, scene=True, timestamp=False)
         out = torch.stack([r.scene for r in results])
         return out.to(audio.device) if isinstance(audio, Tensor) else out
 
-    def timestamp_embeddings(self, audio: Tensor | np.ndarray, sample_rate: int | None = None) -> tuple[Tensor, Tensor]:
-        """(batch, samples) -> ((batch, T, timestamp_embedding_size), (batch, T) centres in ms)."""
+    def timestamp_embeddings(self, audio: Tensor | np.ndarray, sample_rate: int) -> tuple[Tensor, Tensor]:
+        """(batch, samples) at `sample_rate` Hz -> ((batch, T, timestamp_embedding_size), (batch, T) centres in ms)."""
         results = self.embed(audio, sample_rate, scene=False, timestamp=True)
         embeddings = torch.stack([r.timestamp for r in results])
         timestamps = torch.stack([r.timestamps for r in results])
@@ -293,9 +354,10 @@ class Extractor(torch.nn.Module, abc.ABC):
             return embeddings.to(audio.device), timestamps.to(audio.device)
         return embeddings, timestamps
 
-    def forward(self, audio: Tensor) -> Tensor:
-        """nn.Module call: scene embeddings of a (batch, samples) tensor at the model's rate."""
-        return self.scene_embeddings(audio)
+    def forward(self, audio: Tensor, sample_rate: int | None = None) -> Tensor:
+        """nn.Module call: scene embeddings of a (batch, samples) tensor, at `sample_rate` or, as in
+        the HEAR API, at `self.sample_rate` (`input_rate`, else the model's rate)."""
+        return self.scene_embeddings(audio, self.sample_rate if sample_rate is None else sample_rate)
 
 
 def as_sequence(output: Tensor, spec: LayerSpec, model_id: str = "") -> Tensor:

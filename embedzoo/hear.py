@@ -36,9 +36,9 @@ def load_model(model_file_path: str = "", device: str = "auto", **knobs) -> Extr
 
 def get_scene_embeddings(audio: Tensor, model: Extractor) -> Tensor:
     """audio (n_sounds, n_samples) at model.sample_rate -> (n_sounds, model.scene_embedding_size)."""
-    return model.scene_embeddings(audio)
+    return model.scene_embeddings(audio, model.sample_rate)  # HEAR's contract: audio at the model's attribute
 
 
 def get_timestamp_embeddings(audio: Tensor, model: Extractor) -> tuple[Tensor, Tensor]:
-    """audio (n_sounds, n_samples) -> embeddings (n_sounds, T, size), timestamps (n_sounds, T) in ms."""
-    return model.timestamp_embeddings(audio)
+    """audio (n_sounds, n_samples) at model.sample_rate -> embeddings (n_sounds, T, size), timestamps (n_sounds, T) in ms."""
+    return model.timestamp_embeddings(audio, model.sample_rate)

@@ -1,33 +1,44 @@
 """Input discovery for jobs: files, folders and glob patterns -> a sorted list of uniquely named files.
 
 `embedzoo embed` names each output after its input's path relative to the folder (or glob root) it
-was found in, extension kept, so names are a function of each file, never of the rest of the input
-set; clashes (also case-insensitive ones, for macOS and Windows outputs) are resolved
-deterministically. Folders and globs pick what `embedzoo.audio` can decode (`AUDIO_EXTENSIONS`).
+was found in, extension kept, made safe for every file system and shell (`safe_name`). Names are
+a function of each file, never of the rest of the input set: when two files want one name (also
+case-insensitively, for macOS and Windows outputs), the first input keeps it and the other takes
+`name~<8 hex of its content's sha256>` (`name_candidates`), so adding an input never renames the
+outputs of the others. Folders and globs pick what `embedzoo.audio` can decode (`AUDIO_EXTENSIONS`).
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
-from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 from embedzoo.audio import AUDIO_EXTENSIONS
 from embedzoo.errors import AudioError
 
-__all__ = ["InputFile", "collect_inputs"]
+__all__ = ["NAME_BYTES", "InputFile", "collect_inputs", "name_candidates", "safe_name", "tagged_name"]
 
 
 @dataclass(frozen=True)
 class InputFile:
-    """One audio file to process; `name` (relative to its input root, extension kept) names its outputs."""
+    """One audio file to process; `name` (relative to its input root, extension kept) names its outputs.
+
+    `base` is the name before a clash was resolved (`name` may be `base` plus `~<content hash>`);
+    `embed_files` resolves clashes again against what the output folder already holds.
+    """
 
     path: Path
     name: str
+    base: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.base:
+            object.__setattr__(self, "base", self.name)
 
 
 @dataclass
@@ -123,45 +134,112 @@ def _expand(text: str, source: int) -> list[_Found]:
     return found
 
 
+# ---- names ------------------------------------------------------------------------------------
+
+NAME_BYTES = 240
+"""Longest name component, in UTF-8 bytes: 255 (NAME_MAX) less the longest output suffix
+('.timestamps.npy'), so every output's file name fits the file system."""
+
+_TEMP_LOOKALIKE = ".embedzoo-"  # what embedzoo's own temporary files start with (see pipeline)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8 (os.fsdecode's surrogateescape)
+        return f"%{code - 0xDC00:02X}"
+    if code < 0x20 or 0x7F <= code <= 0x9F or code in (0x2028, 0x2029):  # control characters, newlines
+        return f"%{code:02X}" if code < 0x100 else f"%u{code:04X}"
+    if 0xD800 <= code <= 0xDFFF:  # any other lone surrogate: not encodable
+        return f"%u{code:04X}"
+    return char
+
+
+def _shorten(part: str, limit: int = NAME_BYTES) -> str:
+    """`part` if it fits in `limit` UTF-8 bytes, else its start + '~' + 8 hex of its hash + its extension."""
+    if len(part.encode("utf-8")) <= limit:
+        return part
+    head, _, tail = part.rpartition(".")
+    ext = "." + tail if head and len(tail) <= 16 else ""
+    stem = part[: len(part) - len(ext)]
+    tag = "~" + hashlib.sha256(part.encode("utf-8")).hexdigest()[:8] + ext
+    budget = limit - len(tag.encode("utf-8"))
+    return stem.encode("utf-8")[:budget].decode("utf-8", "ignore") + tag
+
+
+def safe_name(name: str) -> str:
+    """A name every file system and shell tool takes, changed only where it must be.
+
+    Per '/'-separated component: bytes that are not UTF-8 and control characters (newlines, tabs)
+    become %XX; a leading '-' (read as an option by `rm *`) becomes %2D; a component that could be
+    taken for embedzoo's temporary files gets its '.' escaped (%2E); '.' and '..' are escaped; a
+    component longer than `NAME_BYTES` is cut and gets a hash of the whole. Deterministic, and the
+    identity on ordinary names; two names it maps together are told apart like any clash.
+    """
+    parts = []
+    for part in name.split("/"):
+        if not part:
+            continue
+        safe = "".join(_escaped(c) for c in part)
+        if safe in (".", ".."):
+            safe = safe.replace(".", "%2E")
+        if safe.startswith("-"):
+            safe = "%2D" + safe[1:]
+        if safe.startswith(_TEMP_LOOKALIKE):
+            safe = "%2E" + safe[1:]
+        parts.append(_shorten(safe))
+    return "/".join(parts) or "%00"
+
+
+def tagged_name(name: str, tag: str) -> str:
+    """`name` with `~tag` before the extension of its last component ('a/x.wav' -> 'a/x~tag.wav')."""
+    folder, _, last = name.rpartition("/")
+    stem, dot, ext = last.rpartition(".")
+    if not stem:
+        stem, dot, ext = last, "", ""
+    tagged = _shorten(f"{stem}~{tag}{dot}{ext}")
+    return f"{folder}/{tagged}" if folder else tagged
+
+
+def name_candidates(base: str, content_sha256: Callable[[], str]) -> Iterator[str]:
+    """The names a file may take, in order: its own name, then `name~<8 hex of its content's
+    sha256>`, then `~<hash>-2`, `-3`, ... (files of the same content and name). A function of the
+    file alone, so adding or removing other inputs never renames an output; `content_sha256` is
+    called only when the plain name is taken."""
+    yield base
+    tag = content_sha256()[:8]
+    yield tagged_name(base, tag)
+    copy = 2
+    while True:
+        yield tagged_name(base, f"{tag}-{copy}")
+        copy += 1
+
+
+def _file_sha256(path: Path) -> str:
+    from embedzoo.weights.cache import sha256_file  # torch-free; memoised by (path, size, mtime)
+
+    try:
+        return sha256_file(path)
+    except OSError:
+        return hashlib.sha256(os.fsencode(str(path))).hexdigest()  # unreadable: decoding reports it
+
+
 def _unique_names(found: list[_Found]) -> list[str]:
     """Names that never clash (also not case-insensitively, for macOS/Windows outputs).
 
-    A clash is resolved by prefixing every file of the clashing inputs with their root's folder
-    name, then its parent's, ... until the names differ; files whose whole absolute paths differ
-    only in letter case get a `~2`, `~3` suffix instead. Deterministic given the inputs' order.
+    Each file is named after its path relative to its root (`safe_name`); when an earlier input
+    already holds that name, the file takes the next of its `name_candidates` (`x~1a2b3c4d.wav`,
+    from its content), so a clash renames only the later file and never the rest of the inputs.
     """
-    relatives = [f.relative for f in found]
-    by_full_path: dict[str, list[int]] = defaultdict(list)
-    for index, f in enumerate(found):
-        by_full_path[(f.root / f.relative.as_posix()).as_posix().casefold()].append(index)
-    for indices in by_full_path.values():
-        for copy, index in enumerate(indices[1:], start=2):
-            rel = relatives[index]
-            relatives[index] = rel.with_name(f"{rel.stem}~{copy}{rel.suffix}")
-
-    root_parts = [f.root.parts[1:] for f in found]  # without the anchor ('/' or 'C:\\')
-    level: dict[int, int] = defaultdict(int)  # per input: how many root folders prefix its names
-    while True:
-        names = []
-        for index, f in enumerate(found):
-            depth = min(level[f.source], len(root_parts[index]))
-            prefix = root_parts[index][len(root_parts[index]) - depth :]
-            names.append("/".join((*prefix, *relatives[index].parts)))
-        groups: dict[str, list[int]] = defaultdict(list)
-        for index, name in enumerate(names):
-            groups[name.casefold()].append(index)
-        clashing = [indices for indices in groups.values() if len(indices) > 1]
-        if not clashing:
-            return names
-        sources = {found[i].source for indices in clashing for i in indices if level[found[i].source] < len(root_parts[i])}
-        if not sources:  # roots exhausted (cannot happen for distinct absolute paths); keep it terminating
-            for indices in clashing:
-                for copy, index in enumerate(indices[1:], start=2):
-                    rel = relatives[index]
-                    relatives[index] = rel.with_name(f"{rel.stem}~{copy}{rel.suffix}")
-            continue
-        for source in sources:
-            level[source] += 1
+    taken: set[str] = set()
+    names = []
+    for f in found:
+        base = safe_name(f.relative.as_posix())
+        for name in name_candidates(base, lambda f=f: _file_sha256(f.path)):
+            if name.casefold() not in taken:
+                break
+        taken.add(name.casefold())
+        names.append(name)
+    return names
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[InputFile]:
@@ -183,4 +261,4 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[InputFile]:
             if resolved not in seen:
                 seen.add(resolved)
                 found.append(f)
-    return [InputFile(f.path, name) for f, name in zip(found, _unique_names(found))]
+    return [InputFile(f.path, name, safe_name(f.relative.as_posix())) for f, name in zip(found, _unique_names(found))]

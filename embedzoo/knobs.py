@@ -19,14 +19,15 @@ sweep sets it -- is the `KnobInfo` metadata of its field: a new knob is one fiel
   chunk, the model's own frames read at the hop: cheap);
 - `pad_mode`: how clips are padded at their ends ('constant' zeros or 'reflect');
 - `batch_size` (windows per forward; default: as many as fill `batch_seconds` of audio), `dtype`;
-- `input_rate`: the rate callers' audio arrives at when none is given (HEAR passes none); it is
-  resampled to the model's rate. Default: the model's own rate.
+- `input_rate`: the rate of the audio HEAR's `get_*_embeddings` and `model(audio)` take (they pass
+  none; every other call says its rate); it is resampled to the model's rate. Default: the model's own rate.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -92,7 +93,7 @@ class Knobs:
     batch_size: int | None = knob(None, help="Windows per forward (default: fill the model's batch_seconds).", kind=int, results=False)
     batch_seconds: float = knob(32.0, help="Seconds of audio per forward when no batch size is given (frame mode: the longest chunk).", kind=float, results=False)
     dtype: str = knob("float32", help="Autocast dtype (float32 is exact).", choices=DTYPES)
-    input_rate: int | None = knob(None, help="The rate of audio given without one (HEAR passes none), Hz.", kind=int, option=False)
+    input_rate: int | None = knob(None, help="The rate the HEAR API and model(audio) take audio at (they pass none), Hz.", kind=int, option=False)
 
     @property
     def readout_parts(self) -> tuple[str, ...]:
@@ -134,21 +135,38 @@ def scene_knobs(card: ModelCard, knobs: Knobs) -> Knobs:
     return dataclasses.replace(knobs, **{name: getattr(base, name) for name, info in knob_fields(type(knobs)).items() if info.timestamp_only})
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Accept strings from the CLI / model specs as well as Python values."""
+_NAME_SEPARATORS = re.compile(r"[\s,]+")
+
+
+def split_names(value: str) -> list[str]:
+    """A list of names as typed: separated by commas and/or white space ('a,b', 'a b', 'a, b' are
+    the same two names), everywhere a list knob is read -- options, model specs, sweeps."""
+    return [part for part in _NAME_SEPARATORS.split(value) if part]
+
+
+def coerce_knob(name: str, value: Any) -> Any:
+    """Accept strings from the CLI / model specs as well as Python values; a value that is not of
+    the knob's kind is a ConfigError naming the knob."""
     if value is None:
         return None
     kind = KNOBS[name].kind
     if kind is tuple:
         if isinstance(value, str):
-            value = [part for part in value.replace(" ", "").split(",") if part]
-        return tuple(str(v) for v in value)
+            return tuple(split_names(value))
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"knob {name} must be a list of names, not {value!r}", hint=f"e.g. {name}=a,b")
+        return tuple(part for v in value for part in split_names(str(v)))
     if kind in (int, float):
-        try:
-            return kind(value)
-        except (TypeError, ValueError):
-            what = "a number" if kind is float else "an integer"
-            raise ConfigError(f"knob {name} must be {what}, not {value!r}") from None
+        what = "a number" if kind is float else "a whole number"
+        number = None
+        if not isinstance(value, bool):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                pass
+        if number is None or not math.isfinite(number) or (kind is int and not number.is_integer()):
+            raise ConfigError(f"knob {name} must be {what}, not {value!r}", hint=f"e.g. {name}={'16000' if kind is int else '50'}")
+        return int(number) if kind is int else number
     return str(value)
 
 
@@ -159,14 +177,14 @@ def resolve_knobs(card: ModelCard, overrides: Mapping[str, Any] | None = None) -
     if unknown:
         raise ConfigError(f"unknown knob(s) {sorted(unknown)}", hint=f"knobs are: {', '.join(KNOB_NAMES)}")
     values: dict[str, Any] = {"layers": (card.layers[-1].name,)}
-    values.update({k: _coerce(k, v) for k, v in card.defaults.items() if k in KNOB_NAMES})
+    values.update({k: coerce_knob(k, v) for k, v in card.defaults.items() if k in KNOB_NAMES})
     preset = overrides.get("preset")
     if preset is not None:
         if preset not in card.presets:
             choices = ", ".join(card.presets) or "none"
             raise ConfigError(f"model {card.id} has no preset {preset!r}", hint=f"presets of {card.id}: {choices}")
-        values.update({k: _coerce(k, v) for k, v in card.presets[preset].items()})
-    values.update({k: _coerce(k, v) for k, v in overrides.items()})
+        values.update({k: coerce_knob(k, v) for k, v in card.presets[preset].items()})
+    values.update({k: coerce_knob(k, v) for k, v in overrides.items()})
     knobs = Knobs(**values)
     check_knobs(card, knobs)
     return knobs
@@ -178,7 +196,7 @@ def level_knobs(card: ModelCard, knobs: Knobs) -> list[Knobs]:
     out = [knobs]
     for name in knobs.levels:
         preset = card.presets[name]
-        values = {k: _coerce(k, v) for k, v in preset.items() if k in LEVEL_KNOBS}
+        values = {k: coerce_knob(k, v) for k, v in preset.items() if k in LEVEL_KNOBS}
         level = dataclasses.replace(knobs, levels=(), preset=name, **values)
         check_knobs(card, level)
         out.append(level)

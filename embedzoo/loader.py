@@ -27,6 +27,7 @@ def load(
     mirror: str | Path | None = None,
     cache_dir: str | Path | None = None,
     seed: int = 0,
+    quiet: bool = False,
     **knobs: Any,
 ):
     """Load a model by catalog id or alias, ready to embed.
@@ -38,6 +39,7 @@ def load(
     architecture's initial weights, drawn with `seed` (a control for evaluations, and conformance
     checks such as hear-validator without any download). `knobs` are the extraction settings
     (layers, readout, mode, hop_ms, window_ms, ... see `embedzoo.knobs`), on top of the spec's.
+    `quiet` hides the download and conversion progress a first pull shows on stderr.
 
     The extractor's `weights_identity` says which weights it holds (`embedzoo.weights.weights_identity`):
     `embed_files` records it in an output folder's manifest, `embedzoo eval` keys its cache with it.
@@ -54,7 +56,7 @@ def load(
         extractor = build_model(card)
     extractor.configure(**{**spec.overrides(), **knobs})  # check knobs before any download
     if spec.weights is None:
-        path = store.pull(card, offline=offline, mirror=mirror, cache_dir=cache_dir)
+        path = store.pull(card, offline=offline, mirror=mirror, cache_dir=cache_dir, quiet=quiet)
         load_state(extractor, store.load_weights(path), source=str(path))
     elif spec.weights != store.RANDOM:
         path = Path(spec.weights).expanduser()

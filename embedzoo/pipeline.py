@@ -2,24 +2,51 @@
 
 Decoding and resampling run in DataLoader worker processes and arrive as chunks, so hour-long
 files stay in bounded memory; windows of many files are packed into full batches by one
-`Session`; every output is written atomically; a re-run skips finished files and a killed job
-resumes; a file that fails is recorded in `errors.jsonl` and the job goes on with the rest.
+`Session`; a file that fails (also one whose embedding is NaN or Inf) is recorded in
+`errors.jsonl` and the job goes on with the rest.
+
+What the job promises about its output folder (docs/reliability.md lists the tests):
+- every output is committed atomically (a temporary file renamed into place), so a killed job
+  leaves finished outputs and embedzoo's own temporaries (`.embedzoo-partial-*`), never a
+  half-written output; start-up removes those temporaries and nothing else;
+- one job at a time per folder (an advisory lock, `embedzoo.lock`): a second job refuses with a
+  message naming the first, and touches nothing;
+- output names are a function of each file (`embedzoo.inputs`); `sources.jsonl` (npy) or the
+  rows themselves (parquet) record each output's source: path, size, mtime and sha256. A re-run
+  skips a file only when its recorded source is the same file (same path, size and mtime, or
+  the same content) and its outputs are all there at their recorded sizes; a file changed in
+  place is embedded again; a different file wanting a finished name takes `name~<content hash>`;
+- a re-run with other settings is refused; `--overwrite` first deletes every embedzoo output of
+  the folder, so settings never mix.
 
 Output layout (`OUT/`):
-    embedzoo.json                          what was computed (model, weights, knobs); a re-run must match
-    scene/<name>.embedding.npy             (D,)          -- format npy, the HEAR eval-kit layout
-    timestamp/<name>.embedding.npy         (T, D)
-    timestamp/<name>.timestamps.npy        (T,) ms
-    scene/part-00000.parquet ...           -- format parquet: one row per file, sharded
-    timestamp/part-00000.parquet ...
-    errors.jsonl                           files that failed in the last run, and why
+    embedzoo.json                        the settings (model, weights, knobs); a re-run must match
+    embedzoo.lock                        held (flock) while a job writes here
+    scene/<name>.embedding.npy           (D,)          -- format npy, the HEAR eval-kit layout
+    timestamp/<name>.embedding.npy       (T, D)
+    timestamp/<name>.timestamps.npy      (T,) ms
+    sources.jsonl                        npy: one line per output name -> source and output files
+    scene/part-<hash>.parquet ...        format parquet: one row per file, T x D nested lists,
+    timestamp/part-<hash>.parquet ...    the settings in the schema metadata (`PARQUET_METADATA_KEY`)
+    errors.jsonl                         files that failed in the last run, and why
+    sources.<token>.journal              npy, while a job runs: its records, merged into sources.jsonl
+    corrupt/<kind>/part-<hash>.parquet   an unreadable shard found at start-up, moved out of the way
+
+Parquet shards are fixed chunks of the job's remaining files (in input order), each named by a
+hash of the rows it holds, so a name never depends on how many shards exist and a resumed job
+writes the shards a clean one would. For a planner that spreads a job over several writers
+(issue 14), what a writer needs is here already: names fixed per input (`_claim_names`), chunks
+fixed per plan, commits that are atomic and idempotent, and one journal per writer.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
-import tempfile
+import secrets
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,11 +58,34 @@ import torch
 from embedzoo.audio import stream_audio
 from embedzoo.errors import ConfigError, EmbedzooError
 from embedzoo.extractor import ClipEmbeddings, Extractor, Session
-from embedzoo.inputs import InputFile
+from embedzoo.inputs import InputFile, name_candidates, safe_name
 from embedzoo.knobs import Knobs, knob_record
 
+__all__ = [
+    "FORMATS", "MANIFEST", "SOURCES", "LOCK", "TEMP_PREFIX", "PARQUET_METADATA_KEY", "OutputBusyError",
+    "OutputError", "Failure", "Summary", "JobProgress", "SourceInfo", "atomic_write", "job_manifest",
+    "check_manifest", "embed_files",
+]  # fmt: skip
+
 FORMATS = ("npy", "parquet")
+KINDS = ("scene", "timestamp")
 MANIFEST = "embedzoo.json"
+SOURCES = "sources.jsonl"
+LOCK = "embedzoo.lock"
+TEMP_PREFIX = ".embedzoo-partial-"
+"""Every temporary file embedzoo writes starts with this; `safe_name` never gives an output such a name."""
+PARQUET_METADATA_KEY = b"embedzoo"
+_JOURNAL_GLOB = "sources.*.journal"
+_NPY_SUFFIXES = (".embedding.npy", ".timestamps.npy")
+_PER_FILE_ERRNOS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}
+
+
+class OutputBusyError(EmbedzooError):
+    """Another embedzoo job holds the output folder's lock."""
+
+
+class OutputError(EmbedzooError):
+    """The output folder cannot be written (permissions, read-only or full file system, old layout)."""
 
 
 @dataclass
@@ -47,16 +97,19 @@ class Failure:
 
 @dataclass
 class Summary:
-    """What `embedzoo embed` reports (also as --json)."""
+    """What `embedzoo embed` reports (also as --json). `redone`: files embedded again because their
+    source changed or their outputs were incomplete; `notes`: things the job repaired or skipped."""
 
     model: str
     out_dir: str
     total: int = 0
     done: int = 0
     skipped: int = 0
+    redone: int = 0
     failed: list[Failure] = field(default_factory=list)
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -69,16 +122,56 @@ class Summary:
         return out
 
 
+class JobProgress:
+    """Live counters of a running job: the pipeline sets them and calls `changed()` after each
+    decoded chunk and each finished file, which calls `on_change(self)`; a display (the CLI's)
+    renders them there or from another thread. `audio_seconds` counts audio pushed through the
+    model, so it moves within a long file; `current_seconds` is how far into `current` it is."""
+
+    def __init__(self, on_change: Callable[["JobProgress"], None] | None = None) -> None:
+        self.on_change = on_change
+        self.total = 0
+        self.skipped = 0
+        self.done = 0
+        self.failed = 0
+        self.audio_seconds = 0.0
+        self.current = ""
+        self.current_seconds = 0.0
+
+    @property
+    def finished(self) -> int:
+        return self.skipped + self.done + self.failed
+
+    def changed(self) -> None:
+        """Called by the pipeline after every update."""
+        if self.on_change is not None:
+            self.on_change(self)
+
+
+# ---- files ------------------------------------------------------------------------------------
+
+
+def _new_temp(folder: Path) -> Path:
+    """An empty, new temporary file in `folder`, named `TEMP_PREFIX...` and created with mode 0666
+    less the umask (so outputs get the permissions any other new file would)."""
+    while True:
+        path = folder / f"{TEMP_PREFIX}{secrets.token_hex(6)}"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return path
+        except FileExistsError:
+            continue
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write via a temporary file in the same folder, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_temp(path.parent)
     try:
-        write(Path(tmp))
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -90,127 +183,481 @@ def _save_npy(array: np.ndarray) -> Callable[[Path], None]:
     return write
 
 
+def _file_sha256(path: Path) -> str:
+    from embedzoo.weights.cache import sha256_file
+
+    return sha256_file(path)
+
+
+def _output_error(exc: OSError, out: Path) -> OutputError:
+    """An OSError while writing `out` as a message that says what to do."""
+    where = exc.filename or out
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return OutputError(
+            f"cannot write to {where}: permission denied",
+            hint=f"choose an -o folder you can write to, or give yourself write access to {out} "
+            "(ls -ld shows the owner; chmod u+w, or g+w for a folder shared by a group)",
+        )
+    if exc.errno == errno.EROFS:
+        return OutputError(f"cannot write to {where}: the file system is read-only", hint="choose an -o folder on a writable disk")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(
+            f"cannot write to {where}: no space left ({exc.strerror})",
+            hint="free some space or choose another -o folder; finished outputs are kept and a re-run resumes",
+        )
+    return OutputError(f"cannot write to {where}: {exc.strerror or exc}", hint=f"check that {out} is a folder you can write to")
+
+
+def _remove_temporaries(out: Path) -> int:
+    """Delete embedzoo's own temporaries left by a killed job: files named `TEMP_PREFIX*` in OUT and
+    below scene/ and timestamp/ (only there: OUT may be a big folder of the user's)."""
+    removed = 0
+    candidates = [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)] if out.is_dir() else []
+    for kind in KINDS:
+        for dirpath, _, filenames in os.walk(out / kind):
+            candidates += [Path(dirpath, n) for n in filenames if n.startswith(TEMP_PREFIX)]
+    for path in candidates:
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _remove_outputs(out: Path) -> int:
+    """`--overwrite`: delete every embedzoo output in OUT (npy and parquet outputs below scene/ and
+    timestamp/, the source records, the error list), records first, so a later run never mixes
+    settings. Other files are left; folders emptied here are removed."""
+    removed = 0
+    for path in [out / SOURCES, *out.glob(_JOURNAL_GLOB), out / "errors.jsonl"]:
+        if path.is_file():
+            path.unlink()
+            removed += 1
+    for root in [out / kind for kind in KINDS] + [out / "corrupt" / kind for kind in KINDS]:
+        for dirpath, _, filenames in os.walk(root, topdown=False):
+            for name in filenames:
+                if name.endswith(_NPY_SUFFIXES) or (name.startswith("part-") and name.endswith(".parquet")):
+                    Path(dirpath, name).unlink()
+                    removed += 1
+            if Path(dirpath) != root and not os.listdir(dirpath):
+                os.rmdir(dirpath)
+    return removed
+
+
+# ---- one job per folder -----------------------------------------------------------------------
+
+
+class _FolderLock:
+    """An advisory lock on OUT/embedzoo.lock (flock; released by the kernel when the holder dies,
+    so a killed job never blocks its resume). The holder's pid, host and start time are written
+    into the file for the message of a job that finds it taken."""
+
+    def __init__(self, out: Path, wait: float | None = 0.0):
+        self.path, self.wait = out / LOCK, wait
+        self.fd: int | None = None
+        self.other: Any = None
+        self.note: str | None = None
+
+    def __enter__(self) -> "_FolderLock":
+        try:
+            import fcntl
+        except ImportError:  # Windows: filelock, without the holder's details
+            from filelock import FileLock, Timeout
+
+            self.other = FileLock(str(self.path) + ".filelock")
+            try:
+                self.other.acquire(timeout=-1 if self.wait is None else self.wait)
+            except Timeout:
+                raise self._busy("") from None
+            return self
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        deadline = None if self.wait is None else time.monotonic() + self.wait
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    holder = os.pread(self.fd, 4096, 0).decode("utf-8", "replace")
+                    os.close(self.fd)
+                    self.fd = None
+                    raise self._busy(holder) from None
+                time.sleep(0.2)
+            except OSError as exc:  # a file system without locks (some network mounts)
+                self.note = f"{self.path.parent}: no advisory lock on this file system ({exc.strerror}); do not run two jobs into it at once"
+                break
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, (json.dumps(holder) + "\n").encode(), 0)
+        return self
+
+    def _busy(self, holder: str) -> OutputBusyError:
+        try:
+            who = json.loads(holder)
+            by = f" (pid {who['pid']} on {who['host']}, since {who['since']})"
+        except (ValueError, KeyError, TypeError):
+            by = ""
+        return OutputBusyError(
+            f"{self.path.parent} is being written by another embedzoo job{by}",
+            hint="wait for it to finish (a re-run then resumes where it ended), or write to another -o folder",
+        )
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # releases the flock
+            self.fd = None
+        if self.other is not None:
+            self.other.release()
+
+
+# ---- sources: what each output was made from --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """An input file as it was embedded: absolute path, size, mtime and content sha256."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+
+    def same_file(self, path: str, size: int, mtime_ns: int, sha256: Callable[[], str]) -> bool:
+        """The same path, size and mtime (cheap), or the same content wherever it now is (a moved
+        or touched file); `sha256` is called only when the cheap check fails."""
+        if self.path == path and self.size == size and self.mtime_ns == mtime_ns:
+            return True
+        return self.size == size and self.sha256 == sha256()
+
+
+def _text(value: str) -> str:
+    """Valid UTF-8 text for a path that may not be (os.fsdecode's surrogates -> backslash escapes)."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _read_source(path: Path) -> SourceInfo:
+    """Stat, hash, stat: a file that changes while it is read is refused, so a record never
+    describes bytes other than those embedded (its decoding ran between the two stats)."""
+    before = os.stat(path)
+    sha = _file_sha256(path)
+    after = os.stat(path)
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+        raise OSError(errno.EAGAIN, "the file changed while it was read; run the job again when it is complete")
+    return SourceInfo(os.path.abspath(path), after.st_size, after.st_mtime_ns, sha)
+
+
 # ---- outputs ----------------------------------------------------------------------------------
 
 
+def _numpy(result: ClipEmbeddings) -> dict[str, np.ndarray]:
+    arrays = {}
+    for key in ("scene", "timestamp", "timestamps"):
+        value = getattr(result, key)
+        if value is not None:
+            arrays[key] = value.detach().cpu().numpy().astype(np.float32)
+    return arrays
+
+
 class NpyWriter:
-    """The HEAR eval-kit layout: one .npy per file and kind."""
+    """The HEAR eval-kit layout: one .npy per file and kind, and `sources.jsonl`.
+
+    Each finished file appends a line (its source and its output files with their sizes and
+    sha256) to this job's journal, `sources.<token>.journal`, after its outputs are in place; the
+    journals are merged into `sources.jsonl` (sorted by name) at the start and end of every job.
+    A file counts as done only when its record is there and every output has its recorded size.
+    """
 
     def __init__(self, out_dir: Path, scene: bool, timestamp: bool):
-        self.out_dir, self.scene, self.timestamp = out_dir, scene, timestamp
+        self.out_dir = out_dir
+        self.kinds = [k for k, on in (("scene", scene), ("timestamp", timestamp)) if on]
+        self.records: dict[str, dict[str, Any]] = self._load()
+        self._compact()
+        self.sources = {name: _source_of(rec) for name, rec in self.records.items()}
+        self.journal_path = out_dir / f"sources.{secrets.token_hex(6)}.journal"
+        self.journal: Any = None
 
-    def done(self, name: str) -> bool:
-        ok = True
-        if self.scene:
-            ok &= (self.out_dir / "scene" / f"{name}.embedding.npy").is_file()
-        if self.timestamp:
-            ok &= (self.out_dir / "timestamp" / f"{name}.embedding.npy").is_file()
-            ok &= (self.out_dir / "timestamp" / f"{name}.timestamps.npy").is_file()
-        return ok
+    def _load(self) -> dict[str, dict[str, Any]]:
+        records: dict[str, dict[str, Any]] = {}
+        for path in [self.out_dir / SOURCES, *sorted(self.out_dir.glob(_JOURNAL_GLOB))]:
+            if not path.is_file():
+                continue
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    try:
+                        rec = json.loads(line)
+                        _source_of(rec)
+                        records[rec["name"]] = rec
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a line torn by a kill, or not ours
+        return records
 
-    def write(self, name: str, path: Path, result: ClipEmbeddings) -> None:
-        if self.timestamp:
-            base = self.out_dir / "timestamp"
-            # timestamps first: the embedding file is the "done" mark of this file
-            atomic_write(base / f"{name}.timestamps.npy", _save_npy(result.timestamps.numpy().astype(np.float32)))
-            atomic_write(base / f"{name}.embedding.npy", _save_npy(result.timestamp.numpy().astype(np.float32)))
-        if self.scene:
-            atomic_write(self.out_dir / "scene" / f"{name}.embedding.npy", _save_npy(result.scene.numpy().astype(np.float32)))
+    def _compact(self) -> None:
+        journals = list(self.out_dir.glob(_JOURNAL_GLOB))
+        if not journals:
+            return
+        lines = "".join(json.dumps(self.records[name], sort_keys=True) + "\n" for name in sorted(self.records))
+        atomic_write(self.out_dir / SOURCES, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
+        for path in journals:
+            path.unlink(missing_ok=True)
+
+    def outputs(self, name: str) -> list[str]:
+        files = []
+        if "timestamp" in self.kinds:
+            files += [f"timestamp/{name}.timestamps.npy", f"timestamp/{name}.embedding.npy"]
+        if "scene" in self.kinds:
+            files.append(f"scene/{name}.embedding.npy")
+        return files
+
+    def complete(self, name: str) -> bool:
+        outputs = self.records.get(name, {}).get("outputs", {})
+        for rel in self.outputs(name):
+            try:
+                if os.stat(self.out_dir / rel).st_size != outputs[rel]["bytes"]:
+                    return False
+            except (OSError, KeyError, TypeError):
+                return False
+        return True
+
+    def plan(self, todo: list[int]) -> None:
+        """Nothing to plan: every file is committed on its own."""
+
+    def drop(self, names: list[str]) -> None:
+        """Nothing to drop: a re-embedded file's outputs are replaced in place."""
+
+    def write(self, index: int, name: str, source: SourceInfo, arrays: dict[str, np.ndarray]) -> None:
+        data = {
+            f"timestamp/{name}.timestamps.npy": arrays.get("timestamps"),
+            f"timestamp/{name}.embedding.npy": arrays.get("timestamp"),
+            f"scene/{name}.embedding.npy": arrays.get("scene"),
+        }
+        outputs = {}
+        for rel in self.outputs(name):  # the embedding files after the timestamps: a reader sees pairs
+            path = self.out_dir / rel
+            atomic_write(path, _save_npy(data[rel]))
+            outputs[rel] = {"bytes": path.stat().st_size, "sha256": _file_sha256(path)}
+        record = {**asdict(source), "name": name, "outputs": outputs}
+        if self.journal is None:
+            self.journal = open(self.journal_path, "a", encoding="utf-8")
+        self.journal.write(json.dumps(record, sort_keys=True) + "\n")
+        self.journal.flush()
+        self.records[name] = record
+        self.sources[name] = source
+
+    def skip(self, index: int) -> None:
+        pass
 
     def close(self) -> None:
-        pass
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+        self._compact()
+
+
+def _source_of(record: dict[str, Any]) -> SourceInfo:
+    return SourceInfo(str(record["path"]), int(record["size"]), int(record["mtime_ns"]), str(record["sha256"]))
+
+
+_SOURCE_COLUMNS = ["name", "path", "source_size", "source_mtime_ns", "source_sha256"]
 
 
 class ParquetWriter:
-    """Sharded parquet, one row per file; a shard is written atomically once full, so a killed
-    job loses at most the rows of the shard in progress, which the next run recomputes."""
+    """Parquet, one row per file: `name`, `path`, `source_size`, `source_mtime_ns`,
+    `source_sha256`, `embedding` (scene: fixed-size list of D floats; timestamp: a list of T
+    fixed-size lists of D) and, for timestamps, `timestamps` (list of T floats, ms). The schema
+    metadata holds the folder's settings (`embedzoo.json`) under `PARQUET_METADATA_KEY`.
 
-    def __init__(self, out_dir: Path, scene: bool, timestamp: bool, shard_rows: int = 512):
-        import pyarrow.parquet as pq
+    The job's remaining files are cut into fixed chunks of `shard_rows` (in input order); a chunk
+    is committed as one shard per kind when its last file is done or failed, atomically, named
+    `part-<hash of its rows' names and sources>.parquet`. What is done is read from the rows of
+    the shards present; an unreadable shard is moved to `OUT/corrupt/<kind>/` (where readers of
+    the folder do not trip on it) and its files are embedded again.
+    """
 
-        self.out_dir, self.shard_rows = out_dir, shard_rows
+    def __init__(self, out_dir: Path, scene: bool, timestamp: bool, settings: dict[str, Any], notes: list[str], shard_rows: int = 512):
+        if shard_rows < 1:
+            raise ConfigError(f"shard_rows must be at least 1, not {shard_rows}")
+        self.out_dir, self.shard_rows, self.notes = out_dir, shard_rows, notes
         self.kinds = [k for k, on in (("scene", scene), ("timestamp", timestamp)) if on]
-        self.rows: dict[str, list[dict[str, Any]]] = {k: [] for k in self.kinds}
-        self.finished: dict[str, set[str]] = {}
-        for kind in self.kinds:
-            names: set[str] = set()
-            for shard in sorted((out_dir / kind).glob("part-*.parquet")):
-                names.update(pq.read_table(shard, columns=["name"]).column("name").to_pylist())
-            self.finished[kind] = names
+        self.settings = settings
+        # kind -> name -> (shard, source)
+        self.present: dict[str, dict[str, tuple[Path, SourceInfo]]] = {k: self._read(k) for k in self.kinds}
+        self.sources: dict[str, SourceInfo] = {}
+        for kind in reversed(self.kinds):
+            self.sources.update({name: source for name, (_, source) in self.present[kind].items()})
+        self.chunk_of: dict[int, int] = {}
+        self.pending: dict[int, set[int]] = {}
+        self.rows: dict[int, dict[int, tuple[str, SourceInfo, dict[str, np.ndarray]]]] = {}
 
-    def done(self, name: str) -> bool:
-        return all(name in self.finished[k] for k in self.kinds)
-
-    def write(self, name: str, path: Path, result: ClipEmbeddings) -> None:
-        for kind in self.kinds:
-            if name in self.finished[kind]:
-                continue
-            if kind == "scene":
-                row = {"name": name, "path": str(path), "embedding": result.scene.numpy().astype(np.float32)}
-            else:
-                emb = result.timestamp.numpy().astype(np.float32)
-                row = {
-                    "name": name,
-                    "path": str(path),
-                    "frames": emb.shape[0],
-                    "dim": emb.shape[1],
-                    "embedding": emb.reshape(-1),
-                    "timestamps": result.timestamps.numpy().astype(np.float32),
-                }
-            self.rows[kind].append(row)
-            if len(self.rows[kind]) >= self.shard_rows:
-                self._flush(kind)
-
-    def _flush(self, kind: str) -> None:
+    def _read(self, kind: str) -> dict[str, tuple[Path, SourceInfo]]:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = self.rows[kind]
-        if not rows:
+        present: dict[str, tuple[Path, SourceInfo]] = {}
+        for shard in sorted((self.out_dir / kind).glob("part-*.parquet")):
+            try:
+                names = pq.read_schema(shard).names
+                if not set(_SOURCE_COLUMNS) <= set(names):
+                    raise OutputError(
+                        f"{shard} was written by an older embedzoo (no source columns): its rows cannot be checked",
+                        hint="re-run with --overwrite to recompute the folder, or choose another -o folder",
+                    )
+                table = pq.read_table(shard, columns=_SOURCE_COLUMNS)
+            except (pa.ArrowException, OSError) as exc:  # moved aside: readers of the folder would fail on it
+                aside = self.out_dir / "corrupt" / kind / shard.name
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(shard, aside)
+                self.notes.append(f"{kind}/{shard.name} is unreadable ({exc}); moved to {aside.relative_to(self.out_dir)}, its files are embedded again")
+                continue
+            for row in table.to_pylist():
+                present[row["name"]] = (shard, SourceInfo(row["path"], row["source_size"], row["source_mtime_ns"], row["source_sha256"]))
+        return present
+
+    def complete(self, name: str) -> bool:
+        source = self.sources.get(name)
+        return source is not None and all(self.present[k].get(name, (None, None))[1] == source for k in self.kinds)
+
+    def plan(self, todo: list[int]) -> None:
+        for chunk, start in enumerate(range(0, len(todo), self.shard_rows)):
+            members = todo[start : start + self.shard_rows]
+            self.pending[chunk] = set(members)
+            self.rows[chunk] = {}
+            for index in members:
+                self.chunk_of[index] = chunk
+
+    def drop(self, names: list[str]) -> None:
+        """Remove these files' rows (they are embedded again), rewriting each shard that holds one
+        atomically before any new row is written, so a file is never in two rows."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        for kind in self.kinds:
+            shards = {self.present[kind][n][0] for n in names if n in self.present[kind]}
+            for shard in sorted(shards):
+                table = pq.read_table(shard)
+                kept = table.filter(pc.invert(pc.is_in(table.column("name"), value_set=_string_array(names))))
+                if kept.num_rows:
+                    atomic_write(shard, lambda tmp, kept=kept: pq.write_table(kept, tmp))
+                else:
+                    shard.unlink()
+            for name in names:
+                self.present[kind].pop(name, None)
+
+    def write(self, index: int, name: str, source: SourceInfo, arrays: dict[str, np.ndarray]) -> None:
+        self.rows[self.chunk_of[index]][index] = (name, source, arrays)
+        self._resolve(index)
+
+    def skip(self, index: int) -> None:
+        self._resolve(index)
+
+    def _resolve(self, index: int) -> None:
+        chunk = self.chunk_of.pop(index, None)
+        if chunk is None:
             return
-        folder = self.out_dir / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        index = len(list(folder.glob("part-*.parquet")))
-        columns: dict[str, Any] = {}
-        for key in rows[0]:
-            values = [r[key] for r in rows]
-            if isinstance(values[0], np.ndarray):
-                columns[key] = pa.array(values, type=pa.list_(pa.float32()))
-            else:
-                columns[key] = pa.array(values)
-        table = pa.table(columns)
-        atomic_write(folder / f"part-{index:05d}.parquet", lambda tmp: pq.write_table(table, tmp))
-        self.finished[kind].update(r["name"] for r in rows)
-        self.rows[kind] = []
+        self.pending[chunk].discard(index)
+        if not self.pending[chunk]:
+            self._commit(chunk)
+
+    def _commit(self, chunk: int) -> None:
+        import pyarrow.parquet as pq
+
+        held = self.rows.pop(chunk, {})
+        rows = [held[i] for i in sorted(held)]
+        self.pending.pop(chunk, None)
+        for kind in self.kinds:
+            todo = [r for r in rows if self.present[kind].get(r[0], (None, None))[1] != r[1]]
+            if not todo:
+                continue
+            table = _shard_table(kind, todo, self.settings)
+            digest = hashlib.sha256(json.dumps([kind, [[n, s.sha256] for n, s, _ in todo]]).encode()).hexdigest()[:16]
+            path = self.out_dir / kind / f"part-{digest}.parquet"
+            atomic_write(path, lambda tmp, table=table: pq.write_table(table, tmp))
+            for name, source, _ in todo:
+                self.present[kind][name] = (path, source)
+        for name, source, _ in rows:
+            self.sources[name] = source
 
     def close(self) -> None:
-        for kind in self.kinds:
-            self._flush(kind)
+        for chunk in sorted(c for c in self.rows if self.rows[c]):  # an interrupted job keeps what it has
+            self._commit(chunk)
+
+
+def _string_array(values: list[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.array(values, type=pa.string())
+
+
+def _shard_table(kind: str, rows: list[tuple[str, SourceInfo, dict[str, np.ndarray]]], settings: dict[str, Any]) -> Any:
+    """The Arrow table of one shard: nested fixed-size lists, what Arrow, datasets, pandas, polars
+    and DuckDB read as (T, D) arrays, and the settings in the schema metadata."""
+    import pyarrow as pa
+
+    emb = [r[2][kind] for r in rows]
+    dim = int(emb[0].shape[-1])
+    flat = pa.array(np.concatenate([e.reshape(-1) for e in emb]), type=pa.float32())
+    vectors = pa.FixedSizeListArray.from_arrays(flat, dim)
+    fields = [
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("path", pa.string()),
+        pa.field("source_size", pa.int64()),
+        pa.field("source_mtime_ns", pa.int64()),
+        pa.field("source_sha256", pa.string()),
+    ]
+    columns = [
+        _string_array([r[0] for r in rows]),
+        _string_array([_text(r[1].path) for r in rows]),
+        pa.array([r[1].size for r in rows], type=pa.int64()),
+        pa.array([r[1].mtime_ns for r in rows], type=pa.int64()),
+        _string_array([r[1].sha256 for r in rows]),
+    ]
+    if kind == "scene":
+        fields.append(pa.field("embedding", vectors.type, metadata={"shape": "(D,)"}))
+        columns.append(vectors)
+    else:
+        offsets = pa.array(np.concatenate([[0], np.cumsum([len(e) for e in emb])]).astype(np.int32))
+        times = pa.array(np.concatenate([r[2]["timestamps"].reshape(-1) for r in rows]), type=pa.float32())
+        embedding = pa.ListArray.from_arrays(offsets, vectors)
+        timestamps = pa.ListArray.from_arrays(offsets, times)
+        fields.append(pa.field("embedding", embedding.type, metadata={"shape": "(T, D)"}))
+        fields.append(pa.field("timestamps", timestamps.type, metadata={"unit": "ms", "shape": "(T,)"}))
+        columns += [embedding, timestamps]
+    metadata = {PARQUET_METADATA_KEY: json.dumps({**settings, "kind": kind}, sort_keys=True).encode()}
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=metadata))
 
 
 # ---- decoding in workers ----------------------------------------------------------------------
 
 
 class _DecodeFiles(torch.utils.data.IterableDataset):
-    """Yields (file index, chunk, is_last, error) at the model's rate; each worker takes every
-    n-th file, so a file's chunks always arrive in order."""
+    """Yields (file index, chunk, is_last, error, source) at the model's rate; each worker takes
+    every n-th file, so a file's chunks always arrive in order. The last item of a file carries its
+    `SourceInfo` (hashed after decoding, when the file is in the page cache)."""
 
     def __init__(self, files: list[InputFile], indices: list[int], sample_rate: int, block_seconds: float):
         self.files, self.indices = files, indices
         self.sample_rate, self.block_seconds = sample_rate, block_seconds
 
-    def __iter__(self) -> Iterator[tuple[int, np.ndarray | None, bool, str | None]]:
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray | None, bool, str | None, dict | None]]:
         info = torch.utils.data.get_worker_info()
         mine = self.indices if info is None else self.indices[info.id :: info.num_workers]
         for index in mine:
+            path = self.files[index].path
             try:
-                for chunk in stream_audio(self.files[index].path, self.sample_rate, self.block_seconds):
-                    yield index, chunk, False, None
-                yield index, None, True, None
+                before = os.stat(path)
+                for chunk in stream_audio(path, self.sample_rate, self.block_seconds):
+                    yield index, chunk, False, None, None
+                source = _read_source(path)
+                if (source.size, source.mtime_ns) != (before.st_size, before.st_mtime_ns):
+                    raise OSError(errno.EAGAIN, "the file changed while it was read; run the job again when it is complete")
+                yield index, None, True, None, asdict(source)
             except EmbedzooError as exc:
-                yield index, None, True, str(exc)
+                yield index, None, True, str(exc), None
+            except UnicodeEncodeError:
+                yield index, None, True, "its file name is not valid UTF-8 and the decoder cannot open it; rename the file", None
+            except OSError as exc:
+                yield index, None, True, f"cannot read it: {exc.strerror or exc}", None
             except Exception as exc:  # an unexpected decoder failure is this file's, not the job's
-                yield index, None, True, f"{type(exc).__name__}: {exc}"
+                yield index, None, True, f"{type(exc).__name__}: {exc}", None
 
 
 def _loader(dataset: _DecodeFiles, workers: int) -> Iterator:
@@ -242,17 +689,88 @@ def job_manifest(extractor: Extractor, scene: bool, timestamp: bool, fmt: str, w
 
 
 def check_manifest(out_dir: Path, manifest: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to mix embeddings of other settings into an existing output folder."""
+    """Refuse to mix embeddings of other settings into an existing output folder; with
+    `overwrite`, delete every embedzoo output there first. Then record the settings."""
     path = out_dir / MANIFEST
     if path.is_file() and not overwrite:
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            old = {"unreadable": str(path)}
         if old != manifest:
             diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
             raise ConfigError(
                 f"{out_dir} holds embeddings made with other settings: {diff}",
-                hint="choose another -o folder, or pass --overwrite to recompute everything there",
+                hint="choose another -o folder, or pass --overwrite to delete its embeddings and recompute",
             )
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
+    if overwrite:
+        _remove_outputs(out_dir)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8"))
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _claim_names(files: list[InputFile], writer: NpyWriter | ParquetWriter) -> list[tuple[str, str]]:
+    """Each file's output name and state ('new', 'done' or 'redo'), in input order.
+
+    A file takes the first of its `name_candidates` that is not taken in this run and is free in
+    the folder, or recorded from this same file (same path, size and mtime, or same content:
+    'done' if its outputs are complete, else 'redo'), or recorded from an earlier version of the
+    file at this same path ('redo': it changed). A name recorded from another file is never taken
+    over: the file moves on to `name~<its content hash>`, so neither output is lost.
+    """
+    taken: set[str] = set()
+    recorded = {name.casefold(): name for name in writer.sources}
+    claims = []
+    for f in files:
+        base = safe_name(f.base)
+        path = os.path.abspath(f.path)
+        quick = _stat(f.path)
+        hashed: list[str] = []
+
+        def sha(f: InputFile = f, hashed: list[str] = hashed) -> str:
+            if not hashed:
+                try:
+                    hashed.append(_file_sha256(f.path))
+                except OSError:
+                    hashed.append(hashlib.sha256(os.fsencode(os.path.abspath(f.path))).hexdigest())
+            return hashed[0]
+
+        claim = None
+        for name in name_candidates(base, sha):
+            if name.casefold() in taken:
+                continue
+            owner = recorded.get(name.casefold())
+            if owner is None:
+                claim = (name, "new")
+            elif quick is None:  # missing or unreadable now: decoding will report it, nothing is replaced
+                continue
+            elif writer.sources[owner].same_file(path, quick[0], quick[1], sha):
+                claim = (owner, "done" if writer.complete(owner) else "redo")
+            elif writer.sources[owner].path == path:
+                claim = (owner, "redo")
+            if claim is not None:
+                break
+        assert claim is not None  # name_candidates never ends
+        taken.add(claim[0].casefold())
+        claims.append(claim)
+    return claims
+
+
+def _non_finite(arrays: dict[str, np.ndarray]) -> str | None:
+    bad = [key for key in ("scene", "timestamp") if key in arrays and not np.isfinite(arrays[key]).all()]
+    if not bad:
+        return None
+    return (
+        f"its {' and '.join(bad)} embedding has NaN or Inf values; nothing was written for it "
+        "(check the audio for extreme values, the weights with `embedzoo cache verify`, or try --dtype float32)"
+    )
 
 
 def embed_files(
@@ -270,12 +788,17 @@ def embed_files(
     block_seconds: float = 30.0,
     shard_rows: int = 512,
     on_progress: Callable[[str, float], None] | None = None,
+    progress: JobProgress | None = None,
+    wait: float | None = 0.0,
 ) -> Summary:
     """Embed every file, skipping those already done, recording failures; see the module doc.
 
     `weights`: the weights' identity for the manifest (default: the one `embedzoo.load` recorded on
     the extractor; '' for an extractor built otherwise). `knobs` (a Knobs, or overrides) apply to
-    this job only (`Extractor.with_knobs`); the extractor itself is left as it is.
+    this job only (`Extractor.with_knobs`); the extractor itself is left as it is. `on_progress`
+    is called with (name, seconds of audio) when a file is finished or failed; `progress` gets
+    live counters (also within long files). `wait`: seconds to wait for another job's lock on
+    the folder (None: as long as it takes; 0: refuse at once with `OutputBusyError`).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {FORMATS}, not {fmt!r}")
@@ -284,41 +807,99 @@ def embed_files(
     if weights is None:
         weights = extractor.weights_identity
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    check_manifest(out, job_manifest(extractor, scene, timestamp, fmt, weights), overwrite)
-    for stale in out.rglob(".*.tmp"):  # left by a job killed mid-write; never a finished output
-        stale.unlink(missing_ok=True)
-    if overwrite:
-        for kind in ("scene", "timestamp"):
-            for stale in (out / kind).glob("part-*.parquet"):
-                stale.unlink()
-    writer = NpyWriter(out, scene, timestamp) if fmt == "npy" else ParquetWriter(out, scene, timestamp, shard_rows)
-    summary = Summary(model=extractor.card.id, out_dir=str(out), total=len(files))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = _FolderLock(out, wait)
+        lock.__enter__()
+    except OSError as exc:
+        raise _output_error(exc, out) from None
+    try:
+        return _run(extractor, files, out, lock, scene, timestamp, fmt, workers, overwrite, weights, block_seconds, shard_rows, on_progress, progress)
+    except OSError as exc:
+        raise _output_error(exc, out) from None
+    finally:
+        lock.__exit__()
+
+
+def _run(
+    extractor: Extractor,
+    files: list[InputFile],
+    out: Path,
+    lock: _FolderLock,
+    scene: bool,
+    timestamp: bool,
+    fmt: str,
+    workers: int,
+    overwrite: bool,
+    weights: str,
+    block_seconds: float,
+    shard_rows: int,
+    on_progress: Callable[[str, float], None] | None,
+    progress: JobProgress | None,
+) -> Summary:
+    """The job, under the folder's lock."""
     start = time.perf_counter()
-    todo = [i for i, f in enumerate(files) if overwrite or not writer.done(f.name)]
+    summary = Summary(model=extractor.card.id, out_dir=str(out), total=len(files))
+    if lock.note:
+        summary.notes.append(lock.note)
+    settings = job_manifest(extractor, scene, timestamp, fmt, weights)
+    check_manifest(out, settings, overwrite)
+    removed = _remove_temporaries(out)
+    if removed:
+        summary.notes.append(f"removed {removed} temporary file(s) of an interrupted job")
+    state = progress if progress is not None else JobProgress()
+    state.total, state.current = len(files), "checking what is already done"
+    state.changed()
+    writer = NpyWriter(out, scene, timestamp) if fmt == "npy" else ParquetWriter(out, scene, timestamp, settings, summary.notes, shard_rows)
+    claims = _claim_names(files, writer)
+    names = [name for name, _ in claims]
+    todo = [i for i, (_, state) in enumerate(claims) if state != "done"]
     summary.skipped = len(files) - len(todo)
+    summary.redone = sum(state == "redo" for _, state in claims)
+    writer.drop([names[i] for i in todo if names[i] in writer.sources])
+    writer.plan(todo)
+    state.skipped, state.current = summary.skipped, ""
+    state.changed()
     session = Session(extractor, scene=scene, timestamp=timestamp)
     rate = extractor.card.sample_rate
     lengths: dict[int, int] = {}
+    sources: dict[int, SourceInfo] = {}
 
-    def finish(index: int, result: ClipEmbeddings) -> None:
-        writer.write(files[index].name, files[index].path, result)
-        summary.done += 1
-        seconds = lengths.pop(index, 0) / rate
-        summary.audio_seconds += seconds
+    def report(index: int, seconds: float) -> None:
+        state.current, state.current_seconds = names[index], seconds
+        state.changed()
         if on_progress:
-            on_progress(files[index].name, seconds)
+            on_progress(names[index], seconds)
 
     def fail(index: int, message: str) -> None:
         session.discard(index)
         lengths.pop(index, None)
-        summary.failed.append(Failure(files[index].name, str(files[index].path), message))
-        if on_progress:
-            on_progress(files[index].name, 0.0)
+        sources.pop(index, None)
+        summary.failed.append(Failure(names[index], _text(str(files[index].path)), message))
+        state.failed += 1
+        writer.skip(index)
+        report(index, 0.0)
+
+    def finish(index: int, result: ClipEmbeddings) -> None:
+        arrays = _numpy(result)
+        problem = _non_finite(arrays)
+        if problem:
+            return fail(index, problem)
+        try:
+            writer.write(index, names[index], sources.pop(index), arrays)
+        except OSError as exc:
+            if exc.errno not in _PER_FILE_ERRNOS:
+                raise
+            return fail(index, f"cannot write its output: {exc.strerror or exc}")
+        summary.done += 1
+        state.done += 1
+        seconds = lengths.pop(index, 0) / rate
+        summary.audio_seconds += seconds
+        report(index, seconds)
 
     dataset = _DecodeFiles(files, todo, rate, block_seconds)
     try:
-        for index, chunk, last, error in _loader(dataset, workers if len(todo) > 1 else 0):
+        for index, chunk, last, error, source in _loader(dataset, workers if len(todo) > 1 else 0):
             if error is not None:
                 fail(index, error)
                 continue
@@ -327,8 +908,12 @@ def embed_files(
                 lengths[index] = 0
             if chunk is not None:
                 lengths[index] += len(chunk)
+                state.audio_seconds += len(chunk) / rate
+                state.current, state.current_seconds = names[index], lengths[index] / rate
                 session.push(index, chunk)
+                state.changed()
             if last:
+                sources[index] = SourceInfo(**source)
                 try:
                     session.close(index)
                 except EmbedzooError as exc:
@@ -339,9 +924,10 @@ def embed_files(
         for key, result in session.take():
             finish(key, result)
     finally:
-        writer.close()
-        summary.wall_seconds = time.perf_counter() - start
-        errors = out / "errors.jsonl"
-        lines = "".join(json.dumps(asdict(f)) + "\n" for f in summary.failed)
-        atomic_write(errors, lambda tmp: tmp.write_text(lines))
+        try:
+            writer.close()
+        finally:
+            summary.wall_seconds = time.perf_counter() - start
+            lines = "".join(json.dumps(asdict(f)) + "\n" for f in summary.failed)
+            atomic_write(out / "errors.jsonl", lambda tmp: tmp.write_text(lines, encoding="utf-8"))
     return summary

@@ -52,14 +52,26 @@ def _require(condition: bool, message: str) -> None:
         raise AssertionError(message)
 
 
-def validate_model(spec: str, device: str = "auto", run_hear_validator: bool = True, **knobs: Any) -> Report:
+OnCheck = Callable[[int, int, str, "Check | None"], None]  # (index, total, name, None when it starts | the result)
+
+
+def validate_model(spec: str, device: str = "auto", run_hear_validator: bool = True, on_check: OnCheck | None = None, **knobs: Any) -> Report:
     """Run every check on the model `spec` names (a model spec, as `embedzoo.hear.load_model` takes),
-    with `knobs` on top; the official validator gets the same model as one spec string."""
+    with `knobs` on top; the official validator gets the same model as one spec string.
+    `on_check(index, total, name, check)` is called as each check starts (check None) and ends."""
     from embedzoo import hear
 
     report = Report(spec)
     chosen = ModelSpec.parse(spec).with_knobs(**knobs)
+    total = len(_CHECKS) + 1 + bool(run_hear_validator)  # loading the model is the first step
+
+    def notify(index: int, name: str, check: Check | None) -> None:
+        if on_check is not None:
+            on_check(index, total, name, check)
+
+    notify(0, "load the model", None)
     model = hear.load_model(str(chosen), device=device)
+    notify(0, "load the model", Check("load the model", True, f"{model.card.id} on {model.device}"))
     dev = model.device
     rate = model.sample_rate
     generator = torch.Generator().manual_seed(0)
@@ -122,14 +134,24 @@ def validate_model(spec: str, device: str = "auto", run_hear_validator: bool = T
         _require(torch.equal(a, b), "two runs on the same audio differ")
         return "same input, same output"
 
-    for name, run in [("HEAR load_model attributes", api), ("HEAR get_timestamp_embeddings", timestamp),
-                      ("HEAR get_scene_embeddings", scene), ("timestamps inside the audio", inside),
-                      ("clips shorter than one window", short), ("odd lengths", odd), ("deterministic", deterministic)]:
-        _check(report, name, run)
+    runs = {"api": api, "timestamp": timestamp, "scene": scene, "inside": inside, "short": short, "odd": odd, "deterministic": deterministic}
+    for index, (name, key) in enumerate(_CHECKS, start=1):
+        notify(index, name, None)
+        _check(report, name, runs[key])
+        notify(index, name, report.checks[-1])
 
     if run_hear_validator:
+        notify(total - 1, "hear-validator", None)
         report.checks.append(_official_validator(str(chosen), device))
+        notify(total - 1, "hear-validator", report.checks[-1])
     return report
+
+
+# the checks, in order: (name in the report, function in validate_model)
+_CHECKS = (
+    ("HEAR load_model attributes", "api"), ("HEAR get_timestamp_embeddings", "timestamp"), ("HEAR get_scene_embeddings", "scene"),
+    ("timestamps inside the audio", "inside"), ("clips shorter than one window", "short"), ("odd lengths", "odd"), ("deterministic", "deterministic"),
+)  # fmt: skip
 
 
 def _official_validator(spec: str, device: str) -> Check:

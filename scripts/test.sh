@@ -11,6 +11,10 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c co
 "${PIP[@]}" -e ".[test]"
 # hearvalidator asks for the full `tensorflow`; tensorflow-cpu (a test extra) is all it needs.
 "${PIP[@]}" --no-deps hearvalidator==2021.0.2
+# heareval pins numpy 1.19 / numba 0.48 and xares pulls its whole trainer (transformers, ...): the
+# tests use heareval's writer, reader and predictor and xares's encoder checker, whose imports are
+# in the test extra.
+"${PIP[@]}" --no-deps heareval==2021.1.3 xares==0.1.3
 for plugin in plugins/embedzoo-*/; do
   "$VENV/bin/embedzoo" install --editable "$(basename "$plugin")" >/dev/null
   # the plugin's parity references (hear21passt, panns-hear, ...) are its `test` extra

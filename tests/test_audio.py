@@ -448,18 +448,24 @@ def test_collect_needs_inputs() -> None:
 
 
 def test_collect_makes_clashing_names_unique(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names are a function of each file: a clash renames only the later file, after its content."""
+    import hashlib
+
     monkeypatch.chdir(tmp_path)
     _touch(tmp_path, "one/x.wav", "two/x.wav", "day1/x.wav", "day2/x.wav", "day2/y.wav", "a/clips/x.wav", "b/clips/x.wav", "solo/z.wav")
+    for i, name in enumerate(["two/x.wav", "day2/x.wav", "b/clips/x.wav"]):
+        (tmp_path / name).write_bytes(b"other %d" % i)
+
+    def tag(name: str) -> str:
+        return hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()[:8]
 
     files = collect_inputs(["one/x.wav", "two/x.wav", "solo/z.wav"])
-    assert [f.name for f in files] == ["one/x.wav", "two/x.wav", "z.wav"]
+    assert [f.name for f in files] == ["x.wav", f"x~{tag('two/x.wav')}.wav", "z.wav"]
 
-    # every file of a clashing folder gets the prefix, so its outputs stay together
-    assert [f.name for f in collect_inputs(["day1", "day2"])] == ["day1/x.wav", "day2/x.wav", "day2/y.wav"]
-
-    # same folder names: go up until the names differ
-    files = collect_inputs(["a/clips", "b/clips"])
-    assert [f.name for f in files] == ["a/clips/x.wav", "b/clips/x.wav"]
+    # adding an input never renames the outputs of the others
+    assert [f.name for f in collect_inputs(["day1"])] == ["x.wav"]
+    assert [f.name for f in collect_inputs(["day1", "day2"])] == ["x.wav", f"x~{tag('day2/x.wav')}.wav", "y.wav"]
+    assert [f.name for f in collect_inputs(["day2", "day1"])] == ["x.wav", "y.wav", f"x~{tag('day1/x.wav')}.wav"]
 
     everything = ["one/x.wav", "day1", "a/clips", "two/x.wav", "day2", "b/clips", "solo"]
     files = collect_inputs(everything)

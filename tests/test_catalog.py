@@ -216,3 +216,15 @@ def test_a_card_its_family_cannot_describe_is_reported_and_breaks_nothing(tmp_pa
     assert listed.returncode == 0 and {"badgeo-ok", "badgeo-huge", "crepe-tiny"} <= {row["id"] for row in json.loads(listed.stdout)}
     shown = run_cli(["info", "badgeo-huge"], with_site(site))
     assert shown.returncode == 0 and "no such size 'huge'" in shown.stdout
+
+
+@pytest.mark.parametrize("columns", ["80", "60"])
+def test_list_never_cuts_a_model_id_and_wraps_the_rest(columns):
+    result = run_cli(["list"], {"COLUMNS": columns})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    ids = [card.id for card in build_registry(with_plugins=False)]
+    starts = {line.split()[0] for line in lines if line.strip()}
+    assert set(ids) <= starts, sorted(set(ids) - starts)  # every id whole, at the start of its row
+    if columns == "80":
+        assert max(len(line) for line in lines) <= 80

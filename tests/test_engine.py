@@ -31,7 +31,7 @@ def test_window_mode_matches_the_hear_recipe(toy, length, window_ms, hop_ms, pad
     window, hop = toy.window_samples, toy.hop_samples
     if pad_mode == "reflect" and window // 2 >= length:
         pytest.skip("torch's reflect pad needs pad < length; embedzoo's own case is tested below")
-    emb, times = toy.timestamp_embeddings(audio)
+    emb, times = toy.timestamp_embeddings(audio, 16000)
     ref, ref_times = reference_timestamps(toy, audio, window, hop, pad_mode)
     assert close(emb, ref)
     assert torch.allclose(times, ref_times.expand(3, -1))
@@ -40,17 +40,17 @@ def test_window_mode_matches_the_hear_recipe(toy, length, window_ms, hop_ms, pad
 
 def test_reflect_padding_of_clips_shorter_than_the_pad(toy):
     toy.configure(window_ms=2.0, hop_ms=0.5, pad_mode="reflect")
-    emb, times = toy.timestamp_embeddings(torch.randn(2, 5))
+    emb, times = toy.timestamp_embeddings(torch.randn(2, 5), 16000)
     assert emb.shape == (2, 1 + 5 // 8, 6) and torch.isfinite(emb).all()
 
 
 def test_scene_is_one_forward_up_to_the_scene_window_then_mean_of_windows(toy):
     short = torch.randn(2, 300)
-    assert close(toy.scene_embeddings(short), toy.embed_segments(short))
+    assert close(toy.scene_embeddings(short, 16000), toy.embed_segments(short))
     long = torch.randn(2, 1000)
     toy.configure(scene_hop_ms=5, pad_mode="reflect")
     ref, _ = reference_timestamps(toy, long, 400, 80, "reflect")
-    assert close(toy.scene_embeddings(long), ref.mean(dim=1))
+    assert close(toy.scene_embeddings(long, 16000), ref.mean(dim=1))
 
 
 def test_the_scene_reuses_the_timestamp_windows_when_they_are_the_same(toy):
@@ -64,22 +64,22 @@ def test_the_scene_reuses_the_timestamp_windows_when_they_are_the_same(toy):
     rows = {}
     for scene, timestamp in ((True, True), (True, False), (False, True)):
         forwarded.clear()
-        rows[scene, timestamp] = (toy.embed(audio, scene=scene, timestamp=timestamp), sum(forwarded))
+        rows[scene, timestamp] = (toy.embed(audio, 16000, scene=scene, timestamp=timestamp), sum(forwarded))
     (both, both_rows), (scenes, _), (stamps, stamp_rows) = rows[True, True], rows[True, False], rows[False, True]
     assert both_rows == stamp_rows == 3 * (1 + 1000 // 80)
     for b, s, t in zip(both, scenes, stamps):
         assert close(b.scene, s.scene) and close(b.timestamp, t.timestamp) and close(b.scene, t.timestamp.mean(dim=0))
     short = torch.randn(1, 300)  # within one scene window: still one forward of the whole clip
-    assert close(toy.embed(short)[0].scene, toy.embed_segments(short)[0])
+    assert close(toy.embed(short, 16000)[0].scene, toy.embed_segments(short)[0])
     toy.configure(scene_hop_ms=10)  # other windows: computed apart
     forwarded.clear()
-    toy.embed(audio)
+    toy.embed(audio, 16000)
     assert sum(forwarded) == stamp_rows + 3 * (1 + 1000 // 160)
 
 
 def test_tiny_clips_are_padded_to_the_minimum_window(toy):
     toy.configure(readout="first")
-    out = toy.scene_embeddings(torch.ones(1, 3))
+    out = toy.scene_embeddings(torch.ones(1, 3), 16000)
     padded = torch.nn.functional.pad(torch.ones(1, 3), (2, 3))
     assert close(out, toy.embed_segments(padded))
 
@@ -96,18 +96,18 @@ def frame_reference(toy: ToyExtractor, audio: torch.Tensor) -> torch.Tensor:
 def test_frame_mode_reads_native_frames_across_chunks(toy, length):
     audio = torch.randn(2, length, generator=torch.Generator().manual_seed(1))
     toy.configure(mode="frame", hop_ms=0.25)  # hop == native frame hop (4 samples)
-    emb, times = toy.timestamp_embeddings(audio)
+    emb, times = toy.timestamp_embeddings(audio, 16000)
     ref = frame_reference(toy, audio)
     assert toy.chunk_samples(toy.card.frame_field) < length or length < 400  # several chunks for the long clips
     assert close(emb, ref)
     assert torch.allclose(times[0], torch.arange(ref.shape[1]) * 0.25)
-    assert close(toy.scene_embeddings(audio), ref.mean(dim=1))
+    assert close(toy.scene_embeddings(audio, 16000), ref.mean(dim=1))
 
 
 def test_frame_mode_resamples_to_the_requested_hop_by_nearest_frame(toy):
     audio = torch.randn(1, 1000)
     toy.configure(mode="frame", hop_ms=1.5)  # 24 samples = 6 native frames
-    emb, times = toy.timestamp_embeddings(audio)
+    emb, times = toy.timestamp_embeddings(audio, 16000)
     ref = frame_reference(toy, audio)
     assert emb.shape[1] == 1 + 1000 // 24
     assert close(emb[0], ref[0, ::6][: emb.shape[1]])
@@ -120,9 +120,9 @@ def test_frame_mode_rejects_token_readouts(toy):
 
 def test_clips_of_different_lengths_pack_into_shared_batches(toy):
     clips = [np.random.default_rng(i).standard_normal(n).astype(np.float32) for i, n in enumerate([50, 999, 3, 420])]
-    together = toy.embed(clips)
+    together = toy.embed(clips, 16000)
     for clip, result in zip(clips, together):
-        alone = toy.embed([clip])[0]
+        alone = toy.embed([clip], 16000)[0]
         assert close(result.timestamp, alone.timestamp) and close(result.scene, alone.scene)
 
 
@@ -130,7 +130,7 @@ def test_clips_of_different_lengths_pack_into_shared_batches(toy):
 def test_streaming_in_odd_chunks_equals_one_push(toy, mode):
     toy.configure(mode=mode, pad_mode="reflect" if mode == "window" else "constant", readout="mean" if mode == "frame" else "sum+max")
     clip = np.random.default_rng(3).standard_normal(5000).astype(np.float32)
-    whole = toy.embed([clip])[0]
+    whole = toy.embed([clip], 16000)[0]
     session = Session(toy)
     session.open("a")
     rng = np.random.default_rng(4)
@@ -150,10 +150,10 @@ def test_streaming_in_odd_chunks_equals_one_push(toy, mode):
 def test_layers_and_readouts_concatenate_in_order(toy):
     audio = torch.randn(1, 64)
     toy.configure(layers=["energy", "frames"], readout="mean+max", window_ms=4)
-    emb, _ = toy.timestamp_embeddings(audio)
+    emb, _ = toy.timestamp_embeddings(audio, 16000)
     assert emb.shape[-1] == (1 + 6) * 2 == toy.timestamp_embedding_size
     toy.configure(layers=["frames"])
-    frames_only, _ = toy.timestamp_embeddings(audio)
+    frames_only, _ = toy.timestamp_embeddings(audio, 16000)
     assert close(emb[..., 2:], frames_only)
 
 
@@ -165,9 +165,9 @@ def test_resampling_from_any_rate(toy):
 
 def test_bad_audio_and_knobs_are_named(toy):
     with pytest.raises(AudioError, match="NaN"):
-        toy.scene_embeddings(torch.tensor([[0.0, float("nan"), 1.0]]))
+        toy.scene_embeddings(torch.tensor([[0.0, float("nan"), 1.0]]), 16000)
     with pytest.raises(AudioError, match="empty"):
-        toy.embed([np.zeros(0, np.float32)])
+        toy.embed([np.zeros(0, np.float32)], 16000)
     with pytest.raises(ConfigError, match="no layer 'conv9'"):
         toy.configure(layers=["conv9"])
     with pytest.raises(ConfigError, match="exceeds the longest input"):
@@ -190,9 +190,9 @@ def test_a_discarded_clip_is_never_computed_and_others_finish(toy):
 
 def test_bfloat16_autocast_stays_close_to_float32(toy):
     audio = torch.randn(2, 300, generator=torch.Generator().manual_seed(5))
-    exact, _ = toy.timestamp_embeddings(audio)
+    exact, _ = toy.timestamp_embeddings(audio, 16000)
     toy.configure(dtype="bfloat16")
-    approx, _ = toy.timestamp_embeddings(audio)
+    approx, _ = toy.timestamp_embeddings(audio, 16000)
     assert approx.dtype == torch.float32
     assert float((approx - exact).abs().max()) < 0.05 * float(exact.abs().max())
     assert not torch.equal(approx, exact)  # autocast really ran in bfloat16
@@ -201,7 +201,7 @@ def test_bfloat16_autocast_stays_close_to_float32(toy):
 def test_a_model_in_training_mode_is_refused(toy):
     toy.train()
     with pytest.raises(ConfigError, match="training mode"):
-        toy.scene_embeddings(torch.randn(1, 100))
+        toy.scene_embeddings(torch.randn(1, 100), 16000)
 
 
 # ---- per-layer geometry: frequency bands, coarser frames, pooled layers, levels ------------------
@@ -241,7 +241,7 @@ def test_flat_readout_flattens_frames_channel_major_and_measures_its_width(cnn):
 def test_frame_mode_reads_each_layer_at_its_own_frame_rate(cnn):
     audio = torch.randn(1, 1000, generator=torch.Generator().manual_seed(5))
     cnn.configure(layers="map,coarse", mode="frame", hop_ms=1.0, freq_pool="mean")  # hop 16 samples
-    emb, times = cnn.timestamp_embeddings(audio)
+    emb, times = cnn.timestamp_embeddings(audio, 16000)
     padded_fine = torch.nn.functional.pad(audio, (4, 8))
     fine = cnn.maps(padded_fine).mean(dim=-1)[:, : 1 + 1000 // 4]  # centred on 4j
     padded_coarse = torch.nn.functional.pad(audio, (6, 12))
@@ -251,7 +251,7 @@ def test_frame_mode_reads_each_layer_at_its_own_frame_rate(cnn):
     assert emb.shape == (1, 1 + 1000 // 16, 4) and cnn.timestamp_embedding_size == 4
     assert close(emb[0, :, :2], fine[0, ::4][: emb.shape[1]])
     assert close(emb[0, :, 2:], coarse[0, ::2][: emb.shape[1]])
-    assert close(cnn.scene_embeddings(audio)[0], torch.cat([fine[0].mean(dim=0), coarse[0].mean(dim=0)]))
+    assert close(cnn.scene_embeddings(audio, 16000)[0], torch.cat([fine[0].mean(dim=0), coarse[0].mean(dim=0)]))
 
 
 @pytest.mark.parametrize("pad_mode", ["constant", "reflect"])
@@ -262,7 +262,7 @@ def test_frame_offset_keeps_the_layers_own_frame_grid(cnn, pad_mode):
     audio = torch.randn(1, 1000, generator=torch.Generator().manual_seed(7))
     cnn.configure(layers="late", mode="frame", hop_ms=1.0, freq_pool="mean", pad_mode=pad_mode)  # 16 samples
     assert cnn.chunk_samples(12) < 1000  # several chunks
-    emb, times = cnn.timestamp_embeddings(audio)
+    emb, times = cnn.timestamp_embeddings(audio, 16000)
     padded = torch.nn.functional.pad(audio[:, None], (4, 12), mode=pad_mode)[:, 0]
     maps = cnn.maps(padded)
     late = maps[:, : maps.shape[1] // 2 * 2].unflatten(1, (-1, 2)).mean(dim=2).mean(dim=-1)
@@ -272,7 +272,7 @@ def test_frame_offset_keeps_the_layers_own_frame_grid(cnn, pad_mode):
     assert torch.equal(nearest[:3], torch.tensor([0, 2, 4]))
     assert emb.shape == (1, len(centres), 2) and torch.allclose(times[0], centres / 16.0)
     assert close(emb[0], late[nearest])
-    assert close(cnn.scene_embeddings(audio)[0], late.mean(dim=0))
+    assert close(cnn.scene_embeddings(audio, 16000)[0], late.mean(dim=0))
 
 
 def test_a_frame_offset_beyond_half_the_field_is_refused():
@@ -298,11 +298,11 @@ def test_a_layer_min_window_replaces_the_card_one(cnn):
 def test_a_flat_readout_scene_is_the_mean_of_its_windows(cnn):
     cnn.configure(layers="map", readout="flat", window_ms=2.0, hop_ms=0.5)
     audio = torch.randn(2, 700, generator=torch.Generator().manual_seed(6))
-    stamps, _ = cnn.timestamp_embeddings(audio)
-    scene = cnn.scene_embeddings(audio)
+    stamps, _ = cnn.timestamp_embeddings(audio, 16000)
+    scene = cnn.scene_embeddings(audio, 16000)
     assert scene.shape == (2, cnn.scene_embedding_size) == (2, stamps.shape[-1])
     assert close(scene, stamps.mean(dim=1))
-    both = cnn.embed(audio)  # with timestamps as well: the same windows, computed once
+    both = cnn.embed(audio, 16000)  # with timestamps as well: the same windows, computed once
     assert all(close(b.scene, s) and close(b.timestamp, t) for b, s, t in zip(both, scene, stamps))
 
 
@@ -333,7 +333,7 @@ def test_frame_skip_crops_the_frames_before_the_first_valid_one():
     skipping = ToyExtractor(_with_frames_layer(frame_skip=2, frame_field=16)).eval()
     skipping.configure(mode="frame", hop_ms=0.25)
     audio = torch.randn(1, 300, generator=torch.Generator().manual_seed(8))
-    emb, _ = skipping.timestamp_embeddings(audio)
+    emb, _ = skipping.timestamp_embeddings(audio, 16000)
     padded = torch.nn.functional.pad(audio, (8, 16))  # field // 2 before, the field after
     with torch.no_grad():
         frames = torch.tanh(skipping.proj(padded.unfold(-1, 8, 4)))[:, 2:]
@@ -353,8 +353,8 @@ def test_frame_pad_extends_each_chunk_and_keeps_the_valid_frames():
     padded = _Recording(_with_frames_layer(frame_pad=12)).eval().configure(mode="frame", hop_ms=0.25)
     audio = torch.randn(1, 2500, generator=torch.Generator().manual_seed(9))
     unpadded = _Recording(_with_frames_layer()).eval().configure(mode="frame", hop_ms=0.25)
-    assert close(padded.timestamp_embeddings(audio)[0], plain.timestamp_embeddings(audio)[0])
-    unpadded.timestamp_embeddings(audio)
+    assert close(padded.timestamp_embeddings(audio, 16000)[0], plain.timestamp_embeddings(audio, 16000)[0])
+    unpadded.timestamp_embeddings(audio, 16000)
     assert padded.lengths == [n + 12 for n in unpadded.lengths] and len(padded.lengths) > 1
 
 

@@ -6,9 +6,13 @@ near chance."""
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import json
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -239,6 +243,102 @@ def test_sweep_without_matplotlib_says_what_to_install_before_working(tmp_path, 
     assert "embedzoo[eval]" in caught.value.hint and not (tmp_path / "s").exists()
 
 
+# ---- no stale scores: every setting that changes a result keys the sweep's cached points ----------
+
+
+@pytest.fixture(scope="module")
+def event_task(tmp_path_factory):
+    return make_task("event", tmp_path_factory.mktemp("tasks") / "event", size="tiny")
+
+
+def _statuses(task, out, settings, cache, grid=None):
+    seen = []
+    rows = sweep([toy()], task, out, grid=grid or {"hop_ms": [50.0]}, settings=settings, workers=0, cache_dir=cache, on_point=lambda i, n, p, s: seen.append(s))
+    return [s for s in seen if s != "running"], rows
+
+
+def _relabel(task_dir: Path) -> None:
+    targets = json.loads((task_dir / "test.json").read_text())
+    name = next(iter(targets))
+    labels = [line.split(",", 1)[1] for line in (task_dir / "labelvocabulary.csv").read_text().splitlines()[1:]]
+    targets[name] = [next(label for label in labels if label not in targets[name])]
+    (task_dir / "test.json").write_text(json.dumps(targets))
+
+
+def _other_audio(task_dir: Path) -> None:
+    """The same file names with other audio (another seed's), the metadata and version unchanged."""
+    other = make_task("scene", task_dir.parent / "other-audio", size="tiny", seed=7)
+    for path in (other.path / "16000").rglob("*.wav"):
+        shutil.copy(path, task_dir / path.relative_to(other.path))
+
+
+def _other_postprocessing(task_dir: Path) -> None:
+    meta = json.loads((task_dir / "task_metadata.json").read_text())
+    meta["evaluation_params"]["event_postprocessing_grid"] = {"median_filter_ms": [0], "min_duration": [0]}
+    (task_dir / "task_metadata.json").write_text(json.dumps(meta))
+
+
+SETTING_CHANGES = {
+    "max_epochs": dataclasses.replace(QUICK, max_epochs=13),
+    "patience": dataclasses.replace(QUICK, patience=3),
+    "hidden_dim": dataclasses.replace(QUICK, hidden_dim=32),
+    "grid_points": dataclasses.replace(QUICK, grid_points=3),
+    "seed": dataclasses.replace(QUICK, seed=1),
+    "standardize": dataclasses.replace(QUICK, standardize=True),
+    "scene_from": dataclasses.replace(QUICK, scene_from="timestamp"),
+}
+
+
+@pytest.mark.parametrize("setting", list(SETTING_CHANGES))
+def test_changing_a_downstream_setting_computes_the_point_again(tmp_path, scene_task, setting):
+    out, cache = tmp_path / "sweep", tmp_path / "cache"
+    assert _statuses(scene_task, out, QUICK, cache)[0] == ["done"]
+    assert _statuses(scene_task, out, QUICK, cache)[0] == ["cached"]  # the same settings: the saved point
+    statuses, rows = _statuses(scene_task, out, SETTING_CHANGES[setting], cache)
+    assert statuses == ["done"], setting
+    saved = json.loads(Path(rows[0]["result_file"]).read_text())
+    assert saved[setting] == getattr(SETTING_CHANGES[setting], setting)
+    assert len(list((out / "runs").glob("*.json"))) == 2  # both results kept, under names of their own
+
+
+@pytest.mark.parametrize("edit", ["targets", "audio", "postprocessing grid"])
+def test_an_edited_task_is_evaluated_again_not_answered_from_the_cache(tmp_path, scene_task, event_task, edit):
+    """Same folder, same task name and version, other content: the results depend on it."""
+    source = event_task if edit == "postprocessing grid" else scene_task
+    task_dir = tmp_path / "task"
+    shutil.copytree(source.path, task_dir)
+    settings = dataclasses.replace(QUICK, grid_points=1)
+    out, cache = tmp_path / "sweep", tmp_path / "cache"
+    assert _statuses(task_dir, out, settings, cache)[0] == ["done"]
+    {"targets": _relabel, "audio": _other_audio, "postprocessing grid": _other_postprocessing}[edit](task_dir)
+    statuses, rows = _statuses(task_dir, out, settings, cache)
+    assert statuses == ["done"], edit
+    if edit == "postprocessing grid":
+        assert json.loads(Path(rows[0]["result_file"]).read_text())["postprocessing"] == {"median_filter_ms": 0, "min_duration": 0}
+
+
+def test_a_saved_point_of_another_identity_is_not_trusted(tmp_path, scene_task):
+    """A results file under a point's name that does not record that point's identity (an older
+    embedzoo's, or one cut short) is computed again."""
+    out, cache = tmp_path / "sweep", tmp_path / "cache"
+    _, rows = _statuses(scene_task, out, QUICK, cache)
+    path = Path(rows[0]["result_file"])
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, "identity": "0" * 16, "scores": {"top1_acc": 1.0}}))
+    statuses, rows = _statuses(scene_task, out, QUICK, cache)
+    assert statuses == ["done"] and json.loads(path.read_text())["identity"] == saved["identity"]
+    path.write_text(path.read_text()[:100])  # cut short
+    assert _statuses(scene_task, out, QUICK, cache)[0] == ["done"]
+
+
+def test_embedding_key_follows_the_card(scene_task):
+    """An edited card (other geometry or defaults, the plugin's version unchanged) is another key."""
+    handle = toy()
+    edited = ModelHandle(handle.label, handle.extractor.with_knobs({}), handle.weights_id)
+    edited.extractor.card = dataclasses.replace(handle.extractor.card, description="edited")
+    assert embedding_key(edited, "scene") != embedding_key(handle, "scene")
+
+
 # ---- the command line ----------------------------------------------------------------------------
 
 
@@ -268,7 +368,7 @@ def run(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-@pytest.mark.parametrize("command", ["make-task", "eval", "sweep"])
+@pytest.mark.parametrize("command", ["make-task", "eval", "sweep", "embed-task", "validate"])
 def test_help_never_imports_torch(command):
     code = (
         "import sys\nfrom embedzoo.cli import main\n"
@@ -297,7 +397,7 @@ def test_cli_make_task_eval_and_sweep(tmp_path, toy_plugin, monkeypatch):
     assert len(list((tmp_path / "embedzoo-results" / "embedzoo_synth_scene").glob("toy-model_weights_random-*.json"))) == 1
     swept = run(
         "sweep", "toy-model?weights=random", "toy-model?weights=random&readout=max", str(tmp_path / "task"),
-        "--layers", "frames energy", "--hop-ms", "5,10", "--scene-from", "timestamp", *quick, "-o", str(tmp_path / "sweep"),
+        "--layers", "frames", "--layers", "energy", "--hop-ms", "5,10", "--scene-from", "timestamp", *quick, "-o", str(tmp_path / "sweep"),
     )  # fmt: skip
     assert swept.exit_code == 0, swept.output
     with open(tmp_path / "sweep" / "results.csv", newline="") as handle:
@@ -315,3 +415,82 @@ def test_eval_errors_are_readable(tmp_path):
     next((tmp_path / "t" / "16000" / "valid").iterdir()).unlink()
     broken = run("eval", "crepe-tiny?weights=random", str(tmp_path / "t"), "--workers", "0", "--quiet")
     assert broken.exit_code == 1 and "is missing" in broken.stderr
+
+
+def test_eval_results_of_other_settings_never_overwrite_each_other(tmp_path, toy_plugin, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_task("scene", tmp_path / "task", size="tiny")
+    quick = ["--grid-points", "1", "--patience", "2", "--hidden-dim", "32", "--workers", "0", "--batch-size", "4096", "--quiet"]
+    for epochs in ("6", "7", "6"):
+        assert run("eval", "toy-model?weights=random", str(tmp_path / "task"), *quick, "--max-epochs", epochs).exit_code == 0
+    saved = sorted((tmp_path / "embedzoo-results" / "embedzoo_synth_scene").glob("*.json"))
+    assert len(saved) == 2  # one per setting; the same setting again rewrites its own file
+    assert sorted(json.loads(p.read_text())["max_epochs"] for p in saved) == [6, 7]
+
+
+# ---- progress on stderr --------------------------------------------------------------------------
+
+
+def test_progress_without_a_terminal_is_plain_lines_with_a_heartbeat():
+    from embedzoo.eval.progress import Reporter
+
+    now = [0.0]
+    stream = io.StringIO()
+    reporter = Reporter("eval m", stream=stream, interval=5.0, clock=lambda: now[0])  # not entered: no heartbeat thread
+    for done in range(0, 101):  # a stage's items: its start, its end, and a line every 5 s between
+        now[0] = done * 0.1
+        reporter.update("embedding", done, 100)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("eval m: embedding 0/100 (0%)") and lines[-1].startswith("eval m: embedding 100/100 (100%)")
+    assert len(lines) == 3, lines  # at 0, 5 and 10 s (the end)
+    reporter.line("[1/2] point: done")
+    assert stream.getvalue().splitlines()[-1] == "[1/2] point: done"
+
+    # one long step (a grid point's training): the heartbeat says it is still running
+    stream = io.StringIO()
+    with Reporter("sweep", stream=stream, interval=0.05) as live:
+        assert not live.live  # a StringIO is no terminal
+        live.update("training", 1, 8)
+        for _ in range(400):
+            if "..." in stream.getvalue():
+                break
+            time.sleep(0.025)
+    assert "sweep: training 1/8 (12%)" in stream.getvalue() and "..." in stream.getvalue()
+    quiet = io.StringIO()
+    with Reporter("x", stream=quiet, quiet=True) as silent:
+        silent.update("embedding", 0, 3)
+        silent.line("hidden")
+        silent.line("shown", always=True)
+    assert quiet.getvalue() == "shown\n"
+
+
+def test_eval_and_sweep_report_each_stage_and_point_on_stderr(tmp_path, toy_plugin):
+    make_task("scene", tmp_path / "task", size="tiny")
+    quick = ["--grid-points", "2", "--max-epochs", "6", "--patience", "2", "--hidden-dim", "32", "--workers", "0", "--batch-size", "4096"]
+    evaluated = run("eval", "toy-model?weights=random", str(tmp_path / "task"), *quick, "-o", str(tmp_path / "r.json"))
+    assert evaluated.exit_code == 0, evaluated.output
+    err = evaluated.stderr.splitlines()
+    title = "eval toy-model?weights=random: "
+    for line in ("embedding 0/42 (0%)", "embedding 42/42 (100%)", "training 0/2 (0%)", "training 2/2 (100%)"):
+        assert any(e.startswith(title + line) for e in err), (line, err)
+    assert "top1_acc" in evaluated.stdout and "top1_acc" not in evaluated.stderr
+    swept = run("sweep", "toy-model?weights=random", str(tmp_path / "task"), "--hop-ms", "5,10", "--scene-from", "timestamp", *quick, "-o", str(tmp_path / "s"))
+    assert swept.exit_code == 0, swept.output
+    err = swept.stderr.splitlines()
+    assert "[1/2] toy-model?weights=random hop_ms=5.0: done" in err and "[2/2] toy-model?weights=random hop_ms=10.0: done" in err
+    assert any(e.startswith("sweep: [2/2] toy-model?weights=random hop_ms=10.0: training 2/2 (100%)") for e in err), err
+    again = run("sweep", "toy-model?weights=random", str(tmp_path / "task"), "--hop-ms", "5,10", "--scene-from", "timestamp", *quick, "-o", str(tmp_path / "s"))
+    assert "[1/2] toy-model?weights=random hop_ms=5.0: cached" in again.stderr.splitlines()
+    assert run("eval", "toy-model?weights=random", str(tmp_path / "task"), *quick, "--quiet").stderr == ""
+
+
+def test_validate_reports_each_check_on_stderr():
+    done = run("validate", "crepe-tiny?weights=random", "--no-hear-validator", "--device", "cpu")
+    assert done.exit_code == 0, done.output
+    err = [line for line in done.stderr.splitlines() if line.startswith("[")]
+    assert err[0].startswith("[1/8] ok   load the model: crepe-tiny on cpu")
+    assert [line.split(": ")[0] for line in err[1:]] == [
+        "[2/8] ok   HEAR load_model attributes", "[3/8] ok   HEAR get_timestamp_embeddings", "[4/8] ok   HEAR get_scene_embeddings",
+        "[5/8] ok   timestamps inside the audio", "[6/8] ok   clips shorter than one window", "[7/8] ok   odd lengths", "[8/8] ok   deterministic",
+    ]  # fmt: skip
+    assert "valid" in done.stdout.splitlines()[-1]

@@ -721,3 +721,19 @@ def test_remove_deletes_hub_originals_in_our_cache_only(testfam, tmp_path: Path,
     blob = link.resolve()
     assert set(weights.remove("tiny-*")) == {clean_env / "models" / "tiny-test", link, blob}
     assert not os.path.lexists(link) and not blob.exists()
+
+
+def test_pull_shows_hub_download_and_conversion_progress_once(testfam, server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
+    """A hub download shows embedzoo's progress line (bytes, rate), not a second tqdm bar beside it."""
+    reference = reference_model(testfam)
+    digest = original_checkpoint(tmp_path / "tiny.pth", reference)
+    server.files["/org/tiny/tiny.pth"] = (tmp_path / "tiny.pth").read_bytes()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    card = make_card([{"kind": "hf", "repo": "org/tiny", "revision": REV, "filename": "tiny.pth", "sha256": digest}])
+    weights.pull(card)
+    err = capfd.readouterr().err
+    lines = err.splitlines()
+    assert any(line.startswith("tiny-test: tiny.pth: downloading") and "/s" in line for line in lines), err
+    assert any(line.startswith("tiny-test: tiny.pth: downloaded") for line in lines), err
+    assert "tiny-test: converting tiny.pth" in err and "|" not in err  # no tqdm bar

@@ -86,9 +86,9 @@ def test_with_knobs_shares_the_weights_and_leaves_the_model_alone():
     assert view.knobs.window_ms == 4.0 and view.knobs.hop_ms == 1.0 and model.knobs is before
     assert view.proj.weight is model.proj.weight and not view.training
     clip = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
-    once = model.embed([clip], knobs={"window_ms": 4.0})[0]
+    once = model.embed([clip], 16000, knobs={"window_ms": 4.0})[0]
     assert model.knobs is before
-    configured = ToyExtractor().eval().configure(hop_ms=1.0, window_ms=4.0).embed([clip])[0]
+    configured = ToyExtractor().eval().configure(hop_ms=1.0, window_ms=4.0).embed([clip], 16000)[0]
     assert torch.equal(once.timestamp, configured.timestamp) and torch.equal(once.scene, configured.scene)
     assert model.with_knobs(dataclasses.replace(before, hop_ms=2.0)).knobs.hop_ms == 2.0
     with pytest.raises(ConfigError, match="exceeds the longest input"):

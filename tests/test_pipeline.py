@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from embedzoo.audio import load_audio
 from embedzoo.errors import ConfigError
 from embedzoo.inputs import collect_inputs
-from embedzoo.pipeline import embed_files
+from embedzoo.pipeline import SOURCES, TEMP_PREFIX, embed_files
 from fakedist import TOY_PLUGIN, make_dist
 from toymodel import ToyExtractor
 
@@ -62,7 +62,7 @@ def test_outputs_equal_the_in_memory_api_and_failures_are_isolated(tmp_path, cli
         if f.name in failed:
             continue
         audio, _ = load_audio(f.path, 16000)
-        want = toy.embed([audio])[0]
+        want = toy.embed([audio], 16000)[0]
         scene = np.load(tmp_path / "out" / "scene" / f"{f.name}.embedding.npy")
         emb = np.load(tmp_path / "out" / "timestamp" / f"{f.name}.embedding.npy")
         times = np.load(tmp_path / "out" / "timestamp" / f"{f.name}.timestamps.npy")
@@ -114,8 +114,8 @@ def test_parquet_shards_hold_one_row_per_file_and_resume(tmp_path, clips, toy):
     rows = {r["name"]: r for r in table.to_pylist()}
     assert set(rows) == {"a.wav", "sub/b.flac", "c.ogg", "d.wav"}
     a = rows["a.wav"]
-    emb = np.asarray(a["embedding"], np.float32).reshape(a["frames"], a["dim"])
-    want = toy.embed([load_audio(clips / "a.wav", 16000)[0]])[0]
+    emb = np.asarray(a["embedding"], np.float32)  # (T, D): a list of T fixed-size lists of D
+    want = toy.embed([load_audio(clips / "a.wav", 16000)[0]], 16000)[0]
     np.testing.assert_allclose(emb, want.timestamp.numpy(), rtol=1e-5, atol=1e-6)
     assert len(list((tmp_path / "pq" / "scene").glob("part-*.parquet"))) == 2
     again = embed_files(toy, files, tmp_path / "pq", fmt="parquet", workers=0, shard_rows=3)
@@ -192,4 +192,11 @@ def test_a_killed_job_resumes_without_corrupt_or_missing_output(tmp_path, toy_cl
     summary = json.loads(result.stdout)
     assert result.returncode == 0 and summary["skipped"] >= first and summary["done"] + summary["skipped"] == 40
     assert len(list(out.glob("*.embedding.npy"))) == 40 == len(list(out.glob("*.timestamps.npy")))
-    assert not list(out.glob(".*.tmp"))
+    assert not list((tmp_path / "out").rglob(f"{TEMP_PREFIX}*")) and not list((tmp_path / "out").glob("sources.*.journal"))
+    # every output exactly once, byte for byte what a clean run writes, and so is the record of sources
+    clean = cli(env, *[a if a != str(tmp_path / "out") else str(tmp_path / "clean") for a in args])
+    assert clean.returncode == 0, clean.stderr
+    for path in sorted((tmp_path / "clean").rglob("*.npy")):
+        assert path.read_bytes() == (tmp_path / "out" / path.relative_to(tmp_path / "clean")).read_bytes(), path
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "clean" / "timestamp").iterdir())
+    assert (tmp_path / "out" / SOURCES).read_text() == (tmp_path / "clean" / SOURCES).read_text()

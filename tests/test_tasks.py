@@ -178,3 +178,28 @@ def test_malformed_tasks_are_named(tmp_path):
     (root / "train.json").unlink()
     with pytest.raises(TaskError, match="train.json is missing"):
         load_task(root).targets("valid")
+
+
+def test_fingerprint_follows_the_content_not_the_folder(tmp_path):
+    """What eval's results are keyed by: a copy keeps it; new targets, metadata or audio change it."""
+    import shutil
+
+    make_task("scene", tmp_path / "t", size="tiny", sample_rates=(16000, 32000))
+    shutil.copytree(tmp_path / "t", tmp_path / "copy")
+    first = load_task(tmp_path / "t").fingerprint(16000)
+    assert load_task(tmp_path / "copy").fingerprint(16000) == first
+    assert load_task(tmp_path / "t").fingerprint(32000) != first  # a 32 kHz model reads other audio
+    root = tmp_path / "copy"
+    targets = json.loads((root / "test.json").read_text())
+    name = next(iter(targets))
+    (root / "test.json").write_text(json.dumps({**targets, name: ["pink_noise" if targets[name] != ["pink_noise"] else "white_noise"]}))
+    assert load_task(root).fingerprint(16000) != first
+    (root / "test.json").write_text(json.dumps(targets, indent=3))  # the same targets, other whitespace
+    assert load_task(root).fingerprint(16000) == first
+    audio = root / "16000" / "test" / name
+    data, rate = sf.read(audio)
+    sf.write(audio, data[::-1], rate, subtype="PCM_16")
+    assert load_task(root).fingerprint(16000) != first
+    audio.unlink()
+    with pytest.raises(TaskError, match="is missing"):
+        load_task(root).fingerprint(16000)

@@ -345,6 +345,8 @@ def run_downstream(
     points = sample_grid(grid_points, seed, **fixed)
     steps = len(points) + len(splits) - 1  # trainings: the grid on the first split, then one per other split
     first_train, first_valid, _ = splits[0]
+    if on_step:
+        on_step(0, steps)
     trained = []
     for index, hp in enumerate(points):
         trained.append(train(first_train, first_valid, hp, scorer, seed=_seed_for(seed, index), device=device))

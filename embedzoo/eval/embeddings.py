@@ -4,9 +4,10 @@
                                                /timestamp/<audio sha256>.embedding.npy, .timestamps.npy
                                                /embedzoo.json       (the pipeline's manifest)
 
-`<key>` hashes the model id, the weights' identity (`embedzoo.weights.weights_identity`: the
-source, the original's sha256 and the converted safetensors' sha256; a weights file's own sha256;
-or the seed of random weights), the plugin and embedzoo versions, the kind (scene or timestamp) and
+`<key>` hashes the model id, its card (`card_digest`), the weights' identity
+(`embedzoo.weights.weights_identity`: the source, the original's sha256 and the converted
+safetensors' sha256; a weights file's own sha256; or the seed of random weights), the plugin and
+embedzoo versions, the kind (scene or timestamp) and
 the knobs that shape that kind (`knob_record`: scene embeddings do not depend on the timestamp-only
 knobs -- hop, window, levels -- so a sweep over those reuses them). Files are named by the sha256
 of their bytes: the same clip in another task, split or copy of a task is computed once; a
@@ -34,7 +35,7 @@ from embedzoo.weights.cache import cache_root, embedzoo_version, sha256_file
 if TYPE_CHECKING:
     from embedzoo.extractor import Extractor
 
-__all__ = ["EvalError", "Progress", "ModelHandle", "open_model", "embedding_key", "Embedded", "embed_task", "plugin_version", "digest"]
+__all__ = ["EvalError", "Progress", "ModelHandle", "open_model", "embedding_key", "card_digest", "Embedded", "embed_task", "plugin_version", "digest"]
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -88,11 +89,22 @@ def digest(data: Any, length: int = 16) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
+def card_digest(card: Any) -> str:
+    """A hash of everything the catalog says about a model (its geometry, defaults, presets, config):
+    an edited card changes it even where the plugin's version stays the same (editable installs)."""
+    from embedzoo.card import card_to_dict
+
+    return digest(card_to_dict(card))
+
+
 def embedding_key(handle: ModelHandle, kind: str) -> str:
-    """The cache folder name of (model, weights, versions, kind, knobs that shape this kind)."""
+    """The cache folder name of (model, card, weights, versions, kind, knobs that shape this kind)."""
     card = handle.extractor.card
     knobs = knob_record(handle.extractor.knobs, kind)
-    return digest({"model": card.id, "weights": handle.weights_id, "plugin": plugin_version(card), "embedzoo": embedzoo_version(), "kind": kind, "knobs": knobs})
+    return digest({
+        "model": card.id, "card": card_digest(card), "weights": handle.weights_id, "plugin": plugin_version(card),
+        "embedzoo": embedzoo_version(), "kind": kind, "knobs": knobs,
+    })  # fmt: skip
 
 
 @dataclass
@@ -140,6 +152,8 @@ def embed_task(
         if progress:
             progress("embedding", done, total)
 
+    if progress:
+        progress("embedding", 0, total)
     scene = kind == "scene"
     # scene embeddings run with the timestamp-only knobs at the card's defaults, so one cached
     # folder (and its pipeline manifest) serves every hop and window
@@ -148,6 +162,8 @@ def embed_task(
         extractor, list(unique.values()), out_dir, scene=scene, timestamp=not scene, fmt="npy", workers=workers,
         weights=handle.weights_id, knobs=knobs, on_progress=on_progress,
     )  # fmt: skip
+    if progress and done < total:  # files found finished in the cache are not reported one by one
+        progress("embedding", total, total)
     if summary.failed:
         listed = "; ".join(f"{next(e[0] + '/' + e[1] for e in entries if e[3] == f.name)}: {f.error}" for f in summary.failed[:5])
         raise EvalError(f"{len(summary.failed)} file(s) of task {task.name} could not be embedded: {listed}", hint=f"see {out_dir / 'errors.jsonl'}")

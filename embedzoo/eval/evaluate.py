@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from embedzoo.errors import ConfigError
-from embedzoo.eval.embeddings import EvalError, Embedded, ModelHandle, Progress, digest, embed_task, open_model, plugin_version
+from embedzoo.eval.embeddings import EvalError, Embedded, ModelHandle, Progress, card_digest, digest, embed_task, open_model, plugin_version
 from embedzoo.eval.metrics import get_scores
 from embedzoo.eval.tasks import Task, load_task
 from embedzoo.knobs import knob_record
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from embedzoo.eval.downstream import SplitData
 
 __all__ = [
-    "SCENE_FROM", "EvalSettings", "evaluate", "split_data", "finite", "default_result_path", "write_json",
+    "SCENE_FROM", "EvalSettings", "result_identity", "evaluate", "split_data", "finite", "default_result_path", "write_json",
     "result_lines", "result_table", "slug",
 ]  # fmt: skip
 
@@ -91,6 +91,32 @@ class EvalSettings:
         return {"max_epochs": self.max_epochs, "patience": self.patience, "hidden_dim": self.hidden_dim}
 
 
+def result_identity(handle: ModelHandle, task: Task, settings: EvalSettings) -> dict[str, Any]:
+    """Everything a result depends on: the model (card, weights, versions, resolved knobs), the
+    task's content (`Task.fingerprint`), every downstream setting and the protocol they resolve
+    to (the grid points drawn, the event postprocessing grid), and the device the MLPs train on.
+    A sweep's cached point and eval's default results file are keyed by it, so changing any of
+    these computes anew instead of returning another setting's scores."""
+    from embedzoo.eval.downstream import PARAM_GRID, sample_grid
+
+    card = handle.extractor.card
+    points = sample_grid(settings.grid_points, settings.seed, **settings.fixed())
+    return {
+        "model": card.id,
+        "card": card_digest(card),
+        "weights": handle.weights_id,
+        "plugin": plugin_version(card),
+        "embedzoo": embedzoo_version(),
+        "knobs": knob_record(handle.extractor.knobs),
+        "task": task.fingerprint(card.sample_rate),
+        "settings": dataclasses.asdict(settings),
+        "grid": PARAM_GRID,
+        "grid_points": [dataclasses.asdict(p) for p in points],
+        "postprocessing_grid": task.postprocessing_grid if task.embedding_type == "event" else None,
+        "device": "cuda" if handle.extractor.device.type == "cuda" else "cpu",
+    }
+
+
 def finite(value: Any) -> Any:
     """JSON has no NaN or infinity: they become null (an undefined score), recursively."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -136,6 +162,7 @@ def evaluate(
     if isinstance(model, ModelHandle) and knobs:
         handle = handle.with_knobs(knobs)
     kind = "timestamp" if task.embedding_type == "event" or settings.scene_from == "timestamp" else "scene"
+    identity = result_identity(handle, task, settings)
     embedded = embed_task(handle, task, kind, cache_dir=cache_dir, workers=workers, progress=progress)
 
     data_splits = task.data_splits()
@@ -188,7 +215,12 @@ def evaluate(
         "grid": outcome.grid,
         "seed": settings.seed,
         "grid_points": settings.grid_points,
+        "max_epochs": settings.max_epochs,
+        "patience": settings.patience,
+        "hidden_dim": settings.hidden_dim,
         "standardize": settings.standardize,
+        "device": identity["device"],
+        "identity": digest(identity),
         "timings": {
             "embedding_seconds": round(embedded.seconds, 3),
             "files_computed": embedded.computed,
@@ -203,9 +235,9 @@ def evaluate(
 
 
 def default_result_path(result: dict[str, Any]) -> Path:
-    """embedzoo-results/<task>/<model>-<hash of what was evaluated and how>.json (in the working folder)."""
-    key = digest([result["weights"], result["knobs"], result["scene_from"], result["seed"], result["grid_points"], result["standardize"], result["task"]["path"]], 10)
-    return Path("embedzoo-results") / slug(result["task"]["name"]) / f"{slug(result['model'])}-{key}.json"
+    """embedzoo-results/<task>/<model>-<its result identity>.json (in the working folder): runs
+    that differ in any setting (`result_identity`) never overwrite each other's results."""
+    return Path("embedzoo-results") / slug(result["task"]["name"]) / f"{slug(result['model'])}-{result['identity'][:12]}.json"
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

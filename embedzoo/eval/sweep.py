@@ -23,10 +23,10 @@ import numpy as np
 
 from embedzoo.errors import ConfigError, EmbedzooError
 from embedzoo.eval.embeddings import ModelHandle, Progress, digest, open_model
-from embedzoo.eval.evaluate import EvalSettings, evaluate, slug, write_json
+from embedzoo.eval.evaluate import EvalSettings, evaluate, result_identity, slug, write_json
 from embedzoo.eval.metrics import get_scores
 from embedzoo.eval.tasks import Task, load_task
-from embedzoo.knobs import KNOBS, SWEEP_KNOBS, knob_record
+from embedzoo.knobs import KNOBS, SWEEP_KNOBS
 
 __all__ = ["SWEEP_KNOBS", "SweepPoint", "sweep_points", "score_names", "write_csv", "sweep", "plot_sweep"]
 
@@ -162,19 +162,18 @@ def sweep(
             handle = handles[point.model].with_knobs(point.overrides)
         except ConfigError as exc:
             error = exc.message
-        identity = {
-            "model": point.model,
-            "weights": handles[point.model].weights_id,
-            "knobs": knob_record(handle.extractor.knobs) if handle else point.overrides,
-            "task": str(task.path.resolve()),
-            "task_version": task.metadata.get("version"),
-            "settings": dataclasses.asdict(settings),
-        }
-        path = out / "runs" / f"{slug(point.model)}-{digest(identity, 12)}.json"
-        if path.is_file():
-            status, result = "cached", json.loads(path.read_text(encoding="utf-8"))
+        if handle is not None:
+            identity = result_identity(handle, task, settings)
+        else:  # the point cannot run: its record says what was asked
+            base = handles[point.model]
+            identity = {"model": point.model, "weights": base.weights_id, "overrides": point.overrides, "task": task.fingerprint(base.extractor.card.sample_rate), "settings": dataclasses.asdict(settings)}
+        key = digest(identity)
+        path = out / "runs" / f"{slug(point.model)}-{key[:12]}.json"
+        cached = _read_run(path, key)
+        if cached is not None:
+            status, result = "cached", cached
         elif error:
-            status, result = f"failed: {error}", {"error": error, "point": identity}
+            status, result = f"failed: {error}", {"error": error, "point": identity, "identity": key}
             write_json(path, result)
         else:
             status = "done"
@@ -188,6 +187,16 @@ def sweep(
     plot_sweep(rows, out, plotted, task.name, plot_metric)
     return rows
 
+
+
+def _read_run(path: Path, key: str) -> dict[str, Any] | None:
+    """A point's saved result, if it is there, readable, and of exactly this identity (a file of an
+    older embedzoo, or cut short, is computed again)."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("identity") == key else None
 
 
 def _matplotlib() -> tuple[Any, Any]:

@@ -24,6 +24,7 @@ and offsets in longer clips; event-based onset F-measure). This module is torch-
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import shutil
@@ -166,6 +167,26 @@ class Task:
 
     def audio_path(self, rate: int, split: str, name: str) -> Path:
         return self.path / str(rate) / split / name
+
+    def fingerprint(self, model_rate: int) -> str:
+        """sha256 of all a result on this task depends on, for a model of `model_rate`: the
+        metadata, the label vocabulary, every split's targets and the bytes of the audio the
+        model reads. Not the folder's path: a copied task keeps its results, an edited one (new
+        labels, another postprocessing grid, other audio under the same names) never reuses them."""
+        from embedzoo.weights.cache import sha256_file
+
+        rate = self.audio_rate(model_rate)
+        h = hashlib.sha256()
+        h.update(json.dumps([self.metadata, self.labels, rate], sort_keys=True, default=str).encode())
+        for split in self.splits:
+            targets = self.targets(split)
+            h.update(json.dumps([split, targets], sort_keys=True).encode())
+            for name in targets:
+                path = self.audio_path(rate, split, name)
+                if not path.is_file():
+                    raise TaskError(f"task {self.path}: audio file {path} is missing", hint=f"{split}.json lists {name}")
+                h.update(f"{split}/{name}:{sha256_file(path)}\n".encode())
+        return h.hexdigest()
 
 
 def load_task(path: str | Path) -> Task:

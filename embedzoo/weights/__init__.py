@@ -5,7 +5,8 @@
 - `embedzoo.weights.store`    -- convert and store: the original to the model's state dict, saved
                                  once as safetensors (`pull`), read back by `load_weights`;
 - `embedzoo.weights.cache`    -- the cache: settings, on-disk layout, first-use pins, `ls`/`rm`/`verify`;
-- `embedzoo.weights.identity` -- what a model's weights are, for manifests and embedding caches.
+- `embedzoo.weights.identity` -- what a model's weights are, for manifests and embedding caches;
+- `embedzoo.weights.progress` -- download and conversion progress on stderr (terminal or log).
 
 Importing this package does not import torch (`embedzoo list` asks `is_cached` for every card).
 """
@@ -15,9 +16,11 @@ from __future__ import annotations
 from embedzoo.remap import unwrap_state_dict
 from embedzoo.weights.cache import (
     CacheEntry,
+    EmbeddingsEntry,
     cache_entries,
     cache_root,
     converted_path,
+    embeddings_entries,
     forget_pin,
     hf_cache_dir,
     is_cached,
@@ -27,10 +30,10 @@ from embedzoo.weights.cache import (
 )
 from embedzoo.weights.fetch import Progress, fetch_source
 from embedzoo.weights.identity import RANDOM, weights_identity
-from embedzoo.weights.store import convert_checkpoint, load_weights, pull
+from embedzoo.weights.store import convert_checkpoint, damage, load_weights, pull
 
 __all__ = [
-    "RANDOM", "CacheEntry", "Progress", "cache_entries", "cache_root", "convert_checkpoint", "converted_path",
-    "fetch_source", "forget_pin", "hf_cache_dir", "is_cached", "load_weights", "pull", "recorded_pin",
-    "remove", "unwrap_state_dict", "verify", "weights_identity",
+    "RANDOM", "CacheEntry", "EmbeddingsEntry", "Progress", "cache_entries", "cache_root", "convert_checkpoint",
+    "converted_path", "damage", "embeddings_entries", "fetch_source", "forget_pin", "hf_cache_dir", "is_cached",
+    "load_weights", "pull", "recorded_pin", "remove", "unwrap_state_dict", "verify", "weights_identity",
 ]  # fmt: skip

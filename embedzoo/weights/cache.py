@@ -10,10 +10,17 @@ else `~/.cache/embedzoo`)::
     <root>/downloads/<url key>/<basename>              originals fetched from url sources (+ .part while downloading)
     <root>/hf/                                         huggingface_hub cache (see `hf_cache_dir`)
     <root>/pins.json                                   url -> {sha256, size, first_seen} for unpinned url sources
+    <root>/embeddings/<model id>/<key>/                evaluation embeddings (embedzoo.eval.embeddings); `ls`/`rm` here too
 
 `<key>` is the first 16 hex digits of the original's sha256 when the card pins one, else of a hash
 of the source's identity (hf repo@commit/file, url, or package==version/path): it changes whenever
 the original can change, so a stale conversion is never reused.
+
+Every path built from a card, a mirror or a hub answer is checked to stay inside its folder once
+symlinks and '..' are resolved (`contained`), on top of the card's own name checks: a card cannot make
+embedzoo write, delete or read outside the cache, the mirror or the package. Files are created with
+the process umask (a group cache with `umask 002` is shared), and a permission error names the path
+and what to do (`permission_error`).
 """
 
 from __future__ import annotations
@@ -37,12 +44,14 @@ __all__ = [
     "hf_cache_dir", "sha256_file", "note_hash", "atomic_write_text", "file_lock", "now_iso",
     "embedzoo_version", "source_identity", "cache_key", "converted_path", "download_dir",
     "read_meta", "meta_matches", "is_cached", "pin_record", "recorded_pin", "record_pin",
-    "forget_pin", "CacheEntry", "cache_entries", "remove", "verify",
+    "forget_pin", "CacheEntry", "cache_entries", "remove", "verify", "contained", "permission_error",
+    "follow_umask", "EMBEDDINGS_DIR", "EmbeddingsEntry", "embeddings_entries",
 ]  # fmt: skip
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
 PINS_FILE = "pins.json"
+EMBEDDINGS_DIR = "embeddings"
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -96,17 +105,69 @@ def hf_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return cache_root() / "hf"
 
 
+# ----------------------------------------------------------------------------- paths and permissions
+
+
+def contained(path: Path, root: Path, what: str) -> Path:
+    """`path` itself when it stays inside `root` once both are resolved (symlinks, '..'), else a
+    WeightsError: no card, mirror or hub answer may make embedzoo touch a file outside its folder."""
+    from embedzoo.errors import WeightsError
+
+    real_root, real = Path(os.path.realpath(root)), Path(os.path.realpath(path))
+    if real != real_root and real_root not in real.parents:
+        raise WeightsError(
+            f"{what} {path} resolves to {real}, outside {root}; embedzoo refuses to use it",
+            hint="a card or plugin named a path that leaves its folder (report it to its author), "
+            f"or a symbolic link inside {root} points elsewhere (put the file itself there)",
+        )
+    return path
+
+
+def permission_error(exc: OSError, cache_dir: str | os.PathLike | None = None, action: str = "use") -> Exception:
+    """A PermissionError turned into a WeightsError that names the path and the way out."""
+    from embedzoo.errors import WeightsError
+
+    root = cache_root(cache_dir)
+    where = exc.filename or root
+    return WeightsError(
+        f"permission denied: cannot {action} {where} ({exc.strerror or exc})",
+        hint=f"set EMBEDZOO_CACHE to a folder you can write; for a cache shared by a group, its owner runs "
+        f"`chmod -R g+rwX {root}` and every user works with `umask 002`",
+    )
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux tells it (/proc), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path) -> None:
+    """Give a file we wrote the mode `open()` would have (0o666 minus the umask): some writers
+    (safetensors, temporary files) create 0600 files, which a shared cache cannot use."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 # ------------------------------------------------------------------------------------------- files
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """sha256 of a file, memoised per (path, size, mtime) so verify-then-record hashes once."""
+def sha256_file(path: str | os.PathLike, *, fresh: bool = False) -> str:
+    """sha256 of a file, memoised per (path, size, mtime) so verify-then-record hashes once;
+    `fresh` re-reads the bytes whatever the memo says (`cache verify`)."""
     stat = os.stat(path)
     memo = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
-    if memo not in _HASHES:
+    if fresh or memo not in _HASHES:
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
             while chunk := handle.read(1 << 20):
@@ -185,7 +246,8 @@ def cache_key(card: ModelCard) -> str:
 
 def converted_path(card: ModelCard, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where the card's converted safetensors lives (whether or not it exists yet)."""
-    return cache_root(cache_dir) / "models" / card.id / cache_key(card) / MODEL_FILE
+    models = cache_root(cache_dir) / "models"
+    return contained(models / card.id / cache_key(card) / MODEL_FILE, models, f"the converted weights of {card.id}")
 
 
 def download_dir(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -213,8 +275,14 @@ def meta_matches(card: ModelCard, model_path: Path) -> bool:
 
 
 def is_cached(card: ModelCard, cache_dir: str | os.PathLike | None = None) -> bool:
-    """True when `pull` would return at once: the card's converted weights are in the cache."""
-    return meta_matches(card, converted_path(card, cache_dir))
+    """True when the card's converted weights are in the cache, by meta.json and size (no hashing:
+    `embedzoo list` asks for every card; `pull` checks the sha256 at first use in a process)."""
+    from embedzoo.errors import WeightsError
+
+    try:
+        return meta_matches(card, converted_path(card, cache_dir))
+    except WeightsError:  # a models/<id> folder that links outside the cache: not usable, not cached
+        return False
 
 
 # -------------------------------------------------------------------------------------------- pins
@@ -290,14 +358,36 @@ class CacheEntry:
     meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
+@dataclass(frozen=True)
+class EmbeddingsEntry:
+    """One folder of evaluation embeddings (`<root>/embeddings/<model id>/<key>/`), as `cache ls` shows it.
+
+    Listed by folder, never by recomputing keys: the key is whatever `embedzoo.eval.embeddings` hashed."""
+
+    model_id: str
+    key: str
+    path: Path
+    size: int
+    files: int
+    date: str
+
+
+def _iso(mtime: float) -> str:
+    return _dt.datetime.fromtimestamp(mtime, _dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
 def cache_entries(cache_dir: str | os.PathLike | None = None) -> list[CacheEntry]:
     """Every converted model under the cache, including unfinished ones (no meta.json)."""
-    models = cache_root(cache_dir) / "models"
     entries: list[CacheEntry] = []
-    if not models.is_dir():
-        return entries
-    for model_dir in sorted(p for p in models.iterdir() if p.is_dir()):
-        for key_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):
+    for model_dir in _subdirs(cache_root(cache_dir) / "models"):
+        for key_dir in _subdirs(model_dir):
             path = key_dir / MODEL_FILE
             if not path.exists() and not (key_dir / META_FILE).exists():
                 continue
@@ -307,17 +397,47 @@ def cache_entries(cache_dir: str | os.PathLike | None = None) -> list[CacheEntry
                 size, mtime = stat.st_size, stat.st_mtime
             except OSError:
                 size, mtime = 0, 0.0
-            date = meta.get("date") or _dt.datetime.fromtimestamp(mtime, _dt.timezone.utc).replace(microsecond=0).isoformat()
-            entries.append(CacheEntry(model_dir.name, key_dir.name, path, size, date, meta.get("source", ""), meta))
+            entries.append(CacheEntry(model_dir.name, key_dir.name, path, size, meta.get("date") or _iso(mtime), meta.get("source", ""), meta))
     return entries
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def embeddings_entries(cache_dir: str | os.PathLike | None = None) -> list[EmbeddingsEntry]:
+    """Every folder of evaluation embeddings in the cache, with its size, file count and last change."""
+    entries: list[EmbeddingsEntry] = []
+    for model_dir in _subdirs(cache_root(cache_dir) / EMBEDDINGS_DIR):
+        for key_dir in _subdirs(model_dir):
+            size = files = 0
+            newest = 0.0
+            for base, _, names in os.walk(key_dir):
+                for name in names:
+                    try:
+                        stat = os.stat(os.path.join(base, name))
+                    except OSError:
+                        continue
+                    size, files, newest = size + stat.st_size, files + 1, max(newest, stat.st_mtime)
+            entries.append(EmbeddingsEntry(model_dir.name, key_dir.name, key_dir, size, files, _iso(newest or key_dir.stat().st_mtime)))
+    return entries
+
+
+def _inside(path: Path | str, folder: Path) -> bool:
+    """True when `path` lies inside `folder` once both are resolved (symlinks included)."""
+    real_folder, real = Path(os.path.realpath(folder)), Path(os.path.realpath(path))
+    return real == real_folder or real_folder in real.parents
+
+
+def _rmtree(folder: Path, root: Path, cache_dir: str | os.PathLike | None) -> None:
+    """Delete a folder of the cache; refuse one that resolves outside it; say so when not allowed."""
     try:
-        Path(os.path.abspath(path)).relative_to(os.path.abspath(folder))
-        return True
-    except ValueError:
-        return False
+        if folder.is_symlink():  # a link placed in the cache: remove the link, never what it points to
+            contained(folder.parent, root, "the cache folder")
+            folder.unlink()
+            return
+        contained(folder, root, "the cache folder")
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        pass
+    except PermissionError as exc:
+        raise permission_error(exc, cache_dir, "delete") from exc
 
 
 def remove(
@@ -325,31 +445,45 @@ def remove(
     cache_dir: str | os.PathLike | None = None,
     *,
     originals: bool = True,
+    weights: bool = True,
+    embeddings: bool = True,
 ) -> list[Path]:
-    """Delete the cached conversions of the model ids matching `patterns` (ids or globs).
+    """Delete what the cache holds for the model ids matching `patterns` (ids or globs): their
+    converted weights (`weights`) and their evaluation embeddings (`embeddings`).
 
     With `originals`, also delete the original checkpoints embedzoo downloaded for them into this
     cache (`downloads/`, `hf/`) when no remaining model uses them. pins.json is kept: forgetting a
-    hash would let a changed file be accepted silently on the next pull. Returns what was removed.
+    hash would let a changed file be accepted silently on the next pull. Only paths that resolve
+    inside the cache are ever deleted. Returns what was removed.
     """
     if isinstance(patterns, str):
         patterns = [patterns]
     patterns = list(patterns)
     root = cache_root(cache_dir)
-    entries = cache_entries(cache_dir)
-    doomed = [e for e in entries if any(fnmatch.fnmatchcase(e.model_id, p) for p in patterns)]
-    doomed_ids = {e.model_id for e in doomed}
+
+    def matches(model_id: str) -> bool:
+        return any(fnmatch.fnmatchcase(model_id, p) for p in patterns)
+
     removed: list[Path] = []
-    for model_id in sorted(doomed_ids):
-        folder = root / "models" / model_id
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder)
-    if originals:
-        still_used = {path for e in entries if e.model_id not in doomed_ids for path in _originals(e.meta)}
-        for entry in doomed:
-            for original in _originals(entry.meta):
-                if original not in still_used:
-                    removed.extend(_remove_original(Path(original), root))
+    if weights:
+        entries = cache_entries(cache_dir)
+        doomed = [e for e in entries if matches(e.model_id)]
+        doomed_ids = {e.model_id for e in doomed}
+        for model_id in sorted(doomed_ids):
+            folder = root / "models" / model_id
+            _rmtree(folder, root, cache_dir)
+            removed.append(folder)
+        if originals:
+            still_used = {path for e in entries if e.model_id not in doomed_ids for path in _originals(e.meta)}
+            for entry in doomed:
+                for original in _originals(entry.meta):
+                    if original not in still_used:
+                        removed.extend(_remove_original(Path(original), root, cache_dir))
+    if embeddings:
+        for model_dir in _subdirs(root / EMBEDDINGS_DIR):
+            if matches(model_dir.name):
+                _rmtree(model_dir, root, cache_dir)
+                removed.append(model_dir)
     return removed
 
 
@@ -359,21 +493,26 @@ def _originals(meta: Mapping[str, Any]) -> list[str]:
     return [path for path in paths if path]
 
 
-def _remove_original(original: Path, root: Path) -> list[Path]:
-    """Remove a downloaded original, but only one inside this cache (never a mirror or a package)."""
+def _remove_original(original: Path, root: Path, cache_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Remove a downloaded original, but only one inside this cache (never a mirror or a package):
+    meta.json is a file on disk, so its paths are checked again, after resolution."""
     out: list[Path] = []
     downloads, hf = root / "downloads", root / "hf"
-    if _inside(original, downloads) and original.parent != downloads:
-        if original.parent.exists():
-            shutil.rmtree(original.parent, ignore_errors=True)
-            out.append(original.parent)
-    elif _inside(original, hf) and os.path.lexists(original):
+    folder = original.parent
+    if _inside(folder, downloads) and os.path.realpath(folder) != os.path.realpath(downloads):
+        if folder.exists():
+            _rmtree(folder, downloads, cache_dir)
+            out.append(folder)
+    elif _inside(folder, hf) and os.path.lexists(original):
         blob = original.resolve()
-        original.unlink()
-        out.append(original)
-        if blob != original and blob.exists() and _inside(blob, hf):
-            blob.unlink()
-            out.append(blob)
+        try:
+            original.unlink()
+            out.append(original)
+            if blob != original and blob.exists() and _inside(blob, hf):
+                blob.unlink()
+                out.append(blob)
+        except PermissionError as exc:
+            raise permission_error(exc, cache_dir, "delete") from exc
     return out
 
 
@@ -391,9 +530,13 @@ def verify(cache_dir: str | os.PathLike | None = None) -> list[tuple[CacheEntry,
         elif entry.size != entry.meta.get("size"):
             problem = f"size is {entry.size} bytes, meta.json says {entry.meta.get('size')}"
         else:
-            _HASHES.clear()  # verify must really re-read the bytes
-            actual = sha256_file(entry.path)
-            if actual != entry.meta.get("safetensors_sha256"):
+            try:
+                actual = sha256_file(entry.path, fresh=True)  # verify must really re-read the bytes
+            except PermissionError as exc:
+                actual, problem = "", f"cannot read it ({exc.strerror}): ask its owner for read access (chmod -R a+rX)"
+            if problem:
+                pass
+            elif actual != entry.meta.get("safetensors_sha256"):
                 problem = f"sha256 is {actual}, meta.json says {entry.meta.get('safetensors_sha256')}"
             else:
                 try:

@@ -5,7 +5,9 @@ package. `fetch_source` looks in a local mirror folder first (`EMBEDZOO_MIRROR`)
 package file, the hub file (`hf_hub_download`) or the url (a resumable download), and checks it
 against the card's sha256 -- or, for a url without one, against the hash recorded the first time it
 was downloaded (trust on first use, `pins.json`). A mismatching download is removed; a mirror or
-package file is refused and left alone.
+package file is refused and left alone. Every path built from a card, a mirror or a hub answer
+must stay inside its folder once resolved (`embedzoo.weights.cache.contained`): nothing outside
+the cache is ever written or deleted, nothing outside the mirror or the package read.
 
 Settings, each overridable per call by a keyword argument:
 - `EMBEDZOO_MIRROR` / `mirror=`: a folder with hub files at `<org>/<repo>/<filename>` and url files at
@@ -31,11 +33,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from embedzoo.card import Source
+from embedzoo.card import Source, unsafe_name
 from embedzoo.errors import ChecksumError, OfflineError, WeightsError
 from embedzoo.weights.cache import (
     atomic_write_text,
     cache_root,
+    contained,
     download_dir,
     embedzoo_version,
     file_lock,
@@ -43,6 +46,7 @@ from embedzoo.weights.cache import (
     is_offline,
     mirror_root,
     note_hash,
+    permission_error,
     pin_record,
     record_pin,
     recorded_pin,
@@ -81,6 +85,15 @@ def fetch_source(
     Raises OfflineError when offline and nothing local has it, ChecksumError on a hash mismatch
     (a downloaded file is removed; a mirror or package file is left alone), WeightsError otherwise.
     """
+    try:
+        return _fetch(source, cache_dir, mirror, offline, progress, model_id)
+    except PermissionError as exc:
+        raise permission_error(exc, cache_dir) from exc
+
+
+def _fetch(
+    source: Source, cache_dir: Any, mirror: Any, offline: bool | None, progress: Progress | None, model_id: str | None
+) -> Path:
     offline_mode = is_offline(offline)
     mirror_dir = mirror_root(mirror)
     looked: list[str] = []
@@ -92,7 +105,7 @@ def fetch_source(
             )
         for candidate in _mirror_candidates(source, mirror_dir):
             if candidate.is_file():
-                _verify(source, candidate, cache_dir, removable=False, where="mirror file")
+                _verify(source, candidate, cache_dir, removable=None, where="mirror file")
                 return candidate
             looked.append(f"mirror {candidate}")
     if source.kind == "package":
@@ -108,13 +121,16 @@ def _url_basename(url: str) -> str:
 
 
 def _mirror_candidates(source: Source, mirror_dir: Path) -> list[Path]:
-    """Where a mirror keeps this source: hub repos as folders, url files flat by basename."""
+    """Where a mirror keeps this source: hub repos as folders, url files flat by basename; each
+    checked to stay inside the mirror once resolved (the card's names are checked already)."""
     if source.kind == "hf":
-        return [mirror_dir.joinpath(*source.repo.split("/"), *source.filename.split("/"))]
-    names = [_url_basename(source.url)]
-    if source.filename and source.filename not in names:
-        names.append(source.filename)
-    return [mirror_dir / name for name in names if name not in ("", ".", "..")]
+        paths = [mirror_dir.joinpath(*source.repo.split("/"), *source.filename.split("/"))]
+    else:
+        names = [_url_basename(source.url)]
+        if source.filename and source.filename not in names:
+            names.append(source.filename)
+        paths = [mirror_dir / name for name in names if unsafe_name(name) is None]
+    return [contained(path, mirror_dir, "mirror file") for path in paths]
 
 
 def _mirror_hint(source: Source) -> str:
@@ -136,11 +152,12 @@ def _offline_error(source: Source, cache_dir: Any, model_id: str | None, looked:
     )
 
 
-def _verify(source: Source, path: Path, cache_dir: Any, *, removable: bool, where: str) -> str | None:
+def _verify(source: Source, path: Path, cache_dir: Any, *, removable: Path | None, where: str) -> str | None:
     """Check `path` against the card's sha256, or the recorded first-use hash of an unpinned url.
 
     Returns the sha256 when it was computed. A mismatching file is deleted only when `removable`
-    (it is our own download); files in a mirror or an installed package are refused, never touched.
+    (it is our own download, inside that folder); files in a mirror or an installed package are
+    refused, never touched.
     """
     expected, record = source.sha256, None
     if expected is None and source.kind == "url":
@@ -151,8 +168,8 @@ def _verify(source: Source, path: Path, cache_dir: Any, *, removable: bool, wher
     actual = sha256_file(path)
     if actual == expected:
         return actual
-    if removable:
-        _remove_download(path)
+    if removable is not None:
+        _remove_download(path, removable)
         fate = "it was removed"
     else:
         fate = "it was left in place"
@@ -167,16 +184,18 @@ def _verify(source: Source, path: Path, cache_dir: Any, *, removable: bool, wher
         what = f"the sha256 pinned by the card for {source.describe()}"
         if source.kind == "package":
             hint = f"reinstall the package: pip install --force-reinstall {source.package} (the card may expect another version)"
-        elif not removable:
+        elif removable is None:
             hint = f"replace {path} with the right file, or remove it from the mirror"
         else:
             hint = "pull again; if it fails again the published file differs from the one the card pins: report it"
     raise ChecksumError(f"{where} {path} does not match {what}: expected {expected}, got {actual}; {fate}", hint=hint)
 
 
-def _remove_download(path: Path) -> None:
-    """Delete a downloaded file; for a hub cache entry, the snapshot link and the blob behind it."""
-    blob = path.resolve()
+def _remove_download(path: Path, root: Path) -> None:
+    """Delete a downloaded file; for a hub cache entry, the snapshot link and the blob behind it --
+    each only when it lies inside `root` (our downloads or hub cache folder) once resolved."""
+    contained(path.parent, root, "downloaded file")
+    blob = contained(path.resolve(), root, "downloaded file")
     path.unlink(missing_ok=True)
     if blob != path:
         blob.unlink(missing_ok=True)
@@ -195,12 +214,15 @@ def _fetch_package(source: Source, cache_dir: Any) -> Path:
             hint=f"pip install {source.package}",
         ) from exc
     path = Path(str(dist.locate_file(source.path)))
+    shipped = {str(file) for file in dist.files or ()}
+    if source.path not in shipped:  # a file the distribution does not list must stay inside its folder
+        contained(path, Path(str(dist.locate_file(""))), f"package file of {source.package}")
     if not path.is_file():
         raise WeightsError(
             f"{source.describe()}: {source.package} {dist.version} is installed but has no file {source.path} (looked at {path})",
             hint=f"pip install --force-reinstall {source.package}",
         )
-    _verify(source, path, cache_dir, removable=False, where=f"package file ({source.package} {dist.version})")
+    _verify(source, path, cache_dir, removable=None, where=f"package file ({source.package} {dist.version})")
     return path
 
 
@@ -216,13 +238,26 @@ def _hf_errors() -> Any:
 
 
 def _progress_tqdm(progress: Progress) -> type:
-    """A tqdm class for hf_hub_download that reports to our callback (and still draws its bar)."""
+    """A tqdm class for hf_hub_download that reports to our callback instead of drawing a bar.
+
+    Only the first bar of the download reports: plain http has one, xet a reconstruction bar (bytes
+    written) and then a transfer bar (bytes received) that would count the same file twice."""
     from huggingface_hub.utils import tqdm as hf_tqdm
 
+    first: list[Any] = []
+
     class _ReportingTqdm(hf_tqdm):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True  # our callback shows progress; no second bar
+            super().__init__(*args, **kwargs)
+            self._ez_done = int(kwargs.get("initial") or 0)
+            if not first:
+                first.append(self)
+
         def update(self, n: float | None = 1) -> bool | None:
-            self._ez_done = getattr(self, "_ez_done", int(getattr(self, "initial", 0) or 0)) + int(n or 0)
-            progress(self._ez_done, int(self.total) if self.total else None)
+            if first and first[0] is self:
+                self._ez_done += int(n or 0)
+                progress(self._ez_done, int(self.total) if self.total else None)
             return super().update(n)
 
     return _ReportingTqdm
@@ -288,7 +323,8 @@ def _fetch_hf(
         raise WeightsError(f"{where}: the hub answered with an error: {exc}", hint=pull_hint) from exc
     except Exception as exc:  # network errors of the http client mid-download, disk errors
         raise WeightsError(f"{where}: download failed: {type(exc).__name__}: {exc}", hint=pull_hint) from exc
-    _verify(source, path, cache_dir, removable=True, where="hub file")
+    contained(path, hf_dir, "hub file")
+    _verify(source, path, cache_dir, removable=hf_dir, where="hub file")
     return path
 
 
@@ -303,12 +339,13 @@ def _fetch_url(
     source: Source, cache_dir: Any, offline: bool, progress: Progress | None, model_id: str | None, looked: list[str]
 ) -> Path:
     folder = download_dir(source.url, cache_dir)
-    name = source.basename if source.basename not in ("", ".", "..") else "download"
-    final = folder / name
+    downloads = folder.parent
+    name = source.basename if unsafe_name(source.basename) is None else "download"
+    final = contained(folder / name, downloads, "download")
     part = final.with_name(final.name + ".part")
     if final.is_file():
         try:
-            _verify_and_pin(source, final, cache_dir)
+            _verify_and_pin(source, final, cache_dir, downloads)
             return final
         except ChecksumError:
             if offline:
@@ -318,11 +355,11 @@ def _fetch_url(
         raise _offline_error(source, cache_dir, model_id, [*looked, f"downloads {final}"])
     with file_lock(folder / ".lock"):
         if final.is_file():  # another process finished it while we waited
-            _verify_and_pin(source, final, cache_dir)
+            _verify_and_pin(source, final, cache_dir, downloads)
             return final
         _download(source.url, part, progress)
         part.with_name(part.name + ".validator").unlink(missing_ok=True)
-        actual = _verify(source, part, cache_dir, removable=True, where=f"download of {source.url}") or sha256_file(part)
+        actual = _verify(source, part, cache_dir, removable=downloads, where=f"download of {source.url}") or sha256_file(part)
         os.replace(part, final)
         note_hash(final, actual)
         if source.sha256 is None and recorded_pin(source, cache_dir) is None:
@@ -330,9 +367,9 @@ def _fetch_url(
     return final
 
 
-def _verify_and_pin(source: Source, path: Path, cache_dir: Any) -> None:
+def _verify_and_pin(source: Source, path: Path, cache_dir: Any, downloads: Path) -> None:
     """Verify a downloaded url file; the first time an unpinned url is seen, record its hash."""
-    _verify(source, path, cache_dir, removable=True, where=f"cached download of {source.url}")
+    _verify(source, path, cache_dir, removable=downloads, where=f"cached download of {source.url}")
     if source.sha256 is None and recorded_pin(source, cache_dir) is None:
         record_pin(source, sha256_file(path), path.stat().st_size, cache_dir)
 

@@ -2,10 +2,15 @@
 
 `pull` fetches a card's original (`embedzoo.weights.fetch`), converts it to the model's own
 state-dict layout with the plugin's `checkpoint_filter_fn` -- proven by a strict load into a fresh
-model -- and stores it in the cache with a meta.json of its provenance; extraction only ever reads
-that file (`load_weights`). Legacy pickles are read only with `torch.load(weights_only=True)`: a
-checkpoint that needs arbitrary code is refused. `convert_checkpoint` does the same conversion in
-memory for a file the user passes (`embedzoo.load(id, weights=PATH)`).
+model -- and stores it in the cache with a meta.json of its provenance, including the converted
+file's sha256; extraction only ever reads that file (`load_weights`). The converted bytes are a
+function of the tensors alone (the safetensors header carries no per-run metadata), so `pull --force`
+writes the same file again and the weights identity that outputs record stays valid. A cached file
+is re-hashed against meta.json at its first use in a process: damaged bytes are converted again
+from the verified original, or refused with the command to run -- never used. Legacy pickles are
+read only with `torch.load(weights_only=True)`: a checkpoint that needs arbitrary code is refused.
+`convert_checkpoint` does the same conversion in memory for a file the user passes
+(`embedzoo.load(id, weights=PATH)`).
 
 torch and safetensors are imported inside the functions that need them.
 """
@@ -16,6 +21,8 @@ import importlib.metadata
 import json
 import os
 import pickle
+import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -30,16 +37,20 @@ from embedzoo.weights.cache import (
     converted_path,
     embedzoo_version,
     file_lock,
+    follow_umask,
     meta_matches,
     now_iso,
+    permission_error,
+    read_meta,
     sha256_file,
 )
 from embedzoo.weights.fetch import Progress, fetch_source
+from embedzoo.weights.progress import ByteProgress, Working, human_size
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["convert_checkpoint", "load_weights", "pull"]
+__all__ = ["convert_checkpoint", "damage", "load_weights", "pull"]
 
 _LIST_LIMIT = 10
 
@@ -187,16 +198,45 @@ def pull(
     offline: bool | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    quiet: bool = False,
 ) -> Path:
-    """Make sure the card's converted safetensors is in the cache and return its path.
+    """Make sure the card's intact converted safetensors is in the cache and return its path.
 
-    Returns at once, touching no original, when a finished conversion is there (unless `force`,
-    which converts again; the original is verified again either way). Otherwise tries the card's
-    sources in order and converts the first one that can be fetched; if none can, raises one error
-    listing every source's (OfflineError when all were offline misses).
+    Returns at once, touching no original, when a finished conversion is there whose bytes match
+    the sha256 in its meta.json (hashed once per process; unless `force`, which converts again --
+    to the same bytes; the original is verified again either way). A damaged conversion is made
+    again from the verified original; when no original can be had, the error names the command to
+    run. Otherwise tries the card's sources in order and converts the first one that can be
+    fetched; if none can, raises one error listing every source's (OfflineError when all were
+    offline misses).
+
+    Downloads and the conversion show progress on stderr unless `quiet`; `progress`, when given,
+    receives the download's (bytes done, total) instead of the stderr display.
     """
+    try:
+        return _pull(card, cache_dir, mirror, offline, force, progress, quiet)
+    except PermissionError as exc:
+        raise permission_error(exc, cache_dir) from exc
+
+
+def damage(card: ModelCard, path: Path) -> str | None:
+    """Why the finished conversion at `path` cannot be used, or None when it is intact: meta.json
+    for this card and key, the size it records, and the sha256 it records (memoised per process
+    by path, size and mtime, so only the first use of a file in a process reads all of it)."""
+    if not meta_matches(card, path):
+        return "no finished conversion"
+    expected = (read_meta(path) or {}).get("safetensors_sha256")
+    actual = sha256_file(path)
+    if actual != expected:
+        return f"its sha256 is {actual} but meta.json records {expected}"
+    return None
+
+
+def _pull(
+    card: ModelCard, cache_dir: Any, mirror: Any, offline: bool | None, force: bool, progress: Progress | None, quiet: bool
+) -> Path:
     target = converted_path(card, cache_dir)
-    if not force and meta_matches(card, target):
+    if not force and damage(card, target) is None:
         return target
     if not card.sources:
         raise WeightsError(
@@ -204,26 +244,57 @@ def pull(
             hint=f"pass a checkpoint yourself: embedzoo.load({card.id!r}, weights=PATH)",
         )
     with file_lock(target.parent.with_name(target.parent.name + ".lock")):
-        if not force and meta_matches(card, target):  # another process converted it meanwhile
+        problem = None if force else damage(card, target)
+        if not force and problem is None:  # another process converted it meanwhile
             return target
+        damaged = problem if problem and meta_matches(card, target) else None  # finished once, damaged since
+        if damaged:  # a warning, not progress: shown even when quiet
+            print(f"{card.id}: the cached weights {target} are damaged ({damaged}); converting them again", file=sys.stderr)
         failures: list[tuple[Source, WeightsError]] = []
         for source in card.sources:
             try:
-                original = fetch_source(
-                    source, cache_dir=cache_dir, mirror=mirror, offline=offline, progress=progress, model_id=card.id
-                )
-                extras = [
-                    (fetch_source(extra, cache_dir=cache_dir, mirror=mirror, offline=offline, progress=progress, model_id=card.id), extra.format)
-                    for extra in source.extras
-                ]
+                original = _fetch(card, source, cache_dir, mirror, offline, progress, quiet)
+                extras = [(_fetch(card, extra, cache_dir, mirror, offline, progress, quiet), extra.format) for extra in source.extras]
                 break
             except WeightsError as exc:
                 failures.append((source, exc))
         else:
-            raise _all_failed(card, failures)
-        state = _convert(card, original, source.format, extras)
-        _save(card, source, original, state, target, [path for path, _ in extras])
+            error = _all_failed(card, failures)
+            if damaged:
+                _discard(target)  # never leave damaged weights that `list` calls cached
+                raise type(error)(
+                    f"the cached weights of {card.id} at {target} were damaged ({damaged}) and were removed; "
+                    f"the original needed to convert them again is not available: {error.message}",
+                    hint=f"run `embedzoo pull --force {card.id}` where the original can be had (online, or with "
+                    f"--from DIR); or copy an intact cache folder here. {error.hint or ''}".strip(),
+                )
+            raise error
+        size = sum(path.stat().st_size for path in [original, *(p for p, _ in extras)])
+        with _working(f"{card.id}: converting {original.name} ({human_size(size)})", quiet):
+            state = _convert(card, original, source.format, extras)
+            _save(card, source, original, state, target, [path for path, _ in extras])
     return target
+
+
+def _working(label: str, quiet: bool) -> Any:
+    return nullcontext() if quiet else Working(label)
+
+
+def _fetch(
+    card: ModelCard, source: Source, cache_dir: Any, mirror: Any, offline: bool | None, progress: Progress | None, quiet: bool
+) -> Path:
+    """One source's file, its download shown on stderr (or reported to `progress`)."""
+    shown = None if progress is not None or quiet else ByteProgress(f"{card.id}: {source.basename}")
+    try:
+        return fetch_source(source, cache_dir=cache_dir, mirror=mirror, offline=offline, progress=progress or shown, model_id=card.id)
+    finally:
+        if shown is not None:
+            shown.close()
+
+
+def _discard(target: Path) -> None:
+    (target.parent / META_FILE).unlink(missing_ok=True)
+    target.unlink(missing_ok=True)
 
 
 def _all_failed(card: ModelCard, failures: list[tuple[Source, WeightsError]]) -> WeightsError:
@@ -248,11 +319,11 @@ def _save(
     (target.parent / META_FILE).unlink(missing_ok=True)
     tmp = target.with_name(f".{MODEL_FILE}.{os.getpid()}.tmp")
     try:
-        save_file(
-            state,
-            str(tmp),
-            metadata={"format": "pt", "embedzoo_model": card.id, "source": source.describe(), "original_sha256": original_sha},
-        )
+        # one metadata entry only: safetensors writes its metadata map in hash order, so more than
+        # one would change the bytes (and the weights identity) from one run to the next;
+        # provenance lives in meta.json
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        follow_umask(tmp)  # safetensors creates 0600 files: a shared cache needs the umask's mode
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -294,6 +365,8 @@ def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
         )
     if not path.is_file():
         raise WeightsError(f"no weights file at {path}", hint="run `embedzoo pull <model id>`")
+    if not os.access(path, os.R_OK):
+        raise permission_error(PermissionError(13, "Permission denied", str(path)))
     from safetensors.torch import load_file
 
     try:

@@ -157,8 +157,8 @@ def test_base_scene_and_timestamp_embeddings(reference, checkpoint, clips, clip:
     with torch.no_grad():
         ref_scene = ref_base.get_scene_embeddings(audio, reference)
         ref_ts, ref_times = ref_base.get_timestamp_embeddings(audio, reference)
-    scene = model.scene_embeddings(audio)
-    ts, times = model.timestamp_embeddings(audio)
+    scene = model.scene_embeddings(audio, SR)
+    ts, times = model.timestamp_embeddings(audio, SR)
     assert scene.shape == (len(audio), width)
     assert rel_err(scene, ref_scene) < TOLERANCE
     assert rel_err(ts, ref_ts) < TOLERANCE
@@ -174,10 +174,10 @@ def test_two_level_recipes(module, preset: str, seconds: float, small_catalog, t
     reference = small_reference(seed=3)
     model = embedzoo.load(f"{CARD}-small", weights=small_weights(reference, tmp_path), device="cpu", preset=preset)
     audio = 0.3 * torch.randn(2, int(seconds * SR), generator=torch.Generator().manual_seed(9))
-    ts, times = model.timestamp_embeddings(audio)
+    ts, times = model.timestamp_embeddings(audio, SR)
     assert model.timestamp_embedding_size == ts.shape[-1] == {"2level": 2, "2levelmel": 2}[preset] * SMALL_BASE + (768 if preset == "2levelmel" else 0)
     assert torch.isfinite(ts).all()
-    scene = model.scene_embeddings(audio)
+    scene = model.scene_embeddings(audio, SR)
     assert model.scene_embedding_size == scene.shape[-1] == SMALL_BASE and torch.isfinite(scene).all()
     with torch.no_grad():
         if seconds * 1000 > 400:
@@ -216,7 +216,7 @@ def test_stft_hop_two_level_recipes(card_id: str, kwargs: dict, tmp_path: Path, 
         with torch.no_grad():
             ref_ts, ref_times = recipe.get_timestamp_embeddings(audio, reference)
         model = embedzoo.load(f"{card_id}-small", weights=path, device="cpu", preset=preset)
-        ts, times = model.timestamp_embeddings(audio)
+        ts, times = model.timestamp_embeddings(audio, SR)
         assert rel_err(ts, ref_ts) < TOLERANCE, module
         assert torch.allclose(times.double(), ref_times.double())
 
@@ -236,14 +236,14 @@ def test_ten_second_scene(reference, checkpoint) -> None:
     model = embedzoo.load(CARD, weights=checkpoint, device="cpu", preset="base")
     with torch.no_grad():
         ref_scene = ref_base.get_scene_embeddings(audio, reference)
-    assert rel_err(model.scene_embeddings(audio), ref_scene) < TOLERANCE
+    assert rel_err(model.scene_embeddings(audio, SR), ref_scene) < TOLERANCE
 
 
 def test_frame_mode_reads_patch_columns(checkpoint) -> None:
     """Frame mode: patch column j of block12 is the timestamp embedding at j*100 ms (hop = frame_hop)."""
     model = embedzoo.load(CARD, weights=checkpoint, device="cpu", preset="frames", hop_ms=100)
     audio = 0.3 * torch.randn(1, int(2.0 * SR), generator=torch.Generator().manual_seed(5))
-    ts, times = model.timestamp_embeddings(audio)
+    ts, times = model.timestamp_embeddings(audio, SR)
     assert ts.shape == (1, 21, 768)
     assert float(times[0, 1]) == pytest.approx(100.0)
     card = model.card
@@ -261,7 +261,7 @@ def test_long_clip_scene_is_mean_of_windows(reference, checkpoint) -> None:
     audio = 0.3 * torch.randn(1, int(2.3 * SR), generator=torch.Generator().manual_seed(13))
     with torch.no_grad():
         ref_scene = ref_base.get_scene_embeddings(audio, short_ref)
-    assert rel_err(model.scene_embeddings(audio), ref_scene) < TOLERANCE
+    assert rel_err(model.scene_embeddings(audio, SR), ref_scene) < TOLERANCE
 
 
 # ---- other variants' architecture ----------------------------------------------------------
@@ -378,7 +378,7 @@ def test_bad_input_through_the_pipeline(checkpoint, tmp_path: Path) -> None:
     assert "NaN" in errors["nan.wav"] and "0.500 s" in errors["nan.wav"] and "empty" in errors["empty.wav"]
     for name in ("stereo.wav", "short.wav"):
         audio, _ = load_audio(clips / name, SR)
-        want = model.embed([audio])[0]
+        want = model.embed([audio], SR)[0]
         got = np.load(tmp_path / "out" / "timestamp" / f"{name}.embedding.npy")
         assert got.shape == (1 + len(audio) // 8000, 1295)
         assert rel_err(torch.from_numpy(got), want.timestamp) < TOLERANCE  # batched with other files

@@ -52,11 +52,11 @@ def status(key):
 before = status("VmRSS")
 Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM, the peak resident set
 tracemalloc.start()
-[result] = model.embed(audio)
+[result] = model.embed(audio, model.sample_rate)
 traced_peak = tracemalloc.get_traced_memory()[1]
 tracemalloc.stop()
 peak = status("VmHWM")
-[prefix] = model.embed(audio[:, : args["prefix"]])
+[prefix] = model.embed(audio[:, : args["prefix"]], model.sample_rate)
 out = Path(args["out"])
 for name, value in [("scene", result.scene), ("timestamp", result.timestamp), ("timestamps", result.timestamps),
                     ("prefix", prefix.timestamp)]:

@@ -103,7 +103,7 @@ def reference_timestamps(recipe: Recipe, clip: torch.Tensor) -> tuple[torch.Tens
 
 def assert_same_timestamps(recipe: Recipe, clip: torch.Tensor) -> None:
     ref_emb, ref_times = reference_timestamps(recipe, clip)
-    emb, times = recipe.model.timestamp_embeddings(clip)
+    emb, times = recipe.model.timestamp_embeddings(clip, SR)
     assert rel_err(emb, ref_emb) < TOLERANCE
     assert times.shape == ref_times.shape
     assert torch.allclose(times.double(), ref_times.double())
@@ -127,7 +127,7 @@ def test_card_is_the_modules_recipe(recipe: Recipe) -> None:
 @pytest.mark.parametrize("seconds,batch", [(1.07, 2), (3.74, 1), (10.0, 1)])
 def test_scene_and_timestamps(recipe: Recipe, seconds: float, batch: int) -> None:
     clip = audio(seconds, batch, seed=int(seconds * 100))
-    assert rel_err(recipe.model.scene_embeddings(clip), reference_scene(recipe, clip)) < TOLERANCE
+    assert rel_err(recipe.model.scene_embeddings(clip, SR), reference_scene(recipe, clip)) < TOLERANCE
     assert_same_timestamps(recipe, clip)
 
 
@@ -136,7 +136,7 @@ def test_longer_than_the_max_window(recipe: Recipe) -> None:
     seconds = recipe.model.card.max_window / SR + 1.3
     clip = audio(seconds, seed=1)
     ref_scene = reference_scene(recipe, clip)
-    assert rel_err(recipe.model.scene_embeddings(clip), ref_scene) < TOLERANCE
+    assert rel_err(recipe.model.scene_embeddings(clip, SR), ref_scene) < TOLERANCE
     assert_same_timestamps(recipe, clip)
 
 
@@ -146,7 +146,7 @@ def test_shorter_than_a_timestamp_window(recipe: Recipe) -> None:
     reference crashes while embedzoo forwards the clip zero-padded around its centre to min_window."""
     clip = audio(0.1, seed=2)
     assert_same_timestamps(recipe, clip)
-    scene = recipe.model.scene_embeddings(clip)
+    scene = recipe.model.scene_embeddings(clip, SR)
     mel_frames = 1 + clip.shape[-1] // recipe.wrapper.mel.hopsize
     if mel_frames >= 16:
         assert rel_err(scene, reference_scene(recipe, clip)) < TOLERANCE
@@ -166,7 +166,7 @@ def test_shorter_than_the_reflection_pad(recipe: Recipe) -> None:
     clip = audio(0.05, seed=3)
     with pytest.raises(RuntimeError):
         reference_timestamps(recipe, clip)
-    emb, times = recipe.model.timestamp_embeddings(clip)
+    emb, times = recipe.model.timestamp_embeddings(clip, SR)
     window, hop = recipe.wrapper.timestamp_window, recipe.wrapper.timestamp_hop
     count = 1 + clip.shape[-1] // hop
     assert emb.shape == (1, count, recipe.model.timestamp_embedding_size)
@@ -176,4 +176,4 @@ def test_shorter_than_the_reflection_pad(recipe: Recipe) -> None:
     with torch.no_grad():
         expected = recipe.wrapper(windows)
     assert rel_err(emb[0], expected) < TOLERANCE
-    assert torch.isfinite(recipe.model.scene_embeddings(clip)).all()
+    assert torch.isfinite(recipe.model.scene_embeddings(clip, SR)).all()
