@@ -219,13 +219,9 @@ def text_table(headers: list[str], rows: list[list[str]], width: int, keep: int 
 
 
 def _size(n: int | None) -> str:
-    if not n:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return "-"
+    from embedzoo.progress import human_size
+
+    return human_size(n) if n else "-"
 
 
 def _model_rows(pattern: str | None, installed_only: bool) -> list[dict[str, Any]]:
@@ -424,94 +420,6 @@ def pull(models: tuple[str, ...], mirror: Path | None, offline: bool, force: boo
     sys.exit(1 if failed else 0)
 
 
-class _EmbedDisplay:
-    """`embed`'s progress on stderr: a live bar on a terminal; anywhere else (a log, a pipe) a
-    plain line at least every `interval` seconds (default $EMBEDZOO_PROGRESS_SECONDS, else 5; 0:
-    a line per update), also while one long file runs: files, seconds of audio, the current file."""
-
-    def __init__(self, label: str, stream: Any = None, interval: float | None = None) -> None:
-        import os
-        import threading
-        import time
-
-        self.label, self.stream = label, stream if stream is not None else sys.stderr
-        if interval is None:
-            try:
-                interval = max(0.0, float(os.environ.get("EMBEDZOO_PROGRESS_SECONDS") or 5))
-            except ValueError:
-                interval = 5.0
-        self.interval = interval
-        try:
-            self.tty = bool(self.stream.isatty())
-        except (AttributeError, ValueError):
-            self.tty = False
-        self.clock = time.monotonic
-        self.started = self.last = self.clock()
-        self.state: Any = None
-        self.bar: Any = None
-        self.task: Any = None
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._heartbeat, name="embedzoo-progress", daemon=True)
-
-    def __enter__(self) -> "_EmbedDisplay":
-        if self.tty:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                TextColumn("{task.fields[audio]}"), TextColumn("{task.fields[name]}"), console=Console(file=self.stream),
-            )  # fmt: skip
-            self.bar.start()
-            self.task = self.bar.add_task(self.label, total=None, audio="", name="")
-        elif self.interval > 0:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join()
-        if self.bar is not None:
-            self.bar.stop()
-
-    def text(self) -> str:
-        s = self.state
-        elapsed = int(self.clock() - self.started)
-        line = f"{self.label}: {s.finished}/{s.total} files ({s.skipped} already done, {s.failed} failed), {s.audio_seconds:.1f} s of audio decoded"
-        if s.current:
-            line += f"; {s.current}" + (f" at {s.current_seconds:.1f} s" if s.current_seconds else "")
-        return line + f" [{elapsed // 60}:{elapsed % 60:02d}]"
-
-    def update(self, state: Any) -> None:
-        """The pipeline's `JobProgress.on_change`."""
-        self.state = state
-        if self.bar is not None:
-            self.bar.update(self.task, total=state.total, completed=state.finished, audio=f"{state.audio_seconds:.0f} s of audio", name=state.current)
-            return
-        with self.lock:
-            if self.clock() - self.last >= self.interval:
-                self._write(self.text())
-
-    def _write(self, text: str) -> None:
-        self.last = self.clock()
-        try:
-            print(text, file=self.stream, flush=True)
-        except (OSError, ValueError):  # a closed or broken stderr must not stop the job
-            pass
-
-    def beat(self) -> None:
-        """A line when nothing was printed for `interval` seconds (one forward pass of a long file)."""
-        with self.lock:
-            if self.state is not None and self.clock() - self.last >= self.interval:
-                self._write(self.text() + " ...")
-
-    def _heartbeat(self) -> None:
-        while not self.stop.wait(min(1.0, self.interval)):
-            self.beat()
-
-
 @main.command()
 @click.argument("model")
 @click.argument("inputs", nargs=-1, required=True)
@@ -543,6 +451,7 @@ def embed(model: str, inputs: tuple[str, ...], out_dir: Path, what: str, fmt: st
     from embedzoo.inputs import collect_inputs
     from embedzoo.loader import load
     from embedzoo.pipeline import JobProgress, embed_files
+    from embedzoo.progress import EmbedProgress
 
     knobs = knobs_from(kwargs)
     files = collect_inputs(list(inputs))
@@ -558,7 +467,7 @@ def embed(model: str, inputs: tuple[str, ...], out_dir: Path, what: str, fmt: st
     if quiet:
         summary = run(None)
     else:
-        with _EmbedDisplay(extractor.card.id) as display:
+        with EmbedProgress(extractor.card.id) as display:
             summary = run(JobProgress(on_change=display.update))
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
@@ -588,7 +497,7 @@ def validate(model: str, device: str, hear_validator: bool, as_json: bool, quiet
 
     Progress goes to stderr: a bar on a terminal; elsewhere a line per check (and one every few
     seconds while a check runs). The report goes to stdout."""
-    from embedzoo.eval.progress import Reporter
+    from embedzoo.progress import Reporter
     from embedzoo.validate import validate_model
 
     with Reporter(f"validate {model}", quiet=quiet) as reporter:
@@ -707,9 +616,9 @@ def _eval_settings(kwargs: dict[str, Any]):
 
 
 def _reporter(title: str, quiet: bool):
-    """Progress on stderr for a long command (`embedzoo.eval.progress.Reporter`): a bar on a
+    """Progress on stderr for a long command (`embedzoo.progress.Reporter`): a bar on a
     terminal, plain lines at least every few seconds elsewhere."""
-    from embedzoo.eval.progress import Reporter
+    from embedzoo.progress import Reporter
 
     return Reporter(title, quiet=quiet)
 

@@ -16,13 +16,17 @@ Building blocks:
 - `VGGishLogMel`: |STFT| of unpadded frames -> HTK mel -> log(x + offset), VGGish's frontend
   (`vggish_input.waveform_to_examples`), with its 0.96 s example framing;
 - `MelSTFT`: pre-emphasis -> STFT power -> mel -> log -> affine normalisation, the eval-mode
-  `AugmentMelSTFT` of PaSST (hear21passt) and EfficientAT, parameterised for their variants.
+  `AugmentMelSTFT` of PaSST (hear21passt) and EfficientAT, parameterised for their variants;
+- `KaldiFbank`: Kaldi's log mel filter bank (`torchaudio.compliance.kaldi.fbank`), AST's and
+  BEATs' frontend, batched;
+- `WhisperLogMel`: Whisper's log-mel (openai-whisper / `WhisperFeatureExtractor`), floored per clip.
 
-`STFTPower`, `DBMelSpectrogram` and `VGGishLogMel` run in float32 also under autocast (a log of
-a bfloat16 power spectrum loses the quiet bands); `MelSTFT` keeps its mel product in float32.
-Output layout: (batch, frames, bins) for `STFTPower`, `DBMelSpectrogram` and
-`VGGishLogMel`, as their references return it; (batch, n_mels, frames) for `MelSTFT`, frame k
-centred on sample k*hop of the pre-emphasised signal (STFT `center=True`).
+`STFTPower`, `DBMelSpectrogram`, `VGGishLogMel`, `KaldiFbank` and `WhisperLogMel` run in float32
+also under autocast (a log of a bfloat16 power spectrum loses the quiet bands); `MelSTFT` keeps its
+mel product in float32. Output layout: (batch, frames, bins) for `STFTPower`, `DBMelSpectrogram`,
+`VGGishLogMel` and `KaldiFbank`, as their references return it; (batch, n_mels, frames) for
+`MelSTFT` (frame k centred on sample k*hop of the pre-emphasised signal, STFT `center=True`) and
+`WhisperLogMel`.
 """
 
 from __future__ import annotations
@@ -351,3 +355,180 @@ class VGGishLogMel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"win={self.win_length}, hop={self.hop}, n_fft={self.n_fft}, n_mels={self.mel.shape[1]}, log_offset={self.log_offset}"
+
+
+# ---- Kaldi fbank (AST, BEATs) ------------------------------------------------------------------------
+
+KALDI_WINDOWS = ("povey", "hanning", "hamming", "rectangular", "blackman")
+
+
+def kaldi_window(kind: str, size: int, blackman_coeff: float = 0.42) -> Tensor:
+    """Kaldi's analysis windows in float32, built with the same torch ops as torchaudio's so the
+    floats agree: symmetric Hann ("hanning"), its 0.85th power ("povey"), symmetric Hamming,
+    rectangular, and Kaldi's generalised Blackman."""
+    if kind == "hanning":
+        return torch.hann_window(size, periodic=False)
+    if kind == "povey":
+        return torch.hann_window(size, periodic=False).pow(0.85)
+    if kind == "hamming":
+        return torch.hamming_window(size, periodic=False, alpha=0.54, beta=0.46)
+    if kind == "rectangular":
+        return torch.ones(size)
+    if kind == "blackman":
+        phase = 2 * math.pi / (size - 1) * torch.arange(size, dtype=torch.float32)
+        return blackman_coeff - 0.5 * torch.cos(phase) + (0.5 - blackman_coeff) * torch.cos(2 * phase)
+    raise ValueError(f"window must be one of {KALDI_WINDOWS}, not {kind!r}")
+
+
+class KaldiFbank(nn.Module):
+    """Kaldi's log mel filter bank (`compute-fbank-feats`, as `torchaudio.compliance.kaldi.fbank`
+    computes it for one clip), batched: (batch, samples) -> (batch, frames, n_mels), float32.
+
+    Per frame of `frame_length` ms every `frame_shift` ms: remove the frame's mean (remove_dc_offset),
+    pre-emphasis x[j] - p x[j-1] inside the frame (its first sample against itself), the window,
+    zero-padding to the next power of two, |rfft|^2 (|rfft| with use_power=False), Kaldi mel banks
+    (`kaldi_mel_banks`, low_freq..high_freq, high_freq <= 0 counting down from Nyquist), and
+    log(max(x, float32 eps)). The defaults are torchaudio's (povey window, 20 Hz to Nyquist, 0.97,
+    snip_edges); AST uses window="hanning", BEATs the defaults on waveform * 2**15, both 128 bins at
+    16 kHz. Not supported (none of the zoo's models use them): dither, the energy column
+    (use_energy), VTLN warping, subtract_mean.
+    """
+
+    # hand-written: torch.stft has no per-frame DC removal or in-frame pre-emphasis, and torchaudio
+    # is no core dependency and goes one clip at a time (its fbank takes a single waveform)
+
+    def __init__(
+        self,
+        n_mels: int,
+        sample_rate: float = 16000.0,
+        frame_length: float = 25.0,
+        frame_shift: float = 10.0,
+        window: str = "povey",
+        low_freq: float = 20.0,
+        high_freq: float = 0.0,
+        preemphasis: float = 0.97,
+        remove_dc_offset: bool = True,
+        round_to_power_of_two: bool = True,
+        snip_edges: bool = True,
+        use_power: bool = True,
+        blackman_coeff: float = 0.42,
+    ):
+        super().__init__()
+        # Kaldi truncates the millisecond products to whole samples
+        self.win_length = int(sample_rate * frame_length * 0.001)
+        self.hop = int(sample_rate * frame_shift * 0.001)
+        self.n_fft = 1 << (self.win_length - 1).bit_length() if round_to_power_of_two else self.win_length
+        if self.win_length < 2 or self.hop < 1 or self.n_fft % 2:
+            raise ValueError(f"frames of {self.win_length} samples every {self.hop} with an FFT of {self.n_fft}: "
+                             "need >= 2 samples, a positive shift and an even FFT size")  # fmt: skip
+        if not 0.0 <= preemphasis <= 1.0:
+            raise ValueError(f"preemphasis must lie in [0, 1], got {preemphasis}")
+        self.n_mels, self.sample_rate, self.window_kind = n_mels, float(sample_rate), window
+        self.low_freq, self.high_freq, self.preemphasis = float(low_freq), float(high_freq), float(preemphasis)
+        self.remove_dc_offset, self.snip_edges, self.use_power = remove_dc_offset, snip_edges, use_power
+        self.register_buffer("window", kaldi_window(window, self.win_length, blackman_coeff), persistent=False)
+        # (bins, n_mels): the Nyquist row is zero, as Kaldi's
+        banks = kaldi_mel_banks(n_mels, self.n_fft, self.sample_rate, self.low_freq, self.high_freq)
+        self.register_buffer("mel", banks.T.contiguous(), persistent=False)
+
+    def frames(self, samples: int) -> int:
+        """Frames produced for an input of `samples` samples: with snip_edges only whole frames,
+        1 + (samples - win_length) // hop (1 + (samples - 400) // 160 at 16 kHz, 25 / 10 ms; 0 when
+        shorter than a frame, which `forward` refuses); otherwise (samples + hop // 2) // hop."""
+        if self.snip_edges:
+            return max(0, 1 + (samples - self.win_length) // self.hop)
+        return (samples + self.hop // 2) // self.hop
+
+    def _framed(self, audio: Tensor) -> Tensor:
+        """(batch, samples) -> (batch, frames, win_length), Kaldi's framing."""
+        if self.snip_edges:
+            return audio.unfold(-1, self.win_length, self.hop)
+        # Kaldi mirrors the ends including the edge sample ([2, 1, 0 | 0, 1, 2 ...]), unlike F.pad's
+        # "reflect"; frame j is centred on sample j * hop + hop // 2
+        samples, pad = audio.shape[-1], self.win_length // 2 - self.hop // 2
+        flipped = audio.flip(-1)
+        if pad > 0:
+            audio = torch.cat((flipped[:, samples - pad :], audio, flipped), dim=-1)
+        else:  # a shift longer than the frame: skip the first -pad samples
+            audio = torch.cat((audio[:, -pad:], flipped), dim=-1)
+        return audio.unfold(-1, self.win_length, self.hop)[:, : self.frames(samples)]
+
+    def forward(self, audio: Tensor) -> Tensor:
+        if audio.ndim != 2:
+            raise ValueError(f"expected (batch, samples), got shape {tuple(audio.shape)}")
+        if audio.shape[-1] < self.win_length:
+            raise ValueError(f"Kaldi's fbank needs at least one frame of {self.win_length} samples, got {audio.shape[-1]}")
+        with torch.autocast(device_type=audio.device.type, enabled=False):
+            frames = self._framed(audio.float())
+            if self.remove_dc_offset:
+                frames = frames - frames.mean(dim=-1, keepdim=True)
+            if self.preemphasis != 0.0:
+                previous = torch.cat((frames[..., :1], frames[..., :-1]), dim=-1)
+                frames = frames - self.preemphasis * previous
+            spectrum = torch.fft.rfft(frames * self.window, n=self.n_fft)
+            # re^2 + im^2 is 3x faster than torchaudio's |X|.pow(2) (a hypot, then a square) and a few ulps off it
+            spectrum = spectrum.real.square() + spectrum.imag.square() if self.use_power else spectrum.abs()
+            mel = torch.matmul(spectrum, self.mel)
+            return torch.clamp(mel, min=torch.finfo(torch.float32).eps).log()
+
+    def extra_repr(self) -> str:
+        return (f"n_mels={self.n_mels}, sr={self.sample_rate:g}, win={self.win_length}, hop={self.hop}, n_fft={self.n_fft}, "
+                f"window={self.window_kind}, freqs=({self.low_freq:g}, {self.high_freq:g}), snip_edges={self.snip_edges}")  # fmt: skip
+
+
+# ---- Whisper ------------------------------------------------------------------------------------------
+
+
+class WhisperLogMel(nn.Module):
+    """Whisper's log-mel (openai-whisper's `log_mel_spectrogram`, transformers'
+    `WhisperFeatureExtractor`), batched: (batch, samples) -> (batch, n_mels, samples // hop), float32.
+
+    Centred STFT (reflect padding; needs samples > n_fft // 2) with a periodic Hann window, the last
+    frame dropped, |X|^2, slaney mel filters up to 8 kHz (`mel_filterbank`, librosa's = Whisper's),
+    log10(max(x, 1e-10)), then floored at 8 below its maximum -- the maximum of each clip (row) --
+    and (x + 4) / 4. The reference pads every clip with zeros to 30 s before all this, so its floor
+    is the maximum over the padded clip and its output has 3000 frames: `pad_to=480000` reproduces
+    it (clips longer than `pad_to` are refused, not cut); the default `pad_to=None` pads nothing, so
+    a short clip's frames and floor are its own (they differ from the reference's first frames in
+    the last frame, whose reflect padding differs, and wherever the floor bites).
+    """
+
+    def __init__(
+        self,
+        n_mels: int = 80,
+        sample_rate: int = 16000,
+        n_fft: int = 400,
+        hop: int = 160,
+        fmax: float = 8000.0,
+        pad_to: int | None = None,
+        floor_db: float = 8.0,
+    ):
+        super().__init__()
+        self.n_mels, self.n_fft, self.hop, self.pad_to, self.floor_db = n_mels, n_fft, hop, pad_to, floor_db
+        self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
+        bank = mel_filterbank(sample_rate, n_fft, n_mels, 0.0, fmax, scale="slaney", norm="slaney")
+        self.register_buffer("mel", bank.T.float().contiguous(), persistent=False)  # (n_mels, bins)
+
+    def frames(self, samples: int) -> int:
+        """Frames produced for an input of `samples` samples: samples // hop (3000 with pad_to=480000)."""
+        return (self.pad_to if self.pad_to is not None else samples) // self.hop
+
+    def forward(self, audio: Tensor) -> Tensor:
+        if audio.ndim != 2:
+            raise ValueError(f"expected (batch, samples), got shape {tuple(audio.shape)}")
+        samples = audio.shape[-1]
+        if self.pad_to is not None:
+            if samples > self.pad_to:
+                raise ValueError(f"got {samples} samples, more than pad_to={self.pad_to}: window long audio first")
+            audio = F.pad(audio, (0, self.pad_to - samples))
+        if audio.shape[-1] <= self.n_fft // 2:
+            raise ValueError(f"Whisper's centred STFT needs more than {self.n_fft // 2} samples, got {audio.shape[-1]}")
+        with torch.autocast(device_type=audio.device.type, enabled=False):
+            spec = torch.stft(audio.float(), self.n_fft, self.hop, window=self.window, center=True, pad_mode="reflect", return_complex=True)
+            power = spec[..., :-1].abs().pow(2)
+            log_mel = torch.clamp(torch.matmul(self.mel, power), min=1e-10).log10()
+            peak = log_mel.amax(dim=(1, 2), keepdim=True)
+            return (torch.maximum(log_mel, peak - self.floor_db) + 4.0) / 4.0
+
+    def extra_repr(self) -> str:
+        return f"n_mels={self.n_mels}, n_fft={self.n_fft}, hop={self.hop}, pad_to={self.pad_to}"

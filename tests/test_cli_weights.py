@@ -104,7 +104,7 @@ class Terminal(io.StringIO):
 
 
 def test_download_progress_in_a_log_is_whole_lines_every_few_seconds():
-    from embedzoo.weights.progress import EVERY, ByteProgress
+    from embedzoo.progress import DEFAULT_INTERVAL as EVERY, ByteProgress
 
     clock, log = Clock(), io.StringIO()
     shown = ByteProgress("m: w.pth", stream=log, clock=clock)
@@ -125,7 +125,7 @@ def test_download_progress_in_a_log_is_whole_lines_every_few_seconds():
 
 
 def test_download_progress_on_a_terminal_redraws_one_line():
-    from embedzoo.weights.progress import ByteProgress
+    from embedzoo.progress import ByteProgress
 
     clock, tty = Clock(), Terminal()
     shown = ByteProgress("m: w.pth", stream=tty, clock=clock)
@@ -139,7 +139,7 @@ def test_download_progress_on_a_terminal_redraws_one_line():
 
 
 def test_conversion_progress_ticks_while_it_runs():
-    from embedzoo.weights.progress import Working
+    from embedzoo.progress import Working
 
     clock, log = Clock(), io.StringIO()
     with Working("m: converting w.pth (1.0 GB)", stream=log, clock=clock, every=5, thread=False) as working:

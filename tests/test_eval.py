@@ -432,7 +432,7 @@ def test_eval_results_of_other_settings_never_overwrite_each_other(tmp_path, toy
 
 
 def test_progress_without_a_terminal_is_plain_lines_with_a_heartbeat():
-    from embedzoo.eval.progress import Reporter
+    from embedzoo.progress import Reporter
 
     now = [0.0]
     stream = io.StringIO()

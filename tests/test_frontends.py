@@ -228,3 +228,151 @@ def test_frontends_stay_float32_under_autocast(name) -> None:
         cast = frontend(audio.bfloat16())
     assert cast.dtype == torch.float32
     assert rel_err(cast, frontend(audio.bfloat16().float())) < 1e-6 and exact.shape == cast.shape
+
+
+# ---- Kaldi fbank (AST, BEATs) against torchaudio.compliance.kaldi.fbank, clip by clip ----------------
+
+from embedzoo.frontends import KaldiFbank, WhisperLogMel  # noqa: E402
+
+# (name, torchaudio.compliance.kaldi.fbank keywords, the same for KaldiFbank, input gain)
+KALDI_SETTINGS = [
+    # ASTFeatureExtractor (and the original AST code's extra keywords, no-ops here)
+    ("ast", dict(sample_frequency=16000, window_type="hanning", num_mel_bins=128, htk_compat=True, use_energy=False,
+                 dither=0.0, frame_shift=10), dict(n_mels=128, window="hanning"), 1.0),
+    # BEATs: int16-scaled input, Kaldi's defaults otherwise
+    ("beats", dict(num_mel_bins=128, sample_frequency=16000, frame_length=25, frame_shift=10), dict(n_mels=128), 2.0**15),
+    ("kaldi_defaults", dict(num_mel_bins=23), dict(n_mels=23), 1.0),
+    ("centred_frames", dict(num_mel_bins=40, snip_edges=False), dict(n_mels=40, snip_edges=False), 1.0),
+    # a shift longer than half the frame (Kaldi's negative-padding branch), magnitude, Blackman
+    ("long_shift", dict(num_mel_bins=40, window_type="blackman", frame_length=20, frame_shift=30, snip_edges=False, use_power=False),
+     dict(n_mels=40, window="blackman", frame_length=20, frame_shift=30, snip_edges=False, use_power=False), 1.0),
+    # windows not zero at the frame's first sample: pre-emphasis of that sample (against itself) shows
+    ("hamming", dict(num_mel_bins=40, window_type="hamming"), dict(n_mels=40, window="hamming"), 1.0),
+    ("rectangular", dict(num_mel_bins=40, window_type="rectangular", preemphasis_coefficient=0.5),
+     dict(n_mels=40, window="rectangular", preemphasis=0.5), 1.0),
+    ("plain", dict(num_mel_bins=64, window_type="hamming", preemphasis_coefficient=0.0, remove_dc_offset=False,
+                   round_to_power_of_two=False, low_freq=100.0, high_freq=-400.0, sample_frequency=8000),
+     dict(n_mels=64, sample_rate=8000, window="hamming", preemphasis=0.0, remove_dc_offset=False, round_to_power_of_two=False,
+          low_freq=100.0, high_freq=-400.0), 1.0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,reference,ours,gain", KALDI_SETTINGS, ids=[s[0] for s in KALDI_SETTINGS])
+@pytest.mark.parametrize("samples", [400, 401, 559, 560, 16000, 24321])
+def test_kaldi_fbank_matches_torchaudio(name, reference, ours, gain, samples) -> None:
+    """Tones in noise, a quiet row and a silent one (the log(eps) floor), each row against torchaudio's
+    fbank of that clip alone; 400 samples is the shortest input at 16 kHz (one 25 ms frame)."""
+    frontend = KaldiFbank(**ours)
+    audio = gain * tone_and_noise(4, samples, samples)
+    audio[0, : samples // 2] += 0.2  # a DC step: remove_dc_offset has something to remove
+    audio[-2] = 0.0
+    got = frontend(audio)
+    assert got.dtype == torch.float32 and got.shape == (4, frontend.frames(samples), ours["n_mels"])
+    for row in range(4):
+        expected = torchaudio.compliance.kaldi.fbank(audio[row : row + 1], **reference)
+        assert rel_err(got[row], expected) < 1e-5, row
+    assert torch.equal(got[-2], torch.full_like(got[-2], np.log(np.finfo(np.float32).eps)))
+
+
+def test_kaldi_fbank_frame_counts() -> None:
+    ast = KaldiFbank(128, window="hanning")
+    assert (ast.win_length, ast.hop, ast.n_fft) == (400, 160, 512)
+    assert [ast.frames(n) for n in (399, 400, 559, 560, 16000, 160000)] == [0, 1, 1, 2, 98, 998]
+    assert ast.frames(163840 + 240) == 1024  # AST's 10.24 s: 1024 frames
+    centred = KaldiFbank(23, snip_edges=False)
+    assert [centred.frames(n) for n in (400, 16000, 16079, 16080)] == [3, 100, 100, 101]
+    with pytest.raises(ValueError, match="at least one frame"):
+        ast(torch.zeros(2, 399))
+    with pytest.raises(ValueError, match="window"):
+        KaldiFbank(23, window="hann")
+
+
+def test_kaldi_fbank_matches_ast_feature_extractor() -> None:
+    """transformers' ASTFeatureExtractor (torchaudio path) before its padding and normalisation."""
+    transformers = pytest.importorskip("transformers")
+    extractor = transformers.ASTFeatureExtractor(do_normalize=False, max_length=100)
+    audio = tone_and_noise(2, 16000, 7)
+    expected = extractor(list(audio.numpy()), sampling_rate=16000, return_tensors="pt").input_values  # (2, 100, 128)
+    got = KaldiFbank(128, window="hanning")(audio)  # 98 frames; the extractor pads 2 rows of zeros
+    assert rel_err(got, expected[:, :98]) < 1e-5 and not expected[:, 98:].any()
+
+
+# ---- Whisper's log-mel against transformers' WhisperFeatureExtractor --------------------------------
+
+
+def whisper_audio(samples: int, seed: int) -> torch.Tensor:
+    """A loud tone in noise, a quiet noise row (-60 dB) and silence."""
+    audio = 0.1 * torch.randn(3, samples, generator=torch.Generator().manual_seed(seed))
+    audio[0] += 0.5 * torch.sin(2 * torch.pi * 440 * torch.arange(samples) / 16000)
+    audio[1] *= 1e-3
+    audio[2] = 0.0
+    return audio
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+@pytest.mark.parametrize("samples", [201, 202, 1000, 12345, 16000])
+def test_whisper_log_mel_matches_transformers(n_mels, samples) -> None:
+    """Unpadded (pad_to=None) against the extractor's torch and numpy paths on each clip alone, and
+    padded (pad_to=480000) against the extractor's own call, which pads to 30 s. 201 samples is the
+    shortest input (the centred STFT reflects 200 samples)."""
+    transformers = pytest.importorskip("transformers")
+    extractor = transformers.WhisperFeatureExtractor(feature_size=n_mels)
+    audio = whisper_audio(samples, samples + n_mels)
+    unpadded, padded = WhisperLogMel(n_mels), WhisperLogMel(n_mels, pad_to=480000)
+    got, got_padded = unpadded(audio), padded(audio)
+    assert got.shape == (3, n_mels, unpadded.frames(samples)) == (3, n_mels, samples // 160)
+    assert got_padded.shape == (3, n_mels, padded.frames(samples)) == (3, n_mels, 3000)
+    for row in range(3):
+        clip = audio[row].numpy()
+        torch_path = torch.from_numpy(extractor._torch_extract_fbank_features(clip[None]))[0]
+        # the numpy path computes in float64 and rounds at the end: a float32 STFT (ours, and the
+        # torch path's, the same floats) is up to 2e-5 off it in a loud tone's bands 80 dB down
+        numpy_path = torch.from_numpy(extractor._np_extract_fbank_features(clip[None], "cpu"))[0]
+        assert rel_err(got[row], torch_path) < 1e-6, row
+        assert rel_err(got[row], numpy_path) < 3e-5, row
+    expected = extractor(list(audio.numpy()), sampling_rate=16000, return_tensors="pt").input_features  # batch, padded to 30 s
+    assert rel_err(got_padded, expected) < 1e-6
+    for row in range(3):  # the floor is each clip's own: padded rows equal the clip alone
+        assert rel_err(padded(audio[row : row + 1])[0], expected[row]) < 1e-6
+    # silence: log10(1e-10) everywhere, both floors at -10 -> (-10 + 4) / 4
+    assert torch.equal(got[2], torch.full_like(got[2], -1.5)) and torch.equal(got_padded[2], torch.full_like(got_padded[2], -1.5))
+    # the floor is per clip (8 below its maximum, 2 after the scaling): the quiet clip goes below the
+    # loud clip's floor, as it would not with one floor for the batch
+    for row in range(2):
+        assert got[row].min() >= got[row].max() - 2.0
+    assert got[1].min() < got[0].max() - 2.5
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_whisper_log_mel_30s_matches_numpy_path(n_mels) -> None:
+    """A full 30 s clip: no padding either way; the extractor's numpy path (float64 inside)."""
+    transformers = pytest.importorskip("transformers")
+    extractor = transformers.WhisperFeatureExtractor(feature_size=n_mels)
+    audio = whisper_audio(480000, n_mels)[:2]
+    expected = torch.from_numpy(extractor._np_extract_fbank_features(audio.numpy(), "cpu"))
+    got = WhisperLogMel(n_mels)(audio)
+    assert torch.equal(got, WhisperLogMel(n_mels, pad_to=480000)(audio)) and got.shape == (2, n_mels, 3000)
+    for row in range(2):
+        assert rel_err(got[row], expected[row]) < 3e-5
+
+
+def test_whisper_log_mel_filters_and_bad_input() -> None:
+    transformers = pytest.importorskip("transformers")
+    for n_mels in (80, 128):
+        reference = transformers.WhisperFeatureExtractor(feature_size=n_mels).mel_filters  # (bins, n_mels), float64
+        assert rel_err(WhisperLogMel(n_mels).mel.T, torch.from_numpy(reference)) < 1e-6
+    with pytest.raises(ValueError, match="pad_to"):
+        WhisperLogMel(pad_to=16000)(torch.zeros(1, 16001))
+    with pytest.raises(ValueError, match="more than 200"):
+        WhisperLogMel()(torch.zeros(1, 200))
+    assert WhisperLogMel(pad_to=16000)(torch.zeros(1, 200)).shape == (1, 80, 100)  # padding makes it long enough
+
+
+@pytest.mark.parametrize("name", ["kaldi", "whisper"])
+def test_new_frontends_stay_float32_under_autocast(name) -> None:
+    frontend = {"kaldi": lambda: KaldiFbank(128), "whisper": WhisperLogMel}[name]()
+    audio = 0.3 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(4))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        cast = frontend(audio.bfloat16())
+    assert cast.dtype == torch.float32
+    assert rel_err(cast, frontend(audio.bfloat16().float())) < 1e-6

@@ -439,13 +439,11 @@ def test_progress_moves_within_a_long_file_when_stderr_is_not_a_terminal(tmp_pat
 
 
 def test_the_progress_heartbeat_prints_while_nothing_else_does():
-    from embedzoo.cli import _EmbedDisplay
+    from embedzoo.progress import EmbedProgress
 
     now = [0.0]
     stream = io.StringIO()
-    display = _EmbedDisplay("toy", stream=stream, interval=5.0)
-    display.clock = lambda: now[0]
-    display.last = display.started = 0.0
+    display = EmbedProgress("toy", stream=stream, interval=5.0, clock=lambda: now[0])
     state = JobProgress()
     state.total, state.current, state.current_seconds, state.audio_seconds = 1, "long.wav", 30.0, 30.0
     display.update(state)  # less than 5 s since the last line: quiet

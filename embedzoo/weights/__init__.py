@@ -5,8 +5,9 @@
 - `embedzoo.weights.store`    -- convert and store: the original to the model's state dict, saved
                                  once as safetensors (`pull`), read back by `load_weights`;
 - `embedzoo.weights.cache`    -- the cache: settings, on-disk layout, first-use pins, `ls`/`rm`/`verify`;
-- `embedzoo.weights.identity` -- what a model's weights are, for manifests and embedding caches;
-- `embedzoo.weights.progress` -- download and conversion progress on stderr (terminal or log).
+- `embedzoo.weights.identity` -- what a model's weights are, for manifests and embedding caches.
+
+Download and conversion progress on stderr is `embedzoo.progress` (`ByteProgress`, `Working`).
 
 Importing this package does not import torch (`embedzoo list` asks `is_cached` for every card).
 """

@@ -45,7 +45,7 @@ from embedzoo.weights.cache import (
     sha256_file,
 )
 from embedzoo.weights.fetch import Progress, fetch_source
-from embedzoo.weights.progress import ByteProgress, Working, human_size
+from embedzoo.progress import ByteProgress, Working, human_size
 
 if TYPE_CHECKING:
     from torch import Tensor
