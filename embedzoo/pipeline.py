@@ -698,14 +698,21 @@ def check_manifest(out_dir: Path, manifest: dict[str, Any], overwrite: bool) -> 
         except ValueError:
             old = {"unreadable": str(path)}
         if old != manifest:
-            diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
+            changes = "; ".join(f"{key}: {before!r} there, {after!r} now" for key, before, after in _differences(old, manifest))
             raise ConfigError(
-                f"{out_dir} holds embeddings made with other settings: {diff}",
+                f"{out_dir} holds embeddings made with other settings ({changes})",
                 hint="choose another -o folder, or pass --overwrite to delete its embeddings and recompute",
             )
     if overwrite:
         _remove_outputs(out_dir)
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8"))
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every leaf where two manifests differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [item for key in {**old, **new} for item in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
 def _stat(path: Path) -> tuple[int, int] | None:

@@ -85,8 +85,9 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path, clips, toy):
     files = collect_inputs([clips / "a.wav"])
     embed_files(toy, files, tmp_path / "out", workers=0)
     toy.configure(hop_ms=1.0)
-    with pytest.raises(ConfigError, match="other settings"):
+    with pytest.raises(ConfigError, match="other settings") as refused:
         embed_files(toy, files, tmp_path / "out", workers=0)
+    assert "knobs.hop_ms: 0.5 there, 1.0 now" in refused.value.message  # names what differs, only that
     assert embed_files(toy, files, tmp_path / "out", workers=0, overwrite=True).done == 1
     toy.configure(batch_seconds=0.5)  # batching changes speed, not results: the folder is reused
     assert embed_files(toy, files, tmp_path / "out", workers=0).skipped == 1
