@@ -106,7 +106,9 @@ def reference_own_timestamps(net, paths: list[Path]) -> tuple[Timing, torch.Tens
 
 def inside_frames(model, samples: int) -> list[int]:
     """The 10 ms steps whose block-6 frame is computed from the file's own samples only."""
-    span, hop, half = model.spans["block6"], model.cfg.hop, model.cfg.n_fft // 2
+    from embedzoo_panns.geometry import spans  # the family's receptive-field arithmetic
+
+    span, hop, half = spans(model.cfg.head)["block6"], model.cfg.hop, model.cfg.n_fft // 2
     return [k for k in range(1 + samples // hop)
             if (span.first + span.jump * (k // 32)) * hop >= half and (span.last + span.jump * (k // 32)) * hop + half <= samples]  # fmt: skip
 
