@@ -32,13 +32,7 @@ from toymodel import ToyExtractor
 QUICK = EvalSettings(grid_points=2, max_epochs=12, patience=2, hidden_dim=64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The MLPs here are small: one thread is faster than two fighting over a busy CI core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: small models, one torch thread
 
 
 @pytest.fixture(scope="module")

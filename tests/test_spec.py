@@ -32,12 +32,7 @@ CREPE_TINY_SHA = "d4993eea36ed1a0ad9ac549c740dae5265b049ce72004f00c2f59e01c0be84
 SPECS = ["crepe-tiny?weights=random", "crepe?hop-ms=25&layers=conv4,conv5&weights=random"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: small models, one torch thread
 
 
 @pytest.fixture(scope="module")
