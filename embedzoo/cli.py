@@ -23,6 +23,8 @@ def _flag(name: str) -> str:
 
 def _knob_option(name: str, info: KnobInfo) -> Callable[[Callable], Callable]:
     """A knob's option (`--hop-ms` for hop_ms), typed, with the choices and help of its metadata."""
+    if info.kind is bool:  # --stack / --no-stack; unset keeps the model's default
+        return click.option(f"{_flag(name)}/--no-{name.replace('_', '-')}", name, default=None, help=info.help)
     kind = click.Choice(list(info.choices)) if info.choices else info.kind if info.kind in (int, float) else str
     return click.option(_flag(name), name, type=kind, default=None, help=info.help)
 
@@ -297,7 +299,7 @@ def info(model: str, as_json: bool) -> None:
     data["complete"] = card.complete
     data["cached"] = hub.is_cached(card)
     files = [f for s in card.sources for f in (s, *s.extras)]
-    data["recorded_pins"] = {f.describe(): hub.recorded_pin(f) for f in files if not (f.sha256 or f.kind == "hf")}
+    data["recorded_pins"] = {f.describe(): hub.recorded_pin(f) for f in files if not (f.sha256 or f.commit_pinned)}
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
@@ -313,6 +315,9 @@ def info(model: str, as_json: bool) -> None:
             f"windows {card.samples_to_ms(card.min_window):g} .. {card.samples_to_ms(card.max_window):g} ms"
         )
         out.print("layers: " + ", ".join(f"{l.name} ({l.width}{'; tokens ' + '/'.join(l.tokens) if l.tokens else ''})" for l in card.layers))
+        out.print(f"layers=all reads: {', '.join(card.all_layers)}")
+        if card.paddings:
+            out.print(f"paddings (the padding knob; first is the default): {', '.join(card.paddings)}")
     elif card.id in get_registry().problems:
         out.print(f"layers: unavailable, plugin {card.plugin} could not describe this model: {get_registry().problems[card.id].message}")
     else:
@@ -323,12 +328,16 @@ def info(model: str, as_json: bool) -> None:
     for source in (f for s in card.sources for f in (s, *s.extras)):
         if source.sha256:
             pin = f"sha256 {source.sha256}"
-        elif source.kind == "hf":
+        elif source.commit_pinned:
             pin = f"revision {source.revision}"
+        elif source.kind == "hf":
+            held = hub.recorded_pin(source)
+            pin = f"UNPINNED branch {source.revision} (held to commit {held} since the first pull)" if held else f"UNPINNED branch {source.revision} (its commit is recorded at the first pull)"
         else:
             seen = hub.recorded_pin(source)
             pin = f"UNPINNED (first seen sha256 {seen})" if seen else "UNPINNED (hash recorded at first download)"
-        out.print(f"source: {source.describe()}  [{pin}]  {_size(source.size)}")
+        repo_files = f"  + {', '.join(source.files)}" if source.files else ""
+        out.print(f"source: {source.describe()}{repo_files}  [{pin}]  {_size(source.size)}")
     out.print(f"cached: {'yes' if data['cached'] else 'no'}")
     if card.reference_scores:
         out.print("reference scores: " + ", ".join(f"{k} {v}" for k, v in card.reference_scores.items()))

@@ -30,7 +30,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 @dataclass
 class ClipEmbeddings:
-    """What one clip yields: a scene vector (D,), and/or timestamp vectors (T, D) with times (T,) in ms."""
+    """What one clip yields: a scene vector (D,), and/or timestamp vectors (T, D) with times (T,) in ms;
+    with the `stack` knob, one per layer: scene (layers, D), timestamp (layers, T, D)."""
 
     scene: Tensor | None = None
     timestamp: Tensor | None = None
@@ -239,8 +240,10 @@ class Extractor(torch.nn.Module, abc.ABC):
             batch = batch.pin_memory().to(device, non_blocking=True)
         else:
             batch = batch.to(device)
+        # a family that offers paddings (Geometry.paddings) is told the chosen one; none other is
+        choice = {"padding": knobs.padding} if self.card.paddings else {}
         with torch.inference_mode(), self._autocast():
-            outputs = self.forward_layers(batch, list(knobs.layers))
+            outputs = self.forward_layers(batch, list(knobs.layers), **choice)
         if len(outputs) != len(specs):
             raise RuntimeError(f"{self.card.id}: forward_layers returned {len(outputs)} tensors for {len(specs)} layers")
         parts = []
@@ -339,14 +342,23 @@ class Extractor(torch.nn.Module, abc.ABC):
         done = dict(session.take())
         return [done[key] for key in range(len(prepared))]
 
+    def _hear_shapes(self) -> None:
+        if self.knobs.stack:
+            raise ConfigError(
+                f"{self.card.id}: the HEAR API returns (batch, T, D) arrays, and stack=True gives a layer axis",
+                hint="use model.embed(...) for stacked layers, or stack=False to concatenate them",
+            )
+
     def scene_embeddings(self, audio: Tensor | np.ndarray, sample_rate: int) -> Tensor:
         """(batch, samples) at `sample_rate` Hz -> (batch, scene_embedding_size), on the input's device for tensors."""
+        self._hear_shapes()
         results = self.embed(audio, sample_rate, scene=True, timestamp=False)
         out = torch.stack([r.scene for r in results])
         return out.to(audio.device) if isinstance(audio, Tensor) else out
 
     def timestamp_embeddings(self, audio: Tensor | np.ndarray, sample_rate: int) -> tuple[Tensor, Tensor]:
         """(batch, samples) at `sample_rate` Hz -> ((batch, T, timestamp_embedding_size), (batch, T) centres in ms)."""
+        self._hear_shapes()
         results = self.embed(audio, sample_rate, scene=False, timestamp=True)
         embeddings = torch.stack([r.timestamp for r in results])
         timestamps = torch.stack([r.timestamps for r in results])
@@ -621,6 +633,10 @@ class Session:
         self.finished.append((key, self._finish(clip)))
 
     def _finish(self, clip: _Clip) -> ClipEmbeddings:
+        result = self._concatenated(clip)
+        return stacked(result, len(self.extractor.knobs.layers)) if self.extractor.knobs.stack else result
+
+    def _concatenated(self, clip: _Clip) -> ClipEmbeddings:
         ex = self.extractor
         result = ClipEmbeddings()
         rate = ex.card.sample_rate
@@ -655,6 +671,15 @@ class Session:
             rows = clip.results["timestamp:0" if reused else "scene"]
             result.scene = torch.stack([rows[i] for i in range(len(rows))]).mean(dim=0)
         return result
+
+
+def stacked(result: ClipEmbeddings, layers: int) -> ClipEmbeddings:
+    """The `stack` knob: a clip's concatenated layers (layer-major, one width each -- `check_knobs`
+    makes sure) as a layer axis: scene (layers, D), timestamp (layers, T, D), as `transformers`'
+    hidden_states and s3prl stack them."""
+    scene = None if result.scene is None else result.scene.unflatten(-1, (layers, -1))
+    timestamp = None if result.timestamp is None else result.timestamp.unflatten(-1, (layers, -1)).transpose(0, 1).contiguous()
+    return ClipEmbeddings(scene=scene, timestamp=timestamp, timestamps=result.timestamps)
 
 
 def _take_rows(blocks: list[np.ndarray], rows: int) -> tuple[np.ndarray, int]:

@@ -26,7 +26,11 @@ class Geometry:
     `layers`: what `forward_layers` returns, in order (the last one is the default layer);
     `frame_hop`/`frame_field`: the native frame grid of layers that do not state their own;
     `min_window`/`max_window`: the shortest and longest input one forward takes;
-    `sample_rate`: the rate this config runs at, when the config decides it (else the card's).
+    `sample_rate`: the rate this config runs at, when the config decides it (else the card's);
+    `hidden_states`: the layers `layers="all"` reads, in order -- a transformer's embedding output
+    and every block, as `transformers`' `output_hidden_states` returns them (empty: every layer);
+    `paddings`: how the model can treat an input shorter than its full one, when it has a choice
+    (the `padding` knob; the first is the default) -- `forward_layers` then takes `padding=`.
     """
 
     layers: tuple[LayerSpec, ...]
@@ -35,6 +39,16 @@ class Geometry:
     max_window: int
     min_window: int = 1
     sample_rate: int | None = None
+    hidden_states: tuple[str, ...] = ()
+    paddings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = {layer.name for layer in self.layers}
+        stray = [name for name in self.hidden_states if name not in names]
+        if stray:
+            raise CardError(f"hidden_states names {stray}, which are not among the layers {sorted(names)}")
+        if len(set(self.paddings)) != len(self.paddings) or not all(isinstance(p, str) and p for p in self.paddings):
+            raise CardError(f"paddings must be distinct names, got {self.paddings}")
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ class KnobInfo:
     the metadata of the knob's `Knobs` field, so that a new knob is one field."""
 
     help: str  # the command-line help, and the knob's one-line documentation
-    kind: type = str  # how a string value is read: str, int, float, or tuple (comma-separated names)
+    kind: type = str  # how a string value is read: str, int, float, bool, or tuple (comma-separated names)
     choices: tuple[str, ...] = ()  # the allowed values, when they are a fixed set
     results: bool = True  # False: it changes speed or memory only (batching), never an embedding
     timestamp_only: bool = False  # it shapes timestamp embeddings only, never a scene embedding
@@ -90,6 +90,14 @@ class Knobs:
         choices=MODES, sweep_label="extraction mode",
     )  # fmt: skip
     pad_mode: str = knob("constant", help="How clips are padded at their ends.", choices=PAD_MODES, per_level=True)
+    padding: str | None = knob(
+        None, help="How the model treats a window shorter than its full input, where it offers a choice (`embedzoo info` lists them;"
+        " e.g. AST: reference | crop, Whisper: trim | reference); the first is the default.", per_level=True,
+    )  # fmt: skip
+    stack: bool = knob(
+        False, help="Return the layers stacked, (layers, T, D) and (layers, D), instead of concatenated (all layers of one width).",
+        kind=bool,
+    )  # fmt: skip
     batch_size: int | None = knob(None, help="Windows per forward (default: fill the model's batch_seconds).", kind=int, results=False)
     batch_seconds: float = knob(32.0, help="Seconds of audio per forward when no batch size is given (frame mode: the longest chunk).", kind=float, results=False)
     dtype: str = knob("float32", help="Autocast dtype (float32 is exact).", choices=DTYPES)
@@ -150,6 +158,15 @@ def coerce_knob(name: str, value: Any) -> Any:
     if value is None:
         return None
     kind = KNOBS[name].kind
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"knob {name} must be true or false, not {value!r}", hint=f"e.g. {name}=true")
     if kind is tuple:
         if isinstance(value, str):
             return tuple(split_names(value))
@@ -185,9 +202,19 @@ def resolve_knobs(card: ModelCard, overrides: Mapping[str, Any] | None = None) -
             raise ConfigError(f"model {card.id} has no preset {preset!r}", hint=f"presets of {card.id}: {choices}")
         values.update({k: coerce_knob(k, v) for k, v in card.presets[preset].items()})
     values.update({k: coerce_knob(k, v) for k, v in overrides.items()})
+    values["layers"] = expand_layers(card, values["layers"])
+    if values.get("padding") is None and card.paddings:
+        values["padding"] = card.paddings[0]
     knobs = Knobs(**values)
     check_knobs(card, knobs)
     return knobs
+
+
+def expand_layers(card: ModelCard, layers: tuple[str, ...]) -> tuple[str, ...]:
+    """`all` among the layers stands for the card's hidden states (`ModelCard.all_layers`)."""
+    if "all" not in layers or any(spec.name == "all" for spec in card.layers):
+        return tuple(layers)
+    return tuple(part for name in layers for part in (card.all_layers if name == "all" else (name,)))
 
 
 def level_knobs(card: ModelCard, knobs: Knobs) -> list[Knobs]:
@@ -197,6 +224,8 @@ def level_knobs(card: ModelCard, knobs: Knobs) -> list[Knobs]:
     for name in knobs.levels:
         preset = card.presets[name]
         values = {k: coerce_knob(k, v) for k, v in preset.items() if k in LEVEL_KNOBS}
+        if "layers" in values:
+            values["layers"] = expand_layers(card, values["layers"])
         level = dataclasses.replace(knobs, levels=(), preset=name, **values)
         check_knobs(card, level)
         out.append(level)
@@ -270,6 +299,21 @@ def check_knobs(card: ModelCard, knobs: Knobs) -> None:
             raise ConfigError(
                 f"{name}={value:g} exceeds the longest input {card.id} takes ({max_ms:g} ms)",
                 hint=f"choose {name} <= {max_ms:g}",
+            )
+    if card.paddings and knobs.padding not in card.paddings:
+        raise ConfigError(f"model {card.id} has no padding {knobs.padding!r}", hint=f"paddings of {card.id}: {', '.join(card.paddings)}")
+    if not card.paddings and knobs.padding is not None:
+        raise ConfigError(f"model {card.id} offers no choice of padding (padding={knobs.padding!r})", hint="leave padding unset")
+    if knobs.stack:
+        if knobs.levels:
+            raise ConfigError("stack gives one (layers, T, D) array per clip; levels append windows of other sizes", hint="use stack or levels, not both")
+        if "flat" in knobs.readout_parts and knobs.mode != "frame":
+            raise ConfigError("the 'flat' readout's width depends on the window: it cannot be stacked", hint="use another readout with stack")
+        widths = {name: frame_width(card.layer(name), knobs) for name in knobs.layers}
+        if len(set(widths.values())) > 1:
+            raise ConfigError(
+                f"stack needs layers of one width; {card.id}'s are {', '.join(f'{k} {v}' for k, v in widths.items())}",
+                hint=f"choose layers of one width (e.g. layers=all: {', '.join(card.all_layers)}), or leave stack off to concatenate",
             )
     if knobs.batch_size is not None and knobs.batch_size < 1:
         raise ConfigError("batch_size must be at least 1")

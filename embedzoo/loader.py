@@ -35,7 +35,9 @@ def load(
     `model` is a model spec (`embedzoo.spec`): an id or alias, optionally with a preset, knobs and
     weights -- `"passt-s-ap476:2levelmel?hop_ms=50&weights=random"`. `weights` (or `weights=` in the
     spec): None pulls (or reuses) the card's weights; a `.safetensors` path is loaded as is; any
-    other path is an original-format checkpoint, converted in memory; 'random' keeps the
+    other file is an original-format checkpoint, converted in memory; a folder laid out like the
+    model's hub repo (what `save_pretrained` writes) has its weights file converted and its
+    config.json / preprocessor_config.json checked against the card; 'random' keeps the
     architecture's initial weights, drawn with `seed` (a control for evaluations, and conformance
     checks such as hear-validator without any download). `knobs` are the extraction settings
     (layers, readout, mode, hop_ms, window_ms, ... see `embedzoo.knobs`), on top of the spec's.
@@ -60,8 +62,11 @@ def load(
         load_state(extractor, store.load_weights(path), source=str(path))
     elif spec.weights != store.RANDOM:
         path = Path(spec.weights).expanduser()
-        if not path.is_file():
-            raise WeightsError(f"weights file {path} does not exist", hint="pass a .safetensors file or an original checkpoint")
+        if not (path.is_file() or path.is_dir()):
+            raise WeightsError(
+                f"weights {path} do not exist",
+                hint="pass a .safetensors file, an original checkpoint, or a folder laid out like the model's hub repo",
+            )
         # safetensors in the model's own layout pass through; an original release (pickle or
         # safetensors in the authors' layout) is converted in memory by the plugin's filter
         load_state(extractor, store.convert_checkpoint(card, path), source=str(path))

@@ -25,8 +25,9 @@ Output layout (`OUT/`):
     scene/<name>.embedding.npy           (D,)          -- format npy, the HEAR eval-kit layout
     timestamp/<name>.embedding.npy       (T, D)
     timestamp/<name>.timestamps.npy      (T,) ms
+    layers/<layer>/{scene,timestamp}/... with `stack`: the same layout once per layer (npy)
     sources.jsonl                        npy: one line per output name -> source and output files
-    scene/part-<hash>.parquet ...        format parquet: one row per file, T x D nested lists,
+    scene/part-<hash>.parquet ...        format parquet: one row per file, T x D nested lists (L x T x D with `stack`),
     timestamp/part-<hash>.parquet ...    the settings in the schema metadata (`PARQUET_METADATA_KEY`)
     errors.jsonl                         files that failed in the last run, and why
     sources.<token>.journal              npy, while a job runs: its records, merged into sources.jsonl
@@ -50,12 +51,13 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from embedzoo.audio import stream_audio
+from embedzoo.card import unsafe_name
 from embedzoo.errors import ConfigError, EmbedzooError
 from embedzoo.extractor import ClipEmbeddings, Extractor, Session
 from embedzoo.inputs import InputFile, name_candidates, safe_name
@@ -232,7 +234,9 @@ def _remove_outputs(out: Path) -> int:
         if path.is_file():
             path.unlink()
             removed += 1
-    for root in [out / kind for kind in KINDS] + [out / "corrupt" / kind for kind in KINDS]:
+    layer_dirs = [] if (out / "layers").is_symlink() else [d for d in sorted((out / "layers").glob("*")) if d.is_dir() and not d.is_symlink()]
+    stacked = [layer / kind for layer in layer_dirs for kind in KINDS]  # `stack` npy folders (never through a link)
+    for root in [out / kind for kind in KINDS] + [out / "corrupt" / kind for kind in KINDS] + stacked:
         for dirpath, _, filenames in os.walk(root, topdown=False):
             for name in filenames:
                 if name.endswith(_NPY_SUFFIXES) or (name.startswith("part-") and name.endswith(".parquet")):
@@ -240,6 +244,12 @@ def _remove_outputs(out: Path) -> int:
                     removed += 1
             if Path(dirpath) != root and not os.listdir(dirpath):
                 os.rmdir(dirpath)
+    for folder in [*layer_dirs, out / "layers"]:  # stacked layers' folders, once emptied
+        for kind in KINDS:
+            if (folder / kind).is_dir() and not os.listdir(folder / kind):
+                (folder / kind).rmdir()
+        if folder.is_dir() and not folder.is_symlink() and not os.listdir(folder):
+            folder.rmdir()
     return removed
 
 
@@ -367,9 +377,14 @@ class NpyWriter:
     A file counts as done only when its record is there and every output has its recorded size.
     """
 
-    def __init__(self, out_dir: Path, scene: bool, timestamp: bool):
+    def __init__(self, out_dir: Path, scene: bool, timestamp: bool, layers: Sequence[str] = ()):
         self.out_dir = out_dir
         self.kinds = [k for k, on in (("scene", scene), ("timestamp", timestamp)) if on]
+        # stacked layers: one eval-kit folder per layer, `layers/<layer>/{scene,timestamp}/...`
+        self.layers = tuple(layers)
+        for layer in self.layers:
+            if unsafe_name(layer) is not None:
+                raise OutputError(f"layer name {layer!r} cannot name a folder ({unsafe_name(layer)})", hint="write parquet instead (--format parquet)")
         self.records: dict[str, dict[str, Any]] = self._load()
         self._compact()
         self.sources = {name: _source_of(rec) for name, rec in self.records.items()}
@@ -402,10 +417,11 @@ class NpyWriter:
 
     def outputs(self, name: str) -> list[str]:
         files = []
-        if "timestamp" in self.kinds:
-            files += [f"timestamp/{name}.timestamps.npy", f"timestamp/{name}.embedding.npy"]
-        if "scene" in self.kinds:
-            files.append(f"scene/{name}.embedding.npy")
+        for root in [f"layers/{layer}/" for layer in self.layers] or [""]:
+            if "timestamp" in self.kinds:
+                files += [f"{root}timestamp/{name}.timestamps.npy", f"{root}timestamp/{name}.embedding.npy"]
+            if "scene" in self.kinds:
+                files.append(f"{root}scene/{name}.embedding.npy")
         return files
 
     def complete(self, name: str) -> bool:
@@ -430,6 +446,11 @@ class NpyWriter:
             f"timestamp/{name}.embedding.npy": arrays.get("timestamp"),
             f"scene/{name}.embedding.npy": arrays.get("scene"),
         }
+        for index, layer in enumerate(self.layers):  # stacked: (layers, ...) arrays, one folder per layer
+            root = f"layers/{layer}/"
+            data[f"{root}timestamp/{name}.timestamps.npy"] = arrays.get("timestamps")
+            data[f"{root}timestamp/{name}.embedding.npy"] = None if arrays.get("timestamp") is None else arrays["timestamp"][index]
+            data[f"{root}scene/{name}.embedding.npy"] = None if arrays.get("scene") is None else arrays["scene"][index]
         outputs = {}
         for rel in self.outputs(name):  # the embedding files after the timestamps: a reader sees pairs
             path = self.out_dir / rel
@@ -594,6 +615,8 @@ def _shard_table(kind: str, rows: list[tuple[str, SourceInfo, dict[str, np.ndarr
 
     emb = [r[2][kind] for r in rows]
     dim = int(emb[0].shape[-1])
+    stacked = emb[0].ndim == (2 if kind == "scene" else 3)  # the `stack` knob: a leading layer axis
+    layers = int(emb[0].shape[0]) if stacked else 0
     flat = pa.array(np.concatenate([e.reshape(-1) for e in emb]), type=pa.float32())
     vectors = pa.FixedSizeListArray.from_arrays(flat, dim)
     fields = [
@@ -611,14 +634,20 @@ def _shard_table(kind: str, rows: list[tuple[str, SourceInfo, dict[str, np.ndarr
         _string_array([r[1].sha256 for r in rows]),
     ]
     if kind == "scene":
-        fields.append(pa.field("embedding", vectors.type, metadata={"shape": "(D,)"}))
-        columns.append(vectors)
+        embedding = pa.FixedSizeListArray.from_arrays(vectors, layers) if stacked else vectors
+        fields.append(pa.field("embedding", embedding.type, metadata={"shape": "(L, D)" if stacked else "(D,)"}))
+        columns.append(embedding)
     else:
-        offsets = pa.array(np.concatenate([[0], np.cumsum([len(e) for e in emb])]).astype(np.int32))
+        lengths = [e.shape[-2] for e in emb]
+        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
         times = pa.array(np.concatenate([r[2]["timestamps"].reshape(-1) for r in rows]), type=pa.float32())
-        embedding = pa.ListArray.from_arrays(offsets, vectors)
+        if stacked:  # (L, T, D): L lists of T vectors per row, row-major as the arrays are
+            per_layer = pa.array(np.concatenate([[0], np.cumsum(np.repeat(lengths, layers))]).astype(np.int32))
+            embedding = pa.FixedSizeListArray.from_arrays(pa.ListArray.from_arrays(per_layer, vectors), layers)
+        else:
+            embedding = pa.ListArray.from_arrays(offsets, vectors)
         timestamps = pa.ListArray.from_arrays(offsets, times)
-        fields.append(pa.field("embedding", embedding.type, metadata={"shape": "(T, D)"}))
+        fields.append(pa.field("embedding", embedding.type, metadata={"shape": "(L, T, D)" if stacked else "(T, D)"}))
         fields.append(pa.field("timestamps", timestamps.type, metadata={"unit": "ms", "shape": "(T,)"}))
         columns += [embedding, timestamps]
     metadata = {PARQUET_METADATA_KEY: json.dumps({**settings, "kind": kind}, sort_keys=True).encode()}
@@ -857,7 +886,8 @@ def _run(
     state = progress if progress is not None else JobProgress()
     state.total, state.current = len(files), "checking what is already done"
     state.changed()
-    writer = NpyWriter(out, scene, timestamp) if fmt == "npy" else ParquetWriter(out, scene, timestamp, settings, summary.notes, shard_rows)
+    stacked_layers = extractor.knobs.layers if extractor.knobs.stack else ()
+    writer = NpyWriter(out, scene, timestamp, stacked_layers) if fmt == "npy" else ParquetWriter(out, scene, timestamp, settings, summary.notes, shard_rows)
     claims = _claim_names(files, writer)
     names = [name for name, _ in claims]
     todo = [i for i, (_, state) in enumerate(claims) if state != "done"]

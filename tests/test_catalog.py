@@ -101,7 +101,7 @@ def test_lookup_by_id_alias_glob_and_close_names():
 
 def test_malformed_cards_are_refused_with_the_reason():
     with pytest.raises(CardError, match="40-hex commit"):
-        Source(kind="hf", repo="a/b", filename="x.bin", revision="main")
+        Source(kind="hf", repo="a/b", filename="x.bin", revision="refs/pr/1")
     with pytest.raises(CardError, match="sha256"):
         Source(kind="url", url="https://example.org/x.pt", sha256="abc")
     with pytest.raises(CardError, match="unknown card fields"):

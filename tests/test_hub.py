@@ -69,6 +69,12 @@ def checkpoint_filter_fn(state_dict, model):
     if "model" in state_dict:
         state_dict = state_dict["model"]
     return {k.removeprefix("net."): v for k, v in state_dict.items()}
+
+
+def check_repo_files(card, files):
+    hidden = files["config.json"].get("hidden")
+    if hidden != int(card.config.get("hidden", 8)):
+        raise ValueError(f"config.json has hidden={hidden}, the card {card.config.get('hidden', 8)}")
 '''
 
 
@@ -183,7 +189,10 @@ class FileServer:
                     return
                 self.send_response(200)
                 self.send_header("ETag", f'"{sha(data)}"')
-                self.send_header("X-Repo-Commit", server.hub_commit)
+                # the commit the answer comes from: the one asked for, or the branch's head
+                asked = re.search(r"/resolve/([^/]+)/", self.path)
+                commit = asked[1] if asked and re.fullmatch(r"[0-9a-f]{40}", asked[1]) else server.hub_commit
+                self.send_header("X-Repo-Commit", commit)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
 
@@ -737,3 +746,127 @@ def test_pull_shows_hub_download_and_conversion_progress_once(testfam, server: F
     assert any(line.startswith("tiny-test: tiny.pth: downloading") and "/s" in line for line in lines), err
     assert any(line.startswith("tiny-test: tiny.pth: downloaded") for line in lines), err
     assert "tiny-test: converting tiny.pth" in err and "|" not in err  # no tqdm bar
+
+
+# ------------------------------------------------------------------- branches, repo files, folders
+
+REV2 = "fedcba9876543210fedcba9876543210fedcba98"
+
+
+def test_a_branch_source_is_resolved_at_the_first_pull_and_held_to_that_commit(
+    clean_env: Path, server: FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = payload(3000)
+    server.files["/org/model/model.safetensors"] = data
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    source = Source(kind="hf", repo="org/model", revision="main", filename="model.safetensors")
+    assert not source.pinned and not card_from_dict({"id": "x", "family": "f", "plugin": "p", "sample_rate": 1, "sources": [
+        {"kind": "hf", "repo": "org/model", "revision": "main", "filename": "model.safetensors"}]}).pinned
+    assert weights.recorded_pin(source) is None
+    first = weights.fetch_source(source)
+    assert first.read_bytes() == data and first.parent.name == REV
+    assert weights.recorded_pin(source) == REV
+    assert json.loads((clean_env / "pins.json").read_text())["hf:org/model@main"]["commit"] == REV
+    # the branch moves on; a fresh cache must still get the recorded commit, never the new head
+    server.hub_commit = REV2
+    server.requests.clear()
+    monkeypatch.setenv("EMBEDZOO_CACHE", str(clean_env.parent / "other-cache"))
+    (clean_env.parent / "other-cache").mkdir()
+    (clean_env.parent / "other-cache" / "pins.json").write_text((clean_env / "pins.json").read_text())
+    again = weights.fetch_source(source)
+    assert again.parent.name == REV and again.read_bytes() == data
+    assert any(f"/resolve/{REV}/" in path for _, path, _ in server.requests)
+    assert not any("/resolve/main/" in path for _, path, _ in server.requests)
+    # forgetting the record follows the branch again
+    assert weights.forget_pin("hf:org/model@main")
+    assert weights.fetch_source(source).parent.name == REV2 and weights.recorded_pin(source) == REV2
+
+
+def test_a_branch_source_from_a_prepopulated_cache_offline(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = payload(1500)
+    link = populate_hf_cache(clean_env / "hf", "org/model", "model.safetensors", data)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = Source(kind="hf", repo="org/model", revision="main", filename="model.safetensors")
+    assert weights.fetch_source(source) == link
+    assert weights.recorded_pin(source) == REV
+
+
+def test_hf_revision_must_be_a_commit_or_a_branch_name() -> None:
+    from embedzoo.errors import CardError
+
+    for bad in ("refs/pr/1", "../main", "", "main branch"):
+        with pytest.raises(CardError, match="revision"):
+            Source(kind="hf", repo="org/model", revision=bad, filename="w.bin")
+    with pytest.raises(CardError, match="only an hf source"):
+        Source(kind="url", url="https://example.invalid/w.bin", files=("config.json",))
+    with pytest.raises(CardError, match="files"):
+        Source(kind="hf", repo="org/model", revision=REV, filename="w.bin", files=("../config.json",))
+
+
+def hub_repo(folder: Path, model: torch.nn.Module, hidden: int = 8) -> Path:
+    """A folder like a hub repo of the test family: model.safetensors (net.-prefixed keys) + config.json."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"net." + k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"hidden": hidden}))
+    return folder
+
+
+def hub_card(revision: str = REV, hidden: int = 8):
+    return make_card(
+        [{"kind": "hf", "repo": "org/model", "revision": revision, "filename": "model.safetensors", "format": "safetensors", "files": ["config.json"]}],
+        hidden=hidden,
+    )
+
+
+def test_pull_fetches_the_repo_files_and_the_plugin_checks_them(testfam, tmp_path: Path) -> None:
+    mirror = tmp_path / "mirror"
+    reference = reference_model(testfam)
+    hub_repo(mirror / "org" / "model", reference)
+    card = hub_card()
+    path = weights.pull(card, mirror=mirror, offline=True)
+    meta = json.loads((path.parent / "meta.json").read_text())
+    assert set(meta["repo_files"]) == {"config.json"} and meta["revision"] == REV
+    assert meta["repo_files"]["config.json"]["sha256"] == sha((mirror / "org" / "model" / "config.json").read_bytes())
+    model = testfam.create_model(card).eval()
+    model.load_state_dict(weights.load_weights(path))
+    audio = torch.randn(1, 1600)
+    with torch.no_grad():
+        assert torch.equal(model(audio), reference(audio))
+    # a repo whose config describes another architecture is refused, naming the key and the file
+    hub_repo(tmp_path / "other" / "org" / "model", reference, hidden=16)
+    with pytest.raises(WeightsError, match=r"config.json.*hidden=16") as info:
+        weights.pull(hub_card(hidden=8), mirror=tmp_path / "other", offline=True, force=True)
+    assert "is this a checkpoint of tiny-test" in (info.value.hint or "")
+    (tmp_path / "broken" / "org" / "model").mkdir(parents=True)
+    hub_repo(tmp_path / "broken" / "org" / "model", reference)
+    (tmp_path / "broken" / "org" / "model" / "config.json").write_text("{not json")
+    with pytest.raises(WeightsError, match="config.json.*not readable JSON"):
+        weights.pull(card, mirror=tmp_path / "broken", offline=True, force=True)
+
+
+def test_weights_dir_laid_out_like_the_hub_repo(testfam, tmp_path: Path) -> None:
+    from embedzoo.weights.identity import weights_identity
+
+    reference = reference_model(testfam, seed=5)
+    folder = hub_repo(tmp_path / "finetuned", reference)
+    card = hub_card()
+    state = weights.convert_checkpoint(card, folder)
+    model = testfam.create_model(card).eval()
+    model.load_state_dict(state)
+    audio = torch.randn(1, 1600)
+    with torch.no_grad():
+        assert torch.equal(model(audio), reference(audio))
+    identity = weights_identity(card, folder)
+    assert identity.startswith("folder:sha256=" + sha((folder / "model.safetensors").read_bytes()))
+    assert "config.json=" in identity
+    (folder / "config.json").write_text(json.dumps({"hidden": 4}))
+    with pytest.raises(WeightsError, match="hidden=4"):
+        weights.convert_checkpoint(card, folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(WeightsError, match="has model.safetensors but not config.json"):
+        weights.convert_checkpoint(card, folder)
+    with pytest.raises(WeightsError, match="holds no weights file.*model.safetensors"):
+        weights.convert_checkpoint(card, tmp_path)

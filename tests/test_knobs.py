@@ -70,7 +70,7 @@ def test_records_and_scene_knobs_follow_the_metadata():
     default = resolve_knobs(TOY_CARD)
     assert (scene.hop_ms, scene.window_ms, scene.levels) == (default.hop_ms, default.window_ms, ())
     assert scene.layers == knobs.layers and scene.batch_size == 7
-    assert LEVEL_KNOBS == ("layers", "readout", "freq_pool", "window_ms", "pad_mode")
+    assert LEVEL_KNOBS == ("layers", "readout", "freq_pool", "window_ms", "pad_mode", "padding")
     assert SWEEP_KNOBS == ("layers", "hop_ms", "window_ms", "mode")
     with pytest.raises(ConfigError, match="must be a number"):
         resolve_knobs(TOY_CARD, {"hop_ms": "fast"})

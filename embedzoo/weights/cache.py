@@ -43,7 +43,7 @@ __all__ = [
     "MODEL_FILE", "META_FILE", "PINS_FILE", "cache_root", "mirror_root", "is_offline",
     "hf_cache_dir", "sha256_file", "note_hash", "atomic_write_text", "file_lock", "now_iso",
     "embedzoo_version", "source_identity", "cache_key", "converted_path", "download_dir",
-    "read_meta", "meta_matches", "is_cached", "pin_record", "recorded_pin", "record_pin",
+    "read_meta", "meta_matches", "is_cached", "pin_key", "pin_record", "recorded_pin", "record_pin", "record_commit",
     "forget_pin", "CacheEntry", "cache_entries", "remove", "verify", "contained", "permission_error",
     "follow_umask", "EMBEDDINGS_DIR", "EmbeddingsEntry", "embeddings_entries",
 ]  # fmt: skip
@@ -307,36 +307,60 @@ def _read_pins(cache_dir: str | os.PathLike | None) -> dict[str, dict[str, Any]]
     return data if isinstance(data, dict) else {}
 
 
+def pin_key(source: Source) -> str | None:
+    """The pins.json key of an unpinned source: a url without sha256, or an hf source on a branch
+    (or tag); None for a pinned one."""
+    if source.kind == "url" and source.sha256 is None:
+        return source.url
+    if source.kind == "hf" and not source.commit_pinned:
+        return f"hf:{source.repo}@{source.revision}"
+    return None
+
+
 def pin_record(source: Source, cache_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
-    """The full pins.json record (sha256, size, first_seen) for an unpinned url source."""
-    if source.kind != "url":
-        return None
-    return _read_pins(cache_dir).get(source.url)
+    """The pins.json record of an unpinned source: for a url (sha256, size, first_seen), for an hf
+    branch (commit, first_seen); None when nothing is recorded yet (or the source is pinned)."""
+    key = pin_key(source)
+    return None if key is None else _read_pins(cache_dir).get(key)
 
 
 def recorded_pin(source: Source, cache_dir: str | os.PathLike | None = None) -> str | None:
-    """The sha256 recorded at first download of an unpinned url source (for `embedzoo info`)."""
+    """What an unpinned source was held to at its first pull: a url's sha256, an hf branch's commit."""
     record = pin_record(source, cache_dir)
-    return record.get("sha256") if record else None
+    if not record:
+        return None
+    return record.get("commit") if source.kind == "hf" else record.get("sha256")
+
+
+def _record(key: str, record: dict[str, Any], cache_dir: str | os.PathLike | None) -> None:
+    path = _pins_path(cache_dir)
+    with file_lock(path.with_name(PINS_FILE + ".lock")):
+        pins = _read_pins(cache_dir)
+        if key in pins:
+            return
+        pins[key] = {**record, "first_seen": now_iso()}
+        atomic_write_text(path, json.dumps(pins, indent=2, sort_keys=True) + "\n")
 
 
 def record_pin(source: Source, sha256: str, size: int, cache_dir: str | os.PathLike | None = None) -> None:
     """Trust on first use: remember what an unpinned url served the first time; never overwrite."""
+    _record(source.url, {"sha256": sha256, "size": size}, cache_dir)
+
+
+def record_commit(source: Source, commit: str, cache_dir: str | os.PathLike | None = None) -> None:
+    """Trust on first use for an hf branch: remember the commit it resolved to; never overwrite."""
+    key = pin_key(source)
+    if key is not None:
+        _record(key, {"commit": commit}, cache_dir)
+
+
+def forget_pin(key: str, cache_dir: str | os.PathLike | None = None) -> bool:
+    """Drop what an unpinned source was held to (a url, or 'hf:<repo>@<branch>'), after deciding to
+    trust what it serves now; True if a record was there."""
     path = _pins_path(cache_dir)
     with file_lock(path.with_name(PINS_FILE + ".lock")):
         pins = _read_pins(cache_dir)
-        if source.url in pins:
-            return
-        pins[source.url] = {"sha256": sha256, "size": size, "first_seen": now_iso()}
-        atomic_write_text(path, json.dumps(pins, indent=2, sort_keys=True) + "\n")
-
-
-def forget_pin(url: str, cache_dir: str | os.PathLike | None = None) -> bool:
-    """Drop a url's recorded hash (after deciding to trust a changed file); True if one was there."""
-    path = _pins_path(cache_dir)
-    with file_lock(path.with_name(PINS_FILE + ".lock")):
-        pins = _read_pins(cache_dir)
-        if pins.pop(url, None) is None:
+        if pins.pop(key, None) is None:
             return False
         atomic_write_text(path, json.dumps(pins, indent=2, sort_keys=True) + "\n")
         return True
@@ -488,8 +512,9 @@ def remove(
 
 
 def _originals(meta: Mapping[str, Any]) -> list[str]:
-    """The original files a conversion was made from: the checkpoint and its extra files."""
+    """The original files a conversion was made from: the checkpoint, its extra and repo files."""
     paths = [meta.get("original_path")] + [extra.get("path") for extra in meta.get("extras", ())]
+    paths += [entry.get("path") for entry in (meta.get("repo_files") or {}).values()]
     return [path for path in paths if path]
 
 

@@ -39,6 +39,7 @@ from embedzoo.weights.cache import (
     atomic_write_text,
     cache_root,
     contained,
+    pin_key,
     download_dir,
     embedzoo_version,
     file_lock,
@@ -48,12 +49,13 @@ from embedzoo.weights.cache import (
     note_hash,
     permission_error,
     pin_record,
+    record_commit,
     record_pin,
     recorded_pin,
     sha256_file,
 )
 
-__all__ = ["Progress", "fetch_source"]
+__all__ = ["Progress", "fetch_source", "resolved_revision"]
 
 Progress = Callable[[int, "int | None"], None]
 """A progress callback: called with (bytes done, total bytes or None) while a file downloads."""
@@ -263,15 +265,56 @@ def _progress_tqdm(progress: Progress) -> type:
     return _ReportingTqdm
 
 
+def _snapshot_commit(path: Path, hf_dir: Path, filename: str) -> str | None:
+    """The commit of a file huggingface_hub returned: its cache path is
+    <hf_dir>/models--org--name/snapshots/<commit>/<filename>."""
+    snapshot = path
+    for _ in filename.split("/"):
+        snapshot = snapshot.parent
+    commit = snapshot.name
+    return commit if snapshot.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", commit) else None
+
+
 def _fetch_hf(
     source: Source, cache_dir: Any, offline: bool, progress: Progress | None, model_id: str | None, looked: list[str]
 ) -> Path:
-    """hf_hub_download at the pinned commit, its errors turned into ours (naming repo, revision, file, cache)."""
+    """hf_hub_download at the pinned commit, its errors turned into ours (naming repo, revision, file, cache).
+
+    A source on a branch is held to the commit recorded at its first pull (trust on first use):
+    later pulls ask for that commit, so a branch that moves on never changes the weights; the first
+    pull records the commit its files came from."""
+    hf_dir = hf_cache_dir(cache_dir)
+    if source.commit_pinned:
+        return _download_hf(source, source.revision, cache_dir, hf_dir, offline, progress, model_id, looked)
+    held = recorded_pin(source, cache_dir)
+    path = _download_hf(source, held or source.revision, cache_dir, hf_dir, offline, progress, model_id, looked)
+    commit = _snapshot_commit(path, hf_dir, source.filename)
+    if held is None:
+        if commit is None:
+            raise WeightsError(f"{source.describe()}: cannot tell which commit {path} came from", hint="pin the card's revision to a commit")
+        record_commit(source, commit, cache_dir)
+    elif commit is not None and commit != held:
+        raise ChecksumError(
+            f"{source.describe()}: the file came from commit {commit}, but this source was held to {held} at its first pull",
+            hint=f"to follow the branch, forget the old commit with embedzoo.weights.forget_pin({pin_key(source)!r}) and pull again",
+        )
+    return path
+
+
+def resolved_revision(source: Source, cache_dir: Any = None) -> str:
+    """The commit an hf source's files are fetched at: its pinned commit, or the one its branch was
+    held to at the first pull (the branch name until then)."""
+    return source.revision if source.commit_pinned else recorded_pin(source, cache_dir) or source.revision
+
+
+def _download_hf(
+    source: Source, revision: str, cache_dir: Any, hf_dir: Path, offline: bool, progress: Progress | None,
+    model_id: str | None, looked: list[str],
+) -> Path:
     from huggingface_hub import hf_hub_download
 
     errors = _hf_errors()
-    hf_dir = hf_cache_dir(cache_dir)
-    where = f"{source.repo}@{source.revision} file {source.filename} (hub cache {hf_dir})"
+    where = f"{source.repo}@{revision} file {source.filename} (hub cache {hf_dir})"
     pull_hint = (
         f"on a connected machine run `embedzoo pull {model_id or '<model id>'}` and copy the cache, "
         f"or pass --from DIR / EMBEDZOO_MIRROR=DIR with the file at {_mirror_hint(source)}"
@@ -279,7 +322,7 @@ def _fetch_hf(
     kwargs: dict[str, Any] = dict(
         repo_id=source.repo,
         filename=source.filename,
-        revision=source.revision,
+        revision=revision,
         cache_dir=str(hf_dir),
         local_files_only=offline,
     )
@@ -311,8 +354,8 @@ def _fetch_hf(
         ) from exc
     except errors.RevisionNotFoundError as exc:
         raise WeightsError(
-            f"{where}: the pinned revision does not exist in the repo",
-            hint="the card pins a commit that is gone (force-pushed?): update the card's revision",
+            f"{where}: the revision does not exist in the repo",
+            hint="the card pins a commit (or the branch was held to one) that is gone (force-pushed?): update the card's revision",
         ) from exc
     except errors.EntryNotFoundError as exc:
         raise WeightsError(

@@ -5,7 +5,8 @@ can refuse to mix two kinds in one folder and `embedzoo eval` can reuse cached v
 kinds of weights `embedzoo.load` takes each have one:
 - the catalog's (`weights=None`): where the original came from, its sha256 and the conversion's
   sha256, from the conversion's meta.json in the cache;
-- a file (`weights=PATH`): the sha256 of its bytes (wherever it lies, whatever its name);
+- a file (`weights=PATH`): the sha256 of its bytes (wherever it lies, whatever its name); a folder
+  laid out like the hub repo: the sha256 of its weights file and of each repo file;
 - `weights="random"`: the seed and the torch version (the initial weights depend on both).
 """
 
@@ -34,7 +35,14 @@ def weights_identity(
 
         return f"random:seed={seed}:torch={torch.__version__}"
     if weights is not None:
-        return f"file:sha256={sha256_file(Path(weights).expanduser())}"
+        path = Path(weights).expanduser()
+        if path.is_dir():  # a folder like the hub repo: its weights file and the repo files it holds
+            from embedzoo.weights.store import folder_checkpoint
+
+            weights_file, _, repo_files = folder_checkpoint(card, path)
+            parts = [f"{name}={sha256_file(file)}" for name, file in sorted(repo_files.items())]
+            return f"folder:sha256={sha256_file(weights_file)}" + "".join(f":{part}" for part in parts)
+        return f"file:sha256={sha256_file(path)}"
     meta = read_meta(converted_path(card, cache_dir)) or {}
     if not meta.get("safetensors_sha256"):
         raise WeightsError(f"the converted weights of {card.id} have no meta.json", hint=f"run `embedzoo pull --force {card.id}`")

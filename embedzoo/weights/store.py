@@ -44,13 +44,13 @@ from embedzoo.weights.cache import (
     read_meta,
     sha256_file,
 )
-from embedzoo.weights.fetch import Progress, fetch_source
+from embedzoo.weights.fetch import Progress, fetch_source, resolved_revision
 from embedzoo.progress import ByteProgress, Working, human_size
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["convert_checkpoint", "damage", "load_weights", "pull"]
+__all__ = ["check_repo_files", "convert_checkpoint", "damage", "folder_checkpoint", "load_weights", "pull", "read_repo_files"]
 
 _LIST_LIMIT = 10
 
@@ -108,13 +108,55 @@ def _merge_extras(card: ModelCard, path: Path, original: Any, extras: list[tuple
     return merged
 
 
-def _convert(card: ModelCard, path: Path, fmt: str, extras: list[tuple[Path, str]] | None = None) -> dict[str, Tensor]:
+def read_repo_files(card: ModelCard, paths: Mapping[str, Path]) -> dict[str, Any]:
+    """The JSON repo files of a hub checkpoint (config.json, preprocessor_config.json), parsed."""
+    parsed: dict[str, Any] = {}
+    for name, path in paths.items():
+        try:
+            parsed[name] = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise WeightsError(
+                f"{path} ({name} of model {card.id}) is not readable JSON: {exc}",
+                hint="the file may be truncated or not the repo's: delete it (or fix the folder) and pull again",
+            ) from exc
+    return parsed
+
+
+def check_repo_files(card: ModelCard, paths: Mapping[str, Path]) -> None:
+    """Hand a hub checkpoint's repo files to the plugin (`check_repo_files(card, files)`, when it
+    has one), which refuses a repo whose config.json or preprocessor_config.json disagrees with the
+    card's config -- weights of another architecture would otherwise load into the wrong model, or
+    run with the wrong frontend, without an error."""
+    if not paths:
+        return
+    from embedzoo.plugins import family_module
+
+    checker = getattr(family_module(card.family, card.plugin), "check_repo_files", None)
+    if checker is None:
+        return
+    files = read_repo_files(card, paths)
+    try:
+        checker(card, files)
+    except WeightsError:
+        raise
+    except Exception as exc:
+        where = ", ".join(str(path) for path in paths.values())
+        raise WeightsError(
+            f"the repo files of {card.id} ({where}) do not describe this model: {exc}",
+            hint=f"is this a checkpoint of {card.id}? the card's config is {dict(card.config)}",
+        ) from exc
+
+
+def _convert(
+    card: ModelCard, path: Path, fmt: str, extras: list[tuple[Path, str]] | None = None, repo_files: Mapping[str, Path] | None = None
+) -> dict[str, Tensor]:
     """Original checkpoint (and its extra files) -> the model's state dict, proven by a strict
-    load into a fresh model."""
+    load into a fresh model; a hub checkpoint's repo files are checked against the card first."""
     import torch
 
     from embedzoo.plugins import family_module
 
+    check_repo_files(card, repo_files or {})
     original = _merge_extras(card, path, _load_original(path, fmt), extras or [])
     module = family_module(card.family, card.plugin)
     model = module.create_model(card)
@@ -178,13 +220,43 @@ def _standalone(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def convert_checkpoint(card: ModelCard, path: str | os.PathLike) -> dict[str, Tensor]:
     """A user-supplied checkpoint (`embedzoo.load(id, weights=PATH)`) converted in memory, as `pull` would.
 
-    `.safetensors` files are read with safetensors, anything else as a restricted pickle.
+    `.safetensors` files are read with safetensors, anything else as a restricted pickle. A folder
+    is a checkpoint laid out like the model's hub repo (`folder_checkpoint`).
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        weights_file, fmt, repo_files = folder_checkpoint(card, path)
+        return _convert(card, weights_file, fmt, repo_files=repo_files)
     if not path.is_file():
         raise WeightsError(f"no checkpoint file at {path}", hint="check the path given as weights=")
     fmt = "safetensors" if path.suffix == ".safetensors" else "torch"
     return _convert(card, path, fmt)
+
+
+def folder_checkpoint(card: ModelCard, folder: Path) -> tuple[Path, str, dict[str, Path]]:
+    """(weights file, its format, repo files) of a folder laid out like the model's hub repo -- what
+    `save_pretrained` writes, a `hf download` of the repo, or a fine-tuned copy: the first of the
+    card's hub sources whose file is in the folder, with the repo files that source names, all of
+    which must be there."""
+    hub = [source for source in card.sources if source.kind == "hf"]
+    for source in hub:
+        candidate = folder.joinpath(*source.filename.split("/"))
+        if candidate.is_file():
+            repo_files = {name: folder.joinpath(*name.split("/")) for name in source.files}
+            missing = [name for name, file in repo_files.items() if not file.is_file()]
+            if missing:
+                raise WeightsError(
+                    f"the folder {folder} has {source.filename} but not {', '.join(missing)}, which {card.id}'s repo holds",
+                    hint=f"copy the repo's {', '.join(missing)} into {folder} (save_pretrained writes config.json; "
+                    "the feature extractor's save_pretrained writes preprocessor_config.json)",
+                )
+            return candidate, source.format, repo_files
+    names = sorted({source.filename for source in hub})
+    raise WeightsError(
+        f"the folder {folder} holds no weights file of {card.id}" + (f" (looked for {', '.join(names)})" if names else ""),
+        hint="pass a folder laid out like the model's hub repo, or the checkpoint file itself" if names
+        else f"{card.id} has no hub source: pass its checkpoint file itself",
+    )
 
 
 # -------------------------------------------------------------------------------------------- pull
@@ -255,6 +327,7 @@ def _pull(
             try:
                 original = _fetch(card, source, cache_dir, mirror, offline, progress, quiet)
                 extras = [(_fetch(card, extra, cache_dir, mirror, offline, progress, quiet), extra.format) for extra in source.extras]
+                repo_files = _fetch_repo_files(card, source, cache_dir, mirror, offline, progress, quiet)
                 break
             except WeightsError as exc:
                 failures.append((source, exc))
@@ -271,8 +344,8 @@ def _pull(
             raise error
         size = sum(path.stat().st_size for path in [original, *(p for p, _ in extras)])
         with _working(f"{card.id}: converting {original.name} ({human_size(size)})", quiet):
-            state = _convert(card, original, source.format, extras)
-            _save(card, source, original, state, target, [path for path, _ in extras])
+            state = _convert(card, original, source.format, extras, repo_files)
+            _save(card, source, original, state, target, [path for path, _ in extras], repo_files, resolved_revision(source, cache_dir))
     return target
 
 
@@ -292,6 +365,18 @@ def _fetch(
             shown.close()
 
 
+def _fetch_repo_files(
+    card: ModelCard, source: Source, cache_dir: Any, mirror: Any, offline: bool | None, progress: Progress | None, quiet: bool
+) -> dict[str, Path]:
+    """A hub source's repo files, at the commit its weights file came from (a branch source's
+    first pull has just recorded it)."""
+    revision = resolved_revision(source, cache_dir)
+    return {
+        name: _fetch(card, Source(kind="hf", repo=source.repo, revision=revision, filename=name), cache_dir, mirror, offline, progress, quiet)
+        for name in source.files
+    }
+
+
 def _discard(target: Path) -> None:
     (target.parent / META_FILE).unlink(missing_ok=True)
     target.unlink(missing_ok=True)
@@ -309,7 +394,8 @@ def _all_failed(card: ModelCard, failures: list[tuple[Source, WeightsError]]) ->
 
 
 def _save(
-    card: ModelCard, source: Source, original: Path, state: dict[str, Tensor], target: Path, extras: list[Path] | None = None
+    card: ModelCard, source: Source, original: Path, state: dict[str, Tensor], target: Path, extras: list[Path] | None = None,
+    repo_files: Mapping[str, Path] | None = None, revision: str = "",
 ) -> None:
     """Write model.safetensors, then meta.json, each atomically; no meta means no finished conversion."""
     from safetensors.torch import save_file
@@ -336,10 +422,12 @@ def _save(
         "key": cache_key(card),
         "source": source.describe(),
         "source_kind": source.kind,
+        **({"revision": revision} if source.kind == "hf" else {}),
         "original_path": str(original),
         "original_sha256": original_sha,
         "original_size": original.stat().st_size,
         "extras": [{"path": str(path), "sha256": sha256_file(path)} for path in extras or []],
+        "repo_files": {name: {"path": str(path), "sha256": sha256_file(path)} for name, path in (repo_files or {}).items()},
         "safetensors_sha256": sha256_file(target),
         "size": target.stat().st_size,
         "tensors": len(state),
