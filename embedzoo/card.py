@@ -276,6 +276,8 @@ class ModelCard:
     reference_scores: Mapping[str, float] = field(default_factory=dict)
     hidden_states: tuple[str, ...] = ()
     paddings: tuple[str, ...] = ()
+    padded: tuple[str, ...] = ()
+    frame_chunk: int = 0
     provider: str = "registry.yaml"
 
     def __post_init__(self) -> None:

@@ -227,7 +227,7 @@ def _size(n: int | None) -> str:
 
 
 def _model_rows(pattern: str | None, installed_only: bool) -> list[dict[str, Any]]:
-    from embedzoo import hub
+    from embedzoo.weights import cache as hub  # the cache module alone: list and info stay light
     from embedzoo.plugins import load_plugins
     from embedzoo.registry import get_registry
 
@@ -271,14 +271,14 @@ def list_command(pattern: str | None, installed_only: bool, as_json: bool) -> No
             row["id"] + (f" ({', '.join(row['aliases'])})" if row["aliases"] else ""),
             row["family"],
             ("cached" if row["cached"] else "installed") if row["installed"] else "no plugin",
-            _size(row["download_size"]),
             f"{row['params'] / 1e6:.1f} M" if row["params"] else "-",
             f"{row['sample_rate'] / 1000:g} kHz",
             row["license"] or "-",
         ]
         for row in rows
     ]
-    headers = ["model (aliases)", "family", "status", "size", "params", "rate", "license"]
+    # the download size is in --json and `info` (few cards state it): 80 columns hold the rest
+    headers = ["model (aliases)", "family", "status", "params", "rate", "license"]
     click.echo(f"embedzoo catalog ({len(rows)} models)")
     click.echo(text_table(headers, cells, _terminal_width(), keep=max((len(row["id"]) for row in rows), default=0)))
     if missing:
@@ -290,7 +290,7 @@ def list_command(pattern: str | None, installed_only: bool, as_json: bool) -> No
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(model: str, as_json: bool) -> None:
     """Everything the catalog knows about MODEL: sources, layers, knobs, presets, license."""
-    from embedzoo import hub
+    from embedzoo.weights import cache as hub  # the cache module alone: list and info stay light
     from embedzoo.card import card_to_dict
     from embedzoo.registry import get_registry
 

@@ -189,7 +189,10 @@ class Extractor(torch.nn.Module, abc.ABC):
         return self.scene_window_samples // 2 if ms is None else self.card.ms_to_samples(ms)
 
     def chunk_samples(self, frame_field: int) -> int:
-        """Frame mode: the longest chunk one forward takes (within the batch budget)."""
+        """Frame mode: the longest chunk one forward takes: the family's `frame_chunk` when its
+        frames depend on the chunk (so batching never changes them), else within the batch budget."""
+        if self.card.frame_chunk:
+            return self.card.frame_chunk
         budget = int(self.knobs.batch_seconds * self.card.sample_rate)
         return int(min(self.card.max_window, max(frame_field, budget)))
 
@@ -202,9 +205,12 @@ class Extractor(torch.nn.Module, abc.ABC):
         return [(geometry, tuple(names)) for (geometry, _), names in groups.items()]
 
     def batch_rows(self, size: int) -> int:
-        """How many segments of `size` samples go into one forward."""
+        """How many segments of `size` samples go into one forward (each costs `max_window` when
+        the model pads every input to it under the chosen padding: `Geometry.padded`)."""
         if self.knobs.batch_size is not None:
             return self.knobs.batch_size
+        if self.knobs.padding is not None and self.knobs.padding in self.card.padded:
+            size = self.card.max_window
         return max(1, int(self.knobs.batch_seconds * self.card.sample_rate) // max(size, 1))
 
     # ---- one batch of segments ------------------------------------------------------------

@@ -30,7 +30,12 @@ class Geometry:
     `hidden_states`: the layers `layers="all"` reads, in order -- a transformer's embedding output
     and every block, as `transformers`' `output_hidden_states` returns them (empty: every layer);
     `paddings`: how the model can treat an input shorter than its full one, when it has a choice
-    (the `padding` knob; the first is the default) -- `forward_layers` then takes `padding=`.
+    (the `padding` knob; the first is the default) -- `forward_layers` then takes `padding=`;
+    `padded`: the paddings under which every forward runs on `max_window` samples whatever the
+    window (the model pads to its full input: AST's reference, Whisper): batches count that cost;
+    `frame_chunk`: frame mode's chunk length in samples when the frames depend on the whole chunk
+    (attention), so the chunking is the model's, never the batch budget's (0: as the budget allows,
+    for networks whose valid frames do not depend on the chunk).
     """
 
     layers: tuple[LayerSpec, ...]
@@ -41,6 +46,8 @@ class Geometry:
     sample_rate: int | None = None
     hidden_states: tuple[str, ...] = ()
     paddings: tuple[str, ...] = ()
+    padded: tuple[str, ...] = ()
+    frame_chunk: int = 0
 
     def __post_init__(self) -> None:
         names = {layer.name for layer in self.layers}
@@ -49,6 +56,10 @@ class Geometry:
             raise CardError(f"hidden_states names {stray}, which are not among the layers {sorted(names)}")
         if len(set(self.paddings)) != len(self.paddings) or not all(isinstance(p, str) and p for p in self.paddings):
             raise CardError(f"paddings must be distinct names, got {self.paddings}")
+        if set(self.padded) - set(self.paddings):
+            raise CardError(f"padded names {sorted(set(self.padded) - set(self.paddings))}, which are not among the paddings {self.paddings}")
+        if not 0 <= self.frame_chunk <= self.max_window:
+            raise CardError(f"frame_chunk {self.frame_chunk} must lie in [0, max_window {self.max_window}]")
 
 
 @dataclass(frozen=True)
@@ -95,12 +106,14 @@ class Family:
 
 
 def _check_knob_layers(card: ModelCard) -> None:
-    """Every layer named by the card's defaults, presets and levels must exist."""
+    """Every layer named by the card's defaults, presets and levels must exist (or be `all`)."""
     named = [("defaults", card.defaults)] + [(f"preset {name}", preset) for name, preset in card.presets.items()]
     for where, knobs in named:
         layers = knobs.get("layers", ())
         for layer in [layers] if isinstance(layers, str) else layers:
             for name in str(layer).replace(" ", "").split(","):
+                if name == "all" and name not in {spec.name for spec in card.layers}:
+                    continue  # the card's hidden states (`ModelCard.all_layers`)
                 if name and name not in {spec.name for spec in card.layers}:
                     raise CardError(
                         f"model {card.id}: {where} names layer {name!r}, which this architecture does not have",

@@ -31,7 +31,9 @@ def load_model(model_file_path: str = "", device: str = "auto", **knobs) -> Extr
     spec = ModelSpec.parse(model_file_path or os.environ.get("EMBEDZOO_HEAR_MODEL") or DEFAULT_MODEL).with_knobs(**knobs)
     if "input_rate" not in spec.knobs and get_card(spec.name).sample_rate not in HEAR_SAMPLE_RATES:
         spec = spec.with_knobs(input_rate=48000)
-    return load(spec, device=device)
+    model = load(spec, device=device)
+    model._hear_shapes()  # HEAR's arrays have no layer axis: stack=True is refused here, not mid-run
+    return model
 
 
 def get_scene_embeddings(audio: Tensor, model: Extractor) -> Tensor:

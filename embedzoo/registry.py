@@ -41,7 +41,7 @@ def source_checkout_root() -> Path | None:
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader where libyaml is present
 # fields a family's geometry supplies: a catalog entry that states them is refused (one place only)
-ARCHITECTURE_FIELDS = ("layers", "frame_hop", "frame_field", "min_window", "max_window", "hidden_states", "paddings")
+ARCHITECTURE_FIELDS = ("layers", "frame_hop", "frame_field", "min_window", "max_window", "hidden_states", "paddings", "padded", "frame_chunk")
 # what a `families:` section may state for all of its models (a model's own value wins)
 FAMILY_FIELDS = ("plugin", "sample_rate", "frontend", "license", "homepage", "citation", "description", "defaults", "presets", "config", "archs", "reference_scores")
 

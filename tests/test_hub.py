@@ -72,6 +72,8 @@ def checkpoint_filter_fn(state_dict, model):
 
 
 def check_repo_files(card, files):
+    if "config.json" not in files:
+        raise ValueError("config.json is missing: the architecture cannot be checked")
     hidden = files["config.json"].get("hidden")
     if hidden != int(card.config.get("hidden", 8)):
         raise ValueError(f"config.json has hidden={hidden}, the card {card.config.get('hidden', 8)}")
@@ -183,7 +185,9 @@ class FileServer:
                 data = server.files.get(self._hub_path())
                 if data is None:
                     self.send_response(404)
-                    self.send_header("X-Error-Code", "RepoNotFound")
+                    repo = "/".join(self._hub_path().split("/")[:3]) + "/"  # /org/name/
+                    known = any(name.startswith(repo) for name in server.files)
+                    self.send_header("X-Error-Code", "EntryNotFound" if known else "RepoNotFound")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -845,6 +849,10 @@ def test_pull_fetches_the_repo_files_and_the_plugin_checks_them(testfam, tmp_pat
     (tmp_path / "broken" / "org" / "model" / "config.json").write_text("{not json")
     with pytest.raises(WeightsError, match="config.json.*not readable JSON"):
         weights.pull(card, mirror=tmp_path / "broken", offline=True, force=True)
+    # a repo without the file (offline, the mirror lacks it): the plugin's check sees it absent
+    (tmp_path / "broken" / "org" / "model" / "config.json").unlink()
+    with pytest.raises(WeightsError, match="config.json is missing"):
+        weights.pull(card, mirror=tmp_path / "broken", offline=True, force=True)
 
 
 def test_weights_dir_laid_out_like_the_hub_repo(testfam, tmp_path: Path) -> None:
@@ -866,7 +874,24 @@ def test_weights_dir_laid_out_like_the_hub_repo(testfam, tmp_path: Path) -> None
     with pytest.raises(WeightsError, match="hidden=4"):
         weights.convert_checkpoint(card, folder)
     (folder / "config.json").unlink()
-    with pytest.raises(WeightsError, match="has model.safetensors but not config.json"):
+    with pytest.raises(WeightsError, match="config.json is missing"):  # absent files reach the plugin's check
         weights.convert_checkpoint(card, folder)
     with pytest.raises(WeightsError, match="holds no weights file.*model.safetensors"):
         weights.convert_checkpoint(card, tmp_path)
+
+
+def test_a_repo_file_the_hub_repo_lacks_reaches_the_check_as_absent(
+    testfam, tmp_path: Path, server: FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = reference_model(testfam)
+    repo = hub_repo(tmp_path / "repo", reference)
+    for name in ("model.safetensors", "config.json"):
+        server.files[f"/org/model/{name}"] = (repo / name).read_bytes()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    card = make_card([{"kind": "hf", "repo": "org/model", "revision": "main", "filename": "model.safetensors",
+                       "format": "safetensors", "files": ["config.json", "preprocessor_config.json"]}])
+    path = weights.pull(card, quiet=True)
+    meta = json.loads((path.parent / "meta.json").read_text())
+    assert set(meta["repo_files"]) == {"config.json"} and meta["revision"] == REV
+    assert any("preprocessor_config.json" in p for _, p, _ in server.requests)

@@ -190,3 +190,25 @@ def test_embed_writes_a_parquet_layer_axis(tmp_path, wavs, toy):
         np.testing.assert_array_equal(np.asarray(timestamp[f.name]["embedding"], np.float32), want.timestamp.numpy())
         np.testing.assert_array_equal(np.asarray(scene[f.name]["embedding"], np.float32), want.scene.numpy())
         np.testing.assert_array_equal(np.asarray(timestamp[f.name]["timestamps"], np.float32), want.timestamps.numpy())
+
+
+def test_frame_chunk_makes_frames_independent_of_the_batch_budget():
+    """The blocks mix every frame with the mean of its chunk: without the family's frame_chunk, a
+    smaller batch budget would cut shorter chunks and change the frames."""
+    clip = np.random.default_rng(3).standard_normal(300).astype(np.float32)
+    loose = ToyFormer().eval()
+    fixed = ToyFormer(dataclasses.replace(TOY_TRANSFORMER, frame_chunk=64)).eval()
+    results = {}
+    for name, model in (("loose", loose), ("fixed", fixed)):
+        for seconds in (0.004, 0.0025):  # 64 and 40 samples of budget
+            (results[name, seconds],) = model.embed([clip], 16000, knobs={"mode": "frame", "batch_seconds": seconds})
+    torch.testing.assert_close(results["fixed", 0.004].timestamp, results["fixed", 0.0025].timestamp, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(results["loose", 0.004].timestamp, results["loose", 0.0025].timestamp)
+    torch.testing.assert_close(results["fixed", 0.004].timestamp, results["loose", 0.004].timestamp, rtol=1e-5, atol=1e-6)
+
+
+def test_a_padded_forward_counts_the_full_input_in_a_batch():
+    card = dataclasses.replace(TOY_TRANSFORMER, padded=("full",))
+    model = ToyFormer(card).eval().configure(batch_seconds=0.016)  # 256 samples of budget
+    assert model.batch_rows(32) == 8  # crop: each window costs its own 32 samples
+    assert model.with_knobs({"padding": "full"}).batch_rows(32) == 4  # full: each forward runs on 64

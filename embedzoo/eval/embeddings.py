@@ -133,6 +133,11 @@ def embed_task(
 
     start = time.perf_counter()
     extractor = handle.extractor
+    if extractor.knobs.stack:
+        raise EvalError(
+            f"{handle.label}: stack=True keeps a layer axis, and a downstream probe trains on one vector per window",
+            hint="leave stack off: the chosen layers are then concatenated (or evaluate each layer, e.g. a sweep over --layers)",
+        )
     rate = task.audio_rate(extractor.card.sample_rate)
     entries = []
     for split in task.splits:

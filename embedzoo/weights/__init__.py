@@ -14,27 +14,33 @@ Importing this package does not import torch (`embedzoo list` asks `is_cached` f
 
 from __future__ import annotations
 
-from embedzoo.remap import unwrap_state_dict
-from embedzoo.weights.cache import (
-    CacheEntry,
-    EmbeddingsEntry,
-    cache_entries,
-    cache_root,
-    converted_path,
-    embeddings_entries,
-    forget_pin,
-    hf_cache_dir,
-    is_cached,
-    recorded_pin,
-    remove,
-    verify,
-)
-from embedzoo.weights.fetch import Progress, fetch_source
-from embedzoo.weights.identity import RANDOM, weights_identity
-from embedzoo.weights.store import convert_checkpoint, damage, load_weights, pull
+import importlib
+from typing import Any
 
-__all__ = [
-    "RANDOM", "CacheEntry", "EmbeddingsEntry", "Progress", "cache_entries", "cache_root", "convert_checkpoint",
-    "converted_path", "damage", "embeddings_entries", "fetch_source", "forget_pin", "hf_cache_dir", "is_cached",
-    "load_weights", "pull", "recorded_pin", "remove", "unwrap_state_dict", "verify", "weights_identity",
-]  # fmt: skip
+# name -> the module that defines it: imported on first use, so `embedzoo list` (which asks
+# `is_cached` of every card) pays for the cache module only, not for fetch and store
+_HOMES = {
+    "unwrap_state_dict": "embedzoo.remap",
+    **dict.fromkeys(
+        ("CacheEntry", "EmbeddingsEntry", "cache_entries", "cache_root", "converted_path", "embeddings_entries", "forget_pin",
+         "hf_cache_dir", "is_cached", "recorded_pin", "remove", "verify"),
+        "embedzoo.weights.cache",
+    ),
+    **dict.fromkeys(("Progress", "fetch_source"), "embedzoo.weights.fetch"),
+    **dict.fromkeys(("RANDOM", "weights_identity"), "embedzoo.weights.identity"),
+    **dict.fromkeys(("convert_checkpoint", "damage", "load_weights", "pull"), "embedzoo.weights.store"),
+}  # fmt: skip
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'embedzoo.weights' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

@@ -55,7 +55,11 @@ from embedzoo.weights.cache import (
     sha256_file,
 )
 
-__all__ = ["Progress", "fetch_source", "resolved_revision"]
+__all__ = ["EntryMissing", "Progress", "fetch_source", "resolved_revision"]
+
+
+class EntryMissing(WeightsError):
+    """The hub repo has no such file at that revision (older repos lack preprocessor_config.json)."""
 
 Progress = Callable[[int, "int | None"], None]
 """A progress callback: called with (bytes done, total bytes or None) while a file downloads."""
@@ -358,7 +362,7 @@ def _download_hf(
             hint="the card pins a commit (or the branch was held to one) that is gone (force-pushed?): update the card's revision",
         ) from exc
     except errors.EntryNotFoundError as exc:
-        raise WeightsError(
+        raise EntryMissing(
             f"{where}: the file is not in the repo at that revision",
             hint="check the card's filename against the repo's file list at that commit",
         ) from exc

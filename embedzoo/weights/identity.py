@@ -40,7 +40,7 @@ def weights_identity(
             from embedzoo.weights.store import folder_checkpoint
 
             weights_file, _, repo_files = folder_checkpoint(card, path)
-            parts = [f"{name}={sha256_file(file)}" for name, file in sorted(repo_files.items())]
+            parts = [f"{name}={sha256_file(file)}" for name, file in sorted((repo_files or {}).items())]
             return f"folder:sha256={sha256_file(weights_file)}" + "".join(f":{part}" for part in parts)
         return f"file:sha256={sha256_file(path)}"
     meta = read_meta(converted_path(card, cache_dir)) or {}

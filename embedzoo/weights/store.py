@@ -44,7 +44,7 @@ from embedzoo.weights.cache import (
     read_meta,
     sha256_file,
 )
-from embedzoo.weights.fetch import Progress, fetch_source, resolved_revision
+from embedzoo.weights.fetch import EntryMissing, Progress, fetch_source, resolved_revision
 from embedzoo.progress import ByteProgress, Working, human_size
 
 if TYPE_CHECKING:
@@ -126,9 +126,8 @@ def check_repo_files(card: ModelCard, paths: Mapping[str, Path]) -> None:
     """Hand a hub checkpoint's repo files to the plugin (`check_repo_files(card, files)`, when it
     has one), which refuses a repo whose config.json or preprocessor_config.json disagrees with the
     card's config -- weights of another architecture would otherwise load into the wrong model, or
-    run with the wrong frontend, without an error."""
-    if not paths:
-        return
+    run with the wrong frontend, without an error. A file the repo lacks is absent from `paths`: the
+    plugin decides whether it may be."""
     from embedzoo.plugins import family_module
 
     checker = getattr(family_module(card.family, card.plugin), "check_repo_files", None)
@@ -156,7 +155,8 @@ def _convert(
 
     from embedzoo.plugins import family_module
 
-    check_repo_files(card, repo_files or {})
+    if repo_files is not None:  # a hub checkpoint whose source names repo files (or a hub-like folder)
+        check_repo_files(card, repo_files)
     original = _merge_extras(card, path, _load_original(path, fmt), extras or [])
     module = family_module(card.family, card.plugin)
     model = module.create_model(card)
@@ -233,24 +233,18 @@ def convert_checkpoint(card: ModelCard, path: str | os.PathLike) -> dict[str, Te
     return _convert(card, path, fmt)
 
 
-def folder_checkpoint(card: ModelCard, folder: Path) -> tuple[Path, str, dict[str, Path]]:
+def folder_checkpoint(card: ModelCard, folder: Path) -> tuple[Path, str, dict[str, Path] | None]:
     """(weights file, its format, repo files) of a folder laid out like the model's hub repo -- what
     `save_pretrained` writes, a `hf download` of the repo, or a fine-tuned copy: the first of the
-    card's hub sources whose file is in the folder, with the repo files that source names, all of
-    which must be there."""
+    card's hub sources whose file is in the folder, with those of the repo files that source names
+    which are there (the plugin's check decides whether one may be absent)."""
     hub = [source for source in card.sources if source.kind == "hf"]
     for source in hub:
         candidate = folder.joinpath(*source.filename.split("/"))
         if candidate.is_file():
             repo_files = {name: folder.joinpath(*name.split("/")) for name in source.files}
-            missing = [name for name, file in repo_files.items() if not file.is_file()]
-            if missing:
-                raise WeightsError(
-                    f"the folder {folder} has {source.filename} but not {', '.join(missing)}, which {card.id}'s repo holds",
-                    hint=f"copy the repo's {', '.join(missing)} into {folder} (save_pretrained writes config.json; "
-                    "the feature extractor's save_pretrained writes preprocessor_config.json)",
-                )
-            return candidate, source.format, repo_files
+            present = {name: file for name, file in repo_files.items() if file.is_file()}
+            return candidate, source.format, present if source.files else None
     names = sorted({source.filename for source in hub})
     raise WeightsError(
         f"the folder {folder} holds no weights file of {card.id}" + (f" (looked for {', '.join(names)})" if names else ""),
@@ -327,7 +321,7 @@ def _pull(
             try:
                 original = _fetch(card, source, cache_dir, mirror, offline, progress, quiet)
                 extras = [(_fetch(card, extra, cache_dir, mirror, offline, progress, quiet), extra.format) for extra in source.extras]
-                repo_files = _fetch_repo_files(card, source, cache_dir, mirror, offline, progress, quiet)
+                repo_files = _fetch_repo_files(card, source, cache_dir, mirror, offline, progress, quiet) if source.files else None
                 break
             except WeightsError as exc:
                 failures.append((source, exc))
@@ -345,7 +339,7 @@ def _pull(
         size = sum(path.stat().st_size for path in [original, *(p for p, _ in extras)])
         with _working(f"{card.id}: converting {original.name} ({human_size(size)})", quiet):
             state = _convert(card, original, source.format, extras, repo_files)
-            _save(card, source, original, state, target, [path for path, _ in extras], repo_files, resolved_revision(source, cache_dir))
+            _save(card, source, original, state, target, [path for path, _ in extras], repo_files or {}, resolved_revision(source, cache_dir))
     return target
 
 
@@ -371,10 +365,15 @@ def _fetch_repo_files(
     """A hub source's repo files, at the commit its weights file came from (a branch source's
     first pull has just recorded it)."""
     revision = resolved_revision(source, cache_dir)
-    return {
-        name: _fetch(card, Source(kind="hf", repo=source.repo, revision=revision, filename=name), cache_dir, mirror, offline, progress, quiet)
-        for name in source.files
-    }
+    found: dict[str, Path] = {}
+    for name in source.files:
+        try:
+            found[name] = _fetch(card, Source(kind="hf", repo=source.repo, revision=revision, filename=name), cache_dir, mirror, offline, progress, quiet)
+        except (EntryMissing, OfflineError):
+            # the repo (or the mirror, offline) has no such file: the plugin's check sees it absent
+            # (older repos lack preprocessor_config.json); the weights file itself was found
+            continue
+    return found
 
 
 def _discard(target: Path) -> None:

@@ -90,4 +90,6 @@ def geometry(config: Mapping[str, Any]) -> Geometry:
         min_window=field,
         max_window=max_window,
         sample_rate=SAMPLE_RATE,
+        hidden_states=("patch", *(spec.name for spec in blocks)),
+        frame_chunk=max_window,  # attention: a column depends on its whole chunk, so frame mode always cuts max_window
     )
