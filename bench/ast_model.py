@@ -33,7 +33,7 @@ from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassificati
 
 import embedzoo
 from embedzoo.registry import get_card
-from harness import clock, describe, load, rel, use_device
+from harness import clock, describe, load, ratio_table, rel, use_device
 
 SR = 16000
 # the card's config keys that are ASTConfig's (mean and std are the feature extractor's)
@@ -144,16 +144,12 @@ def main() -> None:
           f"{max(rel(o, r) for o, r in zip(o_ts, r_ts)):.1e}")
     print(f"frames per clip: reference {[len(f) for f in r_frames][:4]}, embedzoo frame mode {[len(f) for f in o_frames][:4]} "
           "(reference: the clip's whole columns; frame mode at the column hop: 1 + samples // hop)")
-    print(f"{'':38s} {'transformers':>28s} {'embedzoo':>28s}   ratio (transformers / embedzoo)")
-    rows = [
+    ratio_table([
         ("scene, reference per clip", t_ref_clip, t_ours_scene),
         (f"scene, reference batched ({args.batch})", t_ref_batch, t_ours_scene),
         (f"timestamps, reference batched ({args.batch})", t_ref_ts, t_ours_ts),
         (f"frames, reference batched ({args.batch})", t_ref_frames, t_ours_frames),
-    ]
-    for name, theirs, mine in rows:
-        print(f"{name:38s} {str(theirs):>28s} {str(mine):>28s}   {theirs.ratio(mine)}")
-
+    ])
 
 if __name__ == "__main__":
     main()

@@ -29,7 +29,7 @@ from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
 
 import embedzoo
 from embedzoo.registry import get_card
-from harness import clock, describe, load, rel, use_device
+from harness import clock, describe, load, ratio_table, rel, use_device
 
 SR = 48000
 AUDIO_KEYS = ("enable_fusion", "fusion_type", "patch_embeds_hidden_size", "hidden_size", "depths", "num_attention_heads")
@@ -113,14 +113,11 @@ def main() -> None:
           f"{args.clips} clips x {args.seconds:g} s at 48 kHz, every forward a 10 s input; {describe(torch.get_num_threads())}; {load()}")
     print(f"agreement: scene per clip {rel(o_scene, r_clip):.1e}, batched {rel(o_scene, r_batch):.1e}; "
           f"timestamps ({o_ts.shape[1]} windows of {window / SR:g} s per clip) {rel(o_ts, r_ts):.1e}")
-    print(f"{'':34s} {'transformers':>28s} {'embedzoo':>28s}   ratio (transformers / embedzoo)")
-    rows = [
+    ratio_table([
         ("scene, reference per clip", t_ref_clip, t_ours_scene),
         (f"scene, reference batched ({args.batch})", t_ref_batch, t_ours_scene),
         (f"timestamps, reference batched ({args.batch})", t_ref_ts, t_ours_ts),
-    ]
-    for name, theirs, ours in rows:
-        print(f"{name:34s} {str(theirs):>28s} {str(ours):>28s}   {theirs.ratio(ours)}")
+    ])
 
 
 if __name__ == "__main__":

@@ -168,5 +168,26 @@ def rel(a, b) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+def best_time(fn: Callable[[], Any], device: str, repeat: int) -> tuple[float, Any]:
+    """Best wall seconds of `repeat` calls of `fn` (CUDA synchronised around each), and its last result."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def ratio_table(rows: Sequence[tuple[str, Timing, Timing]], theirs: str = "transformers") -> None:
+    """Print (job, reference timing, embedzoo timing) rows with the reference / embedzoo ratio."""
+    print(f"{'':34s} {theirs:>28s} {'embedzoo':>28s}   ratio ({theirs} / embedzoo)")
+    for name, reference, ours in rows:
+        print(f"{name:34s} {str(reference):>28s} {str(ours):>28s}   {reference.ratio(ours)}")
+
+
 def load() -> str:
     return "load average %.1f %.1f %.1f" % os.getloadavg()

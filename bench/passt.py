@@ -24,12 +24,12 @@ import functools
 import io
 import os
 import tempfile
-import time
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import torch
+
+from harness import best_time, rel
 
 SR = 32000
 CARD = "passt-s-ap476"
@@ -52,25 +52,6 @@ def reference_model(device: str):
         for p in model.net.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=generator))
     return model.to(device).eval()
-
-
-def timed(fn: Callable[[], object], device: str, repeat: int) -> tuple[float, object]:
-    """Best wall time of `repeat` calls (CUDA synchronised), and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    ours, ref = ours.detach().double().cpu(), ref.detach().double().cpu()
-    return float((ours - ref).abs().max() / ref.abs().max())
 
 
 def main() -> None:
@@ -120,16 +101,16 @@ def main() -> None:
     ours.timestamp_embeddings(warm, SR)
 
     load = os.getloadavg()[0]
-    t_ref_scene, r_scene = timed(ref_scene, args.device, args.repeat)
-    t_our_scene, o_scene = timed(lambda: ours.scene_embeddings(audio, SR), args.device, args.repeat)
-    t_ref_ts, (r_ts, r_times) = timed(ref_timestamps, args.device, args.repeat)
-    t_our_ts, (o_ts, o_times) = timed(lambda: ours.timestamp_embeddings(audio, SR), args.device, args.repeat)
+    t_ref_scene, r_scene = best_time(ref_scene, args.device, args.repeat)
+    t_our_scene, o_scene = best_time(lambda: ours.scene_embeddings(audio, SR), args.device, args.repeat)
+    t_ref_ts, (r_ts, r_times) = best_time(ref_timestamps, args.device, args.repeat)
+    t_our_ts, (o_ts, o_times) = best_time(lambda: ours.timestamp_embeddings(audio, SR), args.device, args.repeat)
     load_after = os.getloadavg()[0]
 
     print(f"PaSST-S base, random weights: hear21passt.base vs embedzoo {CARD} (preset base); {args.clips} clips x 10 s "
           f"at 32 kHz; device {args.device}, {args.dtype}, torch threads {torch.get_num_threads()} of {os.cpu_count()} "
           f"cores, load average {load:.1f} -> {load_after:.1f}")
-    print(f"agreement: scene rel. err {rel_err(o_scene, r_scene):.1e}, timestamps rel. err {rel_err(o_ts, r_ts):.1e}, "
+    print(f"agreement: scene rel. err {rel(o_scene, r_scene):.1e}, timestamps rel. err {rel(o_ts, r_ts):.1e}, "
           f"times equal: {bool(torch.allclose(o_times.double().cpu(), r_times.double().cpu()))}")
     print(f"{'':22s} {'hear21passt':>12s} {'embedzoo':>10s}   ratio")
     for name, theirs, mine in [("scene embeddings", t_ref_scene, t_our_scene), ("timestamp embeddings", t_ref_ts, t_our_ts)]:

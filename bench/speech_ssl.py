@@ -27,33 +27,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import time
-from typing import Callable
 
 import numpy as np
 import torch
 
+from harness import best_time, rel
+
 SR = 16000
 HOP, OFFSET = 320, 200
-
-
-def timed(fn: Callable[[], object], device: str, repeat: int) -> tuple[float, object]:
-    """Best wall time of `repeat` calls (CUDA synchronised), and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    ours, ref = ours.detach().double().cpu(), ref.detach().double().cpu()
-    return float((ours - ref).abs().max() / ref.abs().max())
 
 
 def main() -> None:
@@ -123,16 +104,16 @@ def main() -> None:
     for fn in (per_clip, batched, embedzoo_run):  # warm-up
         fn()
     load = os.getloadavg()[0]
-    t_clip, (clip_scene, clip_ts) = timed(per_clip, args.device, args.repeat)
-    t_batch, (batch_scene, batch_ts) = timed(batched, args.device, args.repeat)
-    t_ours, (our_scene, our_ts) = timed(embedzoo_run, args.device, args.repeat)
+    t_clip, (clip_scene, clip_ts) = best_time(per_clip, args.device, args.repeat)
+    t_batch, (batch_scene, batch_ts) = best_time(batched, args.device, args.repeat)
+    t_ours, (our_scene, our_ts) = best_time(embedzoo_run, args.device, args.repeat)
     load_after = os.getloadavg()[0]
 
     print(f"{card.id} ({card.config['model_type']}), random weights, layer {layer}, frame mode; {args.clips} clips x "
           f"{samples / SR:.3f} s at 16 kHz; device {args.device}, {args.dtype}, torch threads {torch.get_num_threads()} "
           f"of {os.cpu_count()} cores, load average {load:.1f} -> {load_after:.1f}")
-    print(f"agreement with the per-clip reference: scene rel. err {rel_err(our_scene, clip_scene):.1e}, "
-          f"timestamps rel. err {rel_err(our_ts, clip_ts):.1e} (batched reference: {rel_err(batch_ts, clip_ts):.1e})")
+    print(f"agreement with the per-clip reference: scene rel. err {rel(our_scene, clip_scene):.1e}, "
+          f"timestamps rel. err {rel(our_ts, clip_ts):.1e} (batched reference: {rel(batch_ts, clip_ts):.1e})")
     print(f"{'':34s} {'time':>9s}   embedzoo is")
     for name, seconds in [("transformers, one clip a forward", t_clip), ("transformers, batched", t_batch)]:
         print(f"{name:34s} {seconds:7.2f} s   {seconds / t_ours:.2f}x {'faster' if t_ours < seconds else 'SLOWER'}")

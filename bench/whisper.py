@@ -30,7 +30,7 @@ from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForCondi
 
 import embedzoo
 from embedzoo.registry import get_card
-from harness import clock, describe, load, rel, use_device
+from harness import clock, describe, load, ratio_table, rel, use_device
 
 SR = 16000
 
@@ -114,14 +114,11 @@ def main() -> None:
           f"{args.clips} clips x {args.seconds:g} s at 16 kHz, every forward a 30 s input; {describe(torch.get_num_threads())}; {load()}")
     print(f"scene agreement: per clip {rel(o_scene, r_clip):.1e}, batched {rel(o_scene, r_batch):.1e}")
     print(f"frames per clip: reference {[len(f) for f in r_frames][:4]}..., embedzoo frame mode {[len(f) for f in o_frames][:4]}... (1 + samples // 320)")
-    print(f"{'':34s} {'transformers':>28s} {'embedzoo':>28s}   ratio (transformers / embedzoo)")
-    rows = [
+    ratio_table([
         ("scene, reference per clip", t_ref_clip, t_ours_scene),
         (f"scene, reference batched ({args.batch})", t_ref_batch, t_ours_scene),
         (f"frames, reference batched ({args.batch})", t_ref_frames, t_ours_frames),
-    ]
-    for name, theirs, ours in rows:
-        print(f"{name:34s} {str(theirs):>28s} {str(ours):>28s}   {theirs.ratio(ours)}")
+    ])
 
 
 if __name__ == "__main__":

@@ -2,10 +2,9 @@
 + ASTForAudioClassification with random weights, saved as a Hub repo folder), and the reference's
 layers read the way embedzoo reads them.
 
-The real cards come from the catalog: registry.yaml once the lead has merged this plugin's
-catalog.yaml, the fragment itself (added through EMBEDZOO_REGISTRY) until then. Each `-small`
-twin is what a new checkpoint of the family is: a catalog entry of a few lines (id, family, config,
-the presets it sets beyond the family's), here 64 wide with 2 blocks.
+The real cards are registry.yaml's; their `-small` twins are added through EMBEDZOO_REGISTRY (a
+temporary catalog file). Each twin is what a new checkpoint of the family is: a catalog entry of a
+few lines (id, family, config, the presets it sets beyond the family's), here 64 wide with 2 blocks.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import yaml
 
 from embedzoo.registry import get_registry
 
-CATALOG = Path(__file__).parents[1] / "catalog.yaml"
 SR = 16000
 TOLERANCE = 1e-5
 TOKENS = 2
@@ -63,18 +61,13 @@ def small_entry(card_id: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def ast_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The AST cards (the fragment, while registry.yaml lacks them) and their `-small` twins, in
-    EMBEDZOO_REGISTRY for the duration of a module."""
+    """The `-small` twins of the AST cards in an extra catalog file (EMBEDZOO_REGISTRY) for the
+    duration of a module."""
     before = os.environ.get("EMBEDZOO_REGISTRY")
-    paths = [before] if before else []
     get_registry.cache_clear()
-    if CARDS[0] not in get_registry().cards:
-        paths.append(str(CATALOG))
-        os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(paths)
-        get_registry.cache_clear()
     twins = tmp_path_factory.mktemp("catalog") / "ast-small.yaml"
     twins.write_text(yaml.safe_dump({"models": [small_entry(card_id) for card_id in CARDS]}))
-    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join([*paths, str(twins)])
+    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(filter(None, [before, str(twins)]))
     get_registry.cache_clear()
     registry = get_registry()
     problems = {k: v for k, v in registry.problems.items() if k.startswith("ast")}
@@ -171,7 +164,8 @@ def noise(samples: int, rows: int = 1, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
-    """One torch thread: small models run faster than on two threads fighting over a shared core."""
+    """One torch thread: small models run faster than on two threads fighting over a shared core
+    (the repository's conftest.py has the same fixture, which a plugin-rooted run does not load)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

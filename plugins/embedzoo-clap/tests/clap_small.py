@@ -37,23 +37,12 @@ SMALL_CARDS = {
 AUDIO_KEYS = ("enable_fusion", "fusion_type", "patch_embeds_hidden_size", "hidden_size", "depths", "num_attention_heads")
 
 
-def catalog_fragment() -> Path:
-    return Path(__file__).parents[1] / "catalog.yaml"
-
-
-def ensure_catalog() -> None:
-    """The real cards from the catalog, or from this plugin's fragment while it is not merged yet."""
-    if "clap-htsat-unfused" not in {card.id for card in get_registry()}:
-        extra = os.environ.get("EMBEDZOO_REGISTRY")
-        os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(filter(None, [extra, str(catalog_fragment())]))
-        get_registry.cache_clear()
-
-
 @pytest.fixture(scope="module")
 def small_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The `-small` cards (and, until it is merged, the catalog fragment) for this module."""
+    """The `-small` cards in an extra catalog file (EMBEDZOO_REGISTRY) for this module; the real
+    cards are registry.yaml's."""
     before = os.environ.get("EMBEDZOO_REGISTRY")
-    ensure_catalog()
+    get_registry.cache_clear()
     path = tmp_path_factory.mktemp("catalog") / "clap-small.yaml"
     registry = get_registry()
     entries = []
@@ -62,7 +51,7 @@ def small_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         sources = [{k: v for k, v in dataclasses.asdict(s).items() if v not in ("", None, (), [])} for s in real.sources]
         entries.append({"id": ident, "family": "clap", "config": config, "sources": [{**s, "files": list(s.get("files", ()))} for s in sources]})
     path.write_text(yaml.safe_dump({"models": entries}))
-    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(filter(None, [os.environ.get("EMBEDZOO_REGISTRY"), str(path)]))
+    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(filter(None, [before, str(path)]))
     get_registry.cache_clear()
     registry = get_registry()
     assert not [ident for ident in registry.problems if "clap" in ident], registry.problems

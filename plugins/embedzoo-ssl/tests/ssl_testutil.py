@@ -20,7 +20,6 @@ import yaml
 
 from embedzoo.registry import get_registry
 
-PLUGIN = Path(__file__).resolve().parents[1]
 SR = 16000
 TOLERANCE = 1e-5
 
@@ -52,9 +51,18 @@ CONFIGS = {"wav2vec2": "Wav2Vec2Config", "hubert": "HubertConfig", "wavlm": "Wav
 PREFIX = {"wav2vec2": "wav2vec2", "hubert": "hubert", "wavlm": "wavlm", "data2vec-audio": "data2vec_audio"}
 
 
-def _with_env(paths: list[str]) -> Iterator[None]:
+def write_twins(path: Path) -> Path:
+    """The twins' catalog file (the real ssl cards are registry.yaml's)."""
+    path.write_text(yaml.safe_dump({"models": [{"id": twin, "family": "ssl", "config": config} for twin, (config, _) in TWINS.items()]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ssl_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The small twins added to the catalog (EMBEDZOO_REGISTRY) for this module."""
+    path = write_twins(tmp_path_factory.mktemp("catalog") / "ssl-small.yaml")
     before = os.environ.get("EMBEDZOO_REGISTRY")
-    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(filter(None, [before, *paths]))
+    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(filter(None, [before, str(path)]))
     get_registry.cache_clear()
     registry = get_registry()
     assert not [card for card in registry.problems if card in TWINS or registry.get(card).family == "ssl"], registry.problems
@@ -66,28 +74,10 @@ def _with_env(paths: list[str]) -> Iterator[None]:
     get_registry.cache_clear()
 
 
-def family_catalog() -> list[str]:
-    """The plugin's catalog fragment, when the ssl family is not yet in the catalog (before the
-    fragment is merged into registry.yaml; afterwards adding it again would describe it twice)."""
-    get_registry.cache_clear()
-    present = any(card.family == "ssl" for card in get_registry())
-    return [] if present else [str(PLUGIN / "catalog.yaml")]
-
-
-@pytest.fixture(scope="module")
-def ssl_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The real ssl cards and the small twins, in the catalog for this module."""
-    path = tmp_path_factory.mktemp("catalog") / "ssl-small.yaml"
-    path.write_text(yaml.safe_dump({"models": [{"id": twin, "family": "ssl", "config": config} for twin, (config, _) in TWINS.items()]}))
-    yield from _with_env([*family_catalog(), str(path)])
-
-
 def catalog_env(tmp_path: Path) -> dict[str, str]:
-    """EMBEDZOO_REGISTRY for a subprocess (hear-validator): the fragment if needed, and the twins."""
-    path = tmp_path / "ssl-small.yaml"
-    path.write_text(yaml.safe_dump({"models": [{"id": twin, "family": "ssl", "config": config} for twin, (config, _) in TWINS.items()]}))
-    before = os.environ.get("EMBEDZOO_REGISTRY")
-    return {"EMBEDZOO_REGISTRY": os.pathsep.join(filter(None, [before, *family_catalog(), str(path)]))}
+    """EMBEDZOO_REGISTRY for a subprocess (hear-validator): the twins' catalog file added."""
+    path = write_twins(tmp_path / "ssl-small.yaml")
+    return {"EMBEDZOO_REGISTRY": os.pathsep.join(filter(None, [os.environ.get("EMBEDZOO_REGISTRY"), str(path)]))}
 
 
 def arch(config: dict[str, Any]) -> dict[str, Any]:

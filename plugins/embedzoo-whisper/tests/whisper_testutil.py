@@ -1,6 +1,6 @@
-"""What the Whisper tests share: the catalog (the family fragment while it is not yet in
-registry.yaml, plus small twins), transformers' reference pipeline with random weights saved as a
-Hub repo, and the reference's recipes (per 30 s input) the tests compare against.
+"""What the Whisper tests share: small twins added to the catalog (registry.yaml has the real cards)
+through EMBEDZOO_REGISTRY, transformers' reference pipeline with random weights saved as a Hub
+repo, and the reference's recipes (per 30 s input) the tests compare against.
 
 Small twins (`whisper-test-80`, `whisper-test-128`: d_model 64, 2 layers, 2 heads) are catalog
 entries of a few lines, as a new checkpoint of the family would be; every forward is a 30 s input
@@ -25,7 +25,6 @@ from embedzoo.registry import get_registry
 SR = 16000
 HOP = 320
 TOLERANCE = 1e-5
-FRAGMENT = Path(__file__).parents[1] / "catalog.yaml"
 SMALL = {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 128}
 TWINS = {"whisper-test-80": {**SMALL, "num_mel_bins": 80}, "whisper-test-128": {**SMALL, "num_mel_bins": 128}}
 TINY = {"d_model": 384, "encoder_layers": 4, "encoder_attention_heads": 6, "encoder_ffn_dim": 1536, "num_mel_bins": 80}
@@ -40,24 +39,21 @@ def _twin_sources(card_id: str) -> list[dict]:
     ]
 
 
-def catalog_paths(folder: Path) -> list[str]:
-    """The catalog files the tests add: the family fragment unless registry.yaml has the family
-    already (after the merge), and the twins."""
-    get_registry.cache_clear()
-    extra = [] if any(card.family == "whisper" for card in get_registry()) else [str(FRAGMENT)]
+def write_twins(folder: Path) -> Path:
+    """The twins' catalog file (the real whisper cards are registry.yaml's)."""
     twins = folder / "whisper-twins.yaml"
     entries = [{"id": card_id, "family": "whisper", "config": config, "sources": _twin_sources(card_id)} for card_id, config in TWINS.items()]
     twins.write_text(yaml.safe_dump({"models": entries}))
-    return [*extra, str(twins)]
+    return twins
 
 
 @pytest.fixture(scope="module")
 def whisper_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """EMBEDZOO_REGISTRY with the family and its twins for this module; yields its value (for
+    """EMBEDZOO_REGISTRY with the twins' catalog file added for this module; yields its value (for
     subprocesses)."""
     before = os.environ.get("EMBEDZOO_REGISTRY")
-    paths = catalog_paths(tmp_path_factory.mktemp("catalog"))
-    value = os.pathsep.join(filter(None, [before, *paths]))
+    twins = write_twins(tmp_path_factory.mktemp("catalog"))
+    value = os.pathsep.join(filter(None, [before, str(twins)]))
     os.environ["EMBEDZOO_REGISTRY"] = value
     get_registry.cache_clear()
     registry = get_registry()
