@@ -82,3 +82,18 @@ def test_an_hour_streams_in_bounded_memory(one_thread, card_id: str) -> None:
     (first,) = model.embed([np.concatenate([minute, minute])], rate)
     count = 30 * 1000 // int(model.knobs.hop_ms)  # the first 30 s: one chunk, whole in both
     torch.testing.assert_close(result.timestamp[:count], first.timestamp[:count], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("card_id", CARDS)
+def test_clips_of_mixed_lengths_together_equal_each_alone(one_thread, card_id: str) -> None:
+    """Windows are batched only with windows of their own length: no clip is padded into another
+    one's attention, so a call with clips of three lengths equals three calls of one clip."""
+    model = load(card_id, batch_size=4)
+    rate = model.card.sample_rate
+    generator = np.random.default_rng(4)
+    clips = [(0.1 * generator.standard_normal(int(seconds * rate))).astype(np.float32) for seconds in (0.7, 1.3, 2.1)]
+    together = model.embed(clips, rate)
+    for clip, result in zip(clips, together):
+        (alone,) = model.embed([clip], rate)
+        torch.testing.assert_close(result.scene, alone.scene, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(result.timestamp, alone.timestamp, rtol=1e-4, atol=1e-5)
