@@ -329,7 +329,7 @@ def test_whisper_log_mel_matches_transformers(n_mels, samples) -> None:
         # torch path's, the same floats) is up to 2e-5 off it in a loud tone's bands 80 dB down
         numpy_path = torch.from_numpy(extractor._np_extract_fbank_features(clip[None], "cpu"))[0]
         assert rel_err(got[row], torch_path) < 1e-6, row
-        assert rel_err(got[row], numpy_path) < 3e-5, row
+        assert rel_err(got[row], numpy_path) < 5e-5, row  # float32 against the numpy path's float64
     expected = extractor(list(audio.numpy()), sampling_rate=16000, return_tensors="pt").input_features  # batch, padded to 30 s
     assert rel_err(got_padded, expected) < 1e-6
     for row in range(3):  # the floor is each clip's own: padded rows equal the clip alone
@@ -352,8 +352,8 @@ def test_whisper_log_mel_30s_matches_numpy_path(n_mels) -> None:
     expected = torch.from_numpy(extractor._np_extract_fbank_features(audio.numpy(), "cpu"))
     got = WhisperLogMel(n_mels)(audio)
     assert torch.equal(got, WhisperLogMel(n_mels, pad_to=480000)(audio)) and got.shape == (2, n_mels, 3000)
-    for row in range(2):
-        assert rel_err(got[row], expected[row]) < 3e-5
+    for row in range(2):  # float32 against float64: 3.1e-5 seen with one thread per worker (the float32 torch path agrees within 1e-6, above)
+        assert rel_err(got[row], expected[row]) < 5e-5
 
 
 def test_whisper_log_mel_filters_and_bad_input() -> None:
