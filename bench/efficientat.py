@@ -14,7 +14,7 @@ Both jobs check that the two sides agree (relative error) before timing counts.
 Then a sweep of embedzoo's settings on the `hear` job: channels_last (model setting) x
 batch_seconds (knob); the fastest is what the plugin ships (see bench/RESULTS.md).
 
-    python bench/efficientat.py [--model efficientat-mn10-as] [--files 16] [--hear-files 4] [--sweep-files 2] [--repeat 3] [--threads 2] [--device cuda]
+    python bench/efficientat.py [--model efficientat-mn10-as] [--files 16] [--hear-files 4] [--sweep-files 2 (0: no sweep)] [--repeat 3] [--threads 2] [--device cuda]
 """
 
 from __future__ import annotations
@@ -131,18 +131,21 @@ def main() -> None:
         # the settings sweep first, on a few files: channels_last x batch_seconds, for timestamps of
         # the `hear` preset (160 ms windows) and of the card's defaults (1 s windows every 250 ms). The
         # machine is shared: configurations are interleaved and each keeps its best of --repeat.
-        few, out = paths[: args.sweep_files], Path(tmp) / "sweep"
-        jobs = {"hear": {"preset": "hear"}, "default": {}}
-        best, times = sweep_settings(
-            lambda channels_last: build_ours(args.model, release, channels_last),
-            {job: lambda model: harness.ours_pipeline(model, few, out, scene=False, timestamp=True)[0] for job in jobs},
-            knobs=jobs, repeat=args.repeat, interleave=True, metric=wall,
-        )
-        for job in jobs:
-            for (channels_last, batch_seconds), timing in times.items():
-                print(f"  sweep {job:7}: channels_last={channels_last!s:5} batch_seconds={batch_seconds:5.0f}: "
-                      f"{timing[job].wall:6.2f} s wall, {timing[job].cpu:6.2f} s CPU (best of {args.repeat})")  # fmt: skip
-        print(f"  fastest over both jobs: channels_last={best[0]}, batch_seconds={best[1]:g}")
+        if args.sweep_files:
+            few, out = paths[: args.sweep_files], Path(tmp) / "sweep"
+            jobs = {"hear": {"preset": "hear"}, "default": {}}
+            best, times = sweep_settings(
+                lambda channels_last: build_ours(args.model, release, channels_last),
+                {job: lambda model: harness.ours_pipeline(model, few, out, scene=False, timestamp=True)[0] for job in jobs},
+                knobs=jobs, repeat=args.repeat, interleave=True, metric=wall,
+            )
+            for job in jobs:
+                for (channels_last, batch_seconds), timing in times.items():
+                    print(f"  sweep {job:7}: channels_last={channels_last!s:5} batch_seconds={batch_seconds:5.0f}: "
+                          f"{timing[job].wall:6.2f} s wall, {timing[job].cpu:6.2f} s CPU (best of {args.repeat})")  # fmt: skip
+        else:  # --sweep-files 0: the shipped settings (channels_last is on by default: geometry.py)
+            best = harness.shipped_setting(get_card(args.model), True)
+        print(f"  {'fastest over both jobs' if args.sweep_files else 'shipped settings'}: channels_last={best[0]}, batch_seconds={best[1]:g}")
 
         ours = build_ours(args.model, release, best[0]).configure(batch_seconds=best[1])
         theirs_s, theirs_first = reference_scene(net, mel, paths)

@@ -155,6 +155,14 @@ def sweep_settings(
     return fastest, best
 
 
+def shipped_setting(card: Any, channels_last: bool) -> Setting:
+    """The (channels_last, batch_seconds) a card runs with when no sweep is asked (`--sweep-files 0`):
+    its config's layout (else the plugin's default) and its default batch_seconds."""
+    from embedzoo.knobs import resolve_knobs
+
+    return bool(card.config.get("channels_last", channels_last)), float(resolve_knobs(card).batch_seconds)
+
+
 def wall(timing: Timing) -> float:
     """The wall time: what a sweep minimises when it ignores CPU time."""
     return timing.wall

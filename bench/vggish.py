@@ -17,7 +17,7 @@ Agreement is checked against the reference on the same zero-padded clip (not tim
 First, a sweep of embedzoo's settings on a few files: channels_last (the plugin's model setting)
 x batch_seconds (the knob); the fastest is what the plugin and the card ship (bench/RESULTS.md).
 
-    python bench/vggish.py [--files 32] [--sweep-files 4] [--threads N] [--device cuda]
+    python bench/vggish.py [--files 32] [--sweep-files 4 (0: no sweep)] [--threads N] [--device cuda]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from torchvggish import torchvggish as tv
 from torchvggish import vggish_input
 
 from embedzoo.registry import get_card
-from embedzoo_vggish.model import EXAMPLE_HOP, EXAMPLE_SAMPLES, checkpoint_filter_fn, create_model
+from embedzoo_vggish.model import CHANNELS_LAST, EXAMPLE_HOP, EXAMPLE_SAMPLES, checkpoint_filter_fn, create_model
 import harness
 from harness import Timing, clock, describe, load, make_files, ours_pipeline, rel, sweep_settings, use_device
 
@@ -100,15 +100,18 @@ def main() -> None:
         print(f"vggish: {args.files} files x {args.seconds:g} s at 16 kHz, {describe(args.threads)}; {load()}")
 
         # the settings sweep first, on a few files: channels_last x batch_seconds, both jobs (each its best of 2; fastest by `cost`)
-        few, out = paths[: args.sweep_files], Path(tmp) / "sweep"
-        best, _ = sweep_settings(
-            lambda channels_last: build_ours(release, channels_last),
-            {"scene": lambda model: ours_pipeline(model, few, out, True, False)[0],
-             "timestamps": lambda model: ours_pipeline(model, few, out, False, True)[0]},
-            line=lambda setting, t: f"  sweep: channels_last={setting[0]!s:5} batch_seconds={setting[1]:5.0f}: scene {t['scene']}, "
-                                    f"timestamps {t['timestamps']}; {load()}",
-        )  # fmt: skip
-        print(f"  fastest (scene + timestamps): channels_last={best[0]}, batch_seconds={best[1]:g}")
+        if args.sweep_files:
+            few, out = paths[: args.sweep_files], Path(tmp) / "sweep"
+            best, _ = sweep_settings(
+                lambda channels_last: build_ours(release, channels_last),
+                {"scene": lambda model: ours_pipeline(model, few, out, True, False)[0],
+                 "timestamps": lambda model: ours_pipeline(model, few, out, False, True)[0]},
+                line=lambda setting, t: f"  sweep: channels_last={setting[0]!s:5} batch_seconds={setting[1]:5.0f}: scene {t['scene']}, "
+                                        f"timestamps {t['timestamps']}; {load()}",
+            )  # fmt: skip
+        else:  # --sweep-files 0: the shipped settings
+            best = harness.shipped_setting(get_card("vggish"), CHANNELS_LAST)
+        print(f"  {'fastest (scene + timestamps)' if args.sweep_files else 'shipped settings'}: channels_last={best[0]}, batch_seconds={best[1]:g}")
 
         ours = build_ours(release, best[0]).configure(batch_seconds=best[1])
         theirs, theirs_ts = reference(net, paths)

@@ -17,7 +17,7 @@ written, 0 decoding workers). Each time is the best of `--repeat` runs (the mach
 Then a sweep of embedzoo's settings on the `tf` job: channels_last (card config) x batch_seconds
 (knob); the fastest is what the plugin ships (see bench/RESULTS.md).
 
-    python bench/yamnet.py [--files 16] [--sweep-files 4] [--threads 2] [--repeat 2] [--device cuda]
+    python bench/yamnet.py [--files 16] [--sweep-files 4 (0: no sweep)] [--threads 2] [--repeat 2] [--device cuda]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from torch_vggish_yamnet.input_proc import WaveformToInput
 from embedzoo.inputs import collect_inputs
 from embedzoo.pipeline import embed_files
 from embedzoo.registry import get_card
-from embedzoo_vggish.yamnet import checkpoint_filter_fn, create_model
+from embedzoo_vggish.yamnet import CHANNELS_LAST, checkpoint_filter_fn, create_model
 import harness
 from harness import clock, describe, make_files, ours_pipeline, rel, sweep_settings, use_device, wall
 
@@ -117,14 +117,17 @@ def main() -> None:
         paths = make_files(Path(tmp) / "audio", args.files, args.seconds, RATE)
         print(f"yamnet: {args.files} files x {args.seconds:g} s at 16 kHz, {describe(args.threads)}, best of {args.repeat}")
 
-        few, out = paths[: args.sweep_files], Path(tmp) / "sweep"
-        best, _ = sweep_settings(
-            lambda channels_last: build_ours(release, channels_last),
-            {"tf": lambda model: ours_pipeline(model, few, out, scene=False, timestamp=True)[0]},
-            repeat=args.repeat, metric=wall,
-            line=lambda setting, t: f"  sweep tf: channels_last={setting[0]!s:5} batch_seconds={setting[1]:5.0f}: {t['tf'].wall:6.2f} s",
-        )  # fmt: skip
-        print(f"  fastest: channels_last={best[0]}, batch_seconds={best[1]:g}")
+        if args.sweep_files:
+            few, out = paths[: args.sweep_files], Path(tmp) / "sweep"
+            best, _ = sweep_settings(
+                lambda channels_last: build_ours(release, channels_last),
+                {"tf": lambda model: ours_pipeline(model, few, out, scene=False, timestamp=True)[0]},
+                repeat=args.repeat, metric=wall,
+                line=lambda setting, t: f"  sweep tf: channels_last={setting[0]!s:5} batch_seconds={setting[1]:5.0f}: {t['tf'].wall:6.2f} s",
+            )  # fmt: skip
+        else:  # --sweep-files 0: the shipped settings
+            best = harness.shipped_setting(get_card("yamnet"), CHANNELS_LAST)
+        print(f"  {'fastest' if args.sweep_files else 'shipped settings'}: channels_last={best[0]}, batch_seconds={best[1]:g}")
 
         ours = build_ours(release, best[0])
         for job, hop_ms, patch_hop in (("tf (480 ms hop)", 480, 48), ("patches (960 ms hop)", 960, 96)):
