@@ -17,7 +17,7 @@ from embedzoo.testing import catalog_ids, check_family
 
 CARDS = catalog_ids()
 
-# The Hub transformer families run every forward on their full input (AST 10.24 s, Whisper 30 s,
+# The transformer families run every forward on their full input (AST 10.24 s, Whisper 30 s,
 # CLAP 10 s) and reach a billion parameters (hubert-xlarge): the suite checks each of their
 # architectures at test width -- the same layers, frames, tokens, paddings and code, the widths and
 # depths below -- as timm's suite skips its largest models. Their full sizes are proven by each
@@ -28,6 +28,10 @@ TEST_WIDTH = {
             "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4},
     "whisper": {"d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 48},
     "clap": {"patch_embeds_hidden_size": 8, "hidden_size": 64, "depths": [1, 1, 1, 1], "num_attention_heads": [1, 1, 2, 2], "projection_dim": 16},
+    "beats": {"embed_dim": 32, "encoder_embed_dim": 48, "encoder_attention_heads": 4, "encoder_ffn_embed_dim": 64, "encoder_layers": 2,
+              "conv_pos": 16, "conv_pos_groups": 4},
+    "dasheng": {"embed_dim": 32, "depth": 2, "num_heads": 2},
+    "ced": {"embed_dim": 32, "depth": 2, "num_heads": 2},
 }
 
 
@@ -38,7 +42,7 @@ def conformance_card(card_id: str) -> ModelCard:
     if small is None:
         return card
     family = load_plugins().families[card.family]
-    defaults = {k: v for k, v in card.defaults.items() if k != "layers"}  # its default block may be deeper than 2
+    defaults = {k: v for k, v in card.defaults.items() if k not in ("layers", "mode")}  # its default block may be deeper than 2
     return family.complete(dataclasses.replace(card, config={**card.config, **small}, layers=(), defaults=defaults, presets={}))
 
 
