@@ -33,13 +33,58 @@ FAMILIES = {
 }
 
 
+# the transformer families: a test-width twin of one card each (tests/test_models.py's TEST_WIDTH)
+TWINNED = {
+    "ast": "ast-speech-commands-v2",
+    "ssl": "wavlm-base-plus",
+    "whisper": "whisper-tiny",
+    "clap": "clap-htsat-unfused",
+    "dasheng": "dasheng-base",
+    "ced": "ced-tiny",
+    "beats": "beats-iter3-plus-as2m",
+}
+FAMILIES.update({family: f"{card}-twin" for family, card in TWINNED.items()})
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: small models, one torch thread
+
+
+@pytest.fixture(scope="module")
+def twin_catalog(tmp_path_factory: pytest.TempPathFactory):
+    """The TWINNED cards at test width, in the catalog for this module."""
+    import os
+
+    import yaml
+
+    from embedzoo.registry import get_registry
+    from test_models import TEST_WIDTH
+
+    registry = get_registry()
+    entries = []
+    for family, card_id in TWINNED.items():
+        card = registry.get(card_id)
+        presets = {name: {"layers": ["all"]} for name, preset in card.presets.items() if "layers" in preset}
+        defaults = {**card.defaults, "layers": ["all"]}  # the twin has 2 blocks: its hidden states, concatenated
+        entries.append({"id": f"{card_id}-twin", "family": family, "config": {**card.config, **TEST_WIDTH[family]},
+                        "defaults": defaults, "presets": presets})
+    path = tmp_path_factory.mktemp("twins") / "xares-twins.yaml"
+    path.write_text(yaml.safe_dump({"models": entries}))
+    before = os.environ.get("EMBEDZOO_REGISTRY")
+    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(filter(None, [before, str(path)]))
+    get_registry.cache_clear()
+    yield
+    if before is None:
+        del os.environ["EMBEDZOO_REGISTRY"]
+    else:
+        os.environ["EMBEDZOO_REGISTRY"] = before
+    get_registry.cache_clear()
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_family_passes_the_xares_checker(family, request):
     if family == "passt":
         request.getfixturevalue("small_catalog")
+    if family in TWINNED:
+        request.getfixturevalue("twin_catalog")
     encoder = EmbedzooEncoder(FAMILIES[family], weights="random")
     assert type(encoder).__name__.endswith("Encoder")
     assert check_audio_encoder(encoder) is True
