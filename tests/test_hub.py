@@ -234,8 +234,8 @@ class FileServer:
                 if server.truncate_at is not None:
                     body = body[: server.truncate_at]
                     self.close_connection = True
+                server.sent.append(len(body))  # before the write: the client may be done before this thread runs on
                 self.wfile.write(body)
-                server.sent.append(len(body))
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
