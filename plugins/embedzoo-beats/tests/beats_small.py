@@ -22,11 +22,13 @@ from embedzoo.registry import get_registry
 SR = 16000
 TOLERANCE = 1e-5
 PRETRAINED, FINETUNED = "beats-iter3-plus-as2m", "beats-iter3-plus-as2m-as2m-cpt2"
+OPENBEATS = "openbeats-large-i3"  # its twin: Large's card config shrunk, 6 heads
 SMALL = {"embed_dim": 32, "encoder_embed_dim": 48, "encoder_attention_heads": 4, "encoder_ffn_embed_dim": 64,
          "encoder_layers": 2, "conv_pos": 16, "conv_pos_groups": 4}  # fmt: skip
 # the fine-tuned twin: a small bucket table (64 buckets to 100 patches), so 2.5 s clips (120 patches)
 # reach the logarithmic buckets and the clamp; 10 classes
-TWIN_CONFIG = {PRETRAINED: SMALL, FINETUNED: {**SMALL, "num_buckets": 64, "max_distance": 100, "predictor_class": 10}}
+TWIN_CONFIG = {PRETRAINED: SMALL, FINETUNED: {**SMALL, "num_buckets": 64, "max_distance": 100, "predictor_class": 10},
+               OPENBEATS: {**SMALL, "encoder_attention_heads": 6}}  # fmt: skip
 SMALL_PRESETS = {"frames": {"layers": ["block2"], "mode": "frame", "readout": "mean", "hop_ms": 160}}
 
 
@@ -110,6 +112,27 @@ def reference(card_id: str, seed: int = 0) -> tuple[Any, dict[str, Any]]:
         model = BeatsEncoder(input_size=0, beats_config=cfg, is_pretraining=False)
     model.load_state_dict(state, strict=False)
     return model.eval(), checkpoint
+
+
+def openbeats_checkpoint(card_id: str, seed: int = 0) -> dict[str, Any]:
+    """An OpenBEATs SSL file (`shikhar7ssu/OpenBEATs-*`) as openbeats' exporter (`openbeats-convert`,
+    stage C) writes it: `model` the whole BeatsEncoder state dict (the padding convs and layer 0's
+    table repeated in every layer included), `cfg` the run's pretraining `beats_config` -- its keys
+    as conf/pretrain_{base,large}.yaml gives them (decoder, codebook and mask keys, dropouts), every
+    other key left to BeatsConfig's default -- with the twin's widths."""
+    from openbeats.beats_encoder import BeatsEncoder
+
+    card = get_registry().get(card_id)
+    widths = ("embed_dim", "encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_attention_heads", "conv_pos", "conv_pos_groups")
+    cfg = {**{key: card.config[key] for key in widths if key in card.config}, "decoder_embed_dim": card.config.get("encoder_embed_dim", 768),
+           "decoder_attention_heads": 16, "decoder_layers": 3, "codebook_vocab_size": 1024, "mask_ratio": 0.75, "dropout": 0.1,
+           "encoder_layerdrop": 0.0, "deep_norm": True, "relative_position_embedding": True, "num_buckets": 320, "max_distance": 800,
+           "gru_rel_pos": True, "use_flash_attn": False}  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        source = BeatsEncoder(input_size=0, beats_config=cfg, is_pretraining=False)
+    randomise(source, seed)
+    return {"model": {k: v.clone() for k, v in source.state_dict().items()}, "cfg": cfg}
 
 
 def shared_table(key: str) -> bool:

@@ -24,12 +24,14 @@ import pytest
 import torch
 from beats_small import (  # noqa: F401  (beats_catalog, one_thread are fixtures)
     FINETUNED,
+    OPENBEATS,
     PRETRAINED,
     SR,
     TOLERANCE,
     beats_catalog,
     noise,
     one_thread,
+    openbeats_checkpoint,
     reference,
     reference_layers,
     save_checkpoint,
@@ -214,6 +216,48 @@ def test_conversion_is_lossless(refs) -> None:
         assert all(torch.equal(again[k], converted[k]) for k in converted)
 
 
+def test_openbeats_files_convert_and_match_openbeats_own_loader(tmp_path: Path) -> None:
+    """An OpenBEATs SSL file (as `openbeats-convert` writes the shikhar7ssu/OpenBEATs-* checkpoints)
+    on the Large card's twin: the core opens it with weights_only=True, its cfg (pretraining keys
+    besides the architecture's) agrees with the card, and every layer equals the encoder openbeats'
+    own `OpenBeats.from_pretrained(file)` builds from it, at 2.5 s."""
+    from openbeats.model import OpenBeats
+
+    checkpoint = openbeats_checkpoint(small_id(OPENBEATS), seed=21)
+    path = save_checkpoint(checkpoint, tmp_path / "epoch_latest.pt")
+    assert set(torch.load(path, weights_only=True)) == {"model", "cfg"}
+    model = embedzoo.load(small_id(OPENBEATS), weights=str(path), device="cpu")
+    reference_model = OpenBeats.from_pretrained(str(path)).encoder
+    clips = noise(40000, rows=2, seed=22)
+    expected = reference_layers(reference_model, checkpoint, clips)
+    got = ours(model, clips)
+    assert list(got) == ["patch", "block1", "block2"]
+    for name, value in got.items():
+        assert rel_err(value, expected[name]) < TOLERANCE, name
+    converted = checkpoint_filter_fn(checkpoint, create_model(model.card))
+    for key, value in converted.items():  # the file's tensors, nothing else (padding convs, table copies dropped)
+        assert torch.equal(value, checkpoint["model"][key.removeprefix("model.")]), key
+    with pytest.raises(WeightsError, match="encoder_attention_heads"):  # a Base file on the Large card's twin
+        checkpoint_filter_fn({**checkpoint, "cfg": {**checkpoint["cfg"], "encoder_attention_heads": 4}}, create_model(model.card))
+
+
+def test_openbeats_cards() -> None:
+    """Base is BEATs' architecture, Large 24 x 1024 with 16 heads; their `params` are what the
+    network has (counted on the meta device, no weights); Large reads its last block by default."""
+    from embedzoo_beats.model import BEATsNet
+    from embedzoo_beats.geometry import settings
+
+    for size, depth, width in (("base", 12, 768), ("large", 24, 1024)):
+        for iteration in (1, 2, 3):
+            card = get_registry().get(f"openbeats-{size}-i{iteration}")
+            assert card.license == "CC-BY-4.0" and card.sources[0].repo == f"shikhar7ssu/OpenBEATs-{size.capitalize()}-i{iteration}"
+            assert card.layers[-1].name == f"block{depth}" and card.layers[-1].width == width
+            assert card.defaults["layers"] == [f"block{depth}"]
+            with torch.device("meta"):
+                net = BEATsNet(settings(card.config))
+            assert sum(p.numel() for p in net.parameters()) == card.params
+
+
 def test_the_core_reads_the_pickle_with_weights_only(refs, tmp_path: Path) -> None:
     """A plain-dict cfg (and a label_dict, as fine-tuned files have) passes torch.load(weights_only=True)."""
     _, checkpoint, _ = refs[FINETUNED]
@@ -253,7 +297,7 @@ def test_plugin_registers_the_family_torch_free() -> None:
     assert_registers("beats", ["beats"])
 
 
-@pytest.mark.parametrize("card_id", TWINS)
+@pytest.mark.parametrize("card_id", [*TWINS, OPENBEATS])
 def test_twins_match_their_geometry(card_id: str) -> None:
     check_family(get_registry().get(small_id(card_id)))
 
