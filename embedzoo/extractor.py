@@ -96,6 +96,7 @@ class Extractor(torch.nn.Module, abc.ABC):
             raise PluginError(f"model {card.id}: the card has no layers yet", hint=f"its family's plugin ({card.plugin}) completes it: is it installed? `embedzoo plugins`")
         self.card = card
         self.knobs: Knobs = resolve_knobs(card)
+        self._compiled: dict[str, Any] = {}  # the `compile` knob's forward and the shapes warmed up, shared by with_knobs views
 
     @abc.abstractmethod
     def forward_layers(self, audio: Tensor, layers: Sequence[str] | None = None) -> list[Tensor]:
@@ -188,12 +189,19 @@ class Extractor(torch.nn.Module, abc.ABC):
         ms = self.knobs.scene_hop_ms
         return self.scene_window_samples // 2 if ms is None else self.card.ms_to_samples(ms)
 
+    @property
+    def batch_budget(self) -> int:
+        """Samples of audio per forward on this extractor's device: `batch_seconds` on the CPU,
+        `gpu_batch_seconds` on a GPU, whose best batches are an order of magnitude larger."""
+        seconds = self.knobs.batch_seconds if self.device.type == "cpu" else self.knobs.gpu_batch_seconds
+        return int(seconds * self.card.sample_rate)
+
     def chunk_samples(self, frame_field: int) -> int:
         """Frame mode: the longest chunk one forward takes: the family's `frame_chunk` when its
         frames depend on the chunk (so batching never changes them), else within the batch budget."""
         if self.card.frame_chunk:
             return self.card.frame_chunk
-        budget = int(self.knobs.batch_seconds * self.card.sample_rate)
+        budget = self.batch_budget
         return int(min(self.card.max_window, max(frame_field, budget)))
 
     def frame_groups(self) -> list[tuple[tuple[int, int, int], tuple[str, ...]]]:
@@ -211,7 +219,7 @@ class Extractor(torch.nn.Module, abc.ABC):
             return self.knobs.batch_size
         if self.knobs.padding is not None and self.knobs.padding in self.card.padded:
             size = self.card.max_window
-        return max(1, int(self.knobs.batch_seconds * self.card.sample_rate) // max(size, 1))
+        return max(1, self.batch_budget // max(size, 1))
 
     # ---- one batch of segments ------------------------------------------------------------
 
@@ -221,35 +229,71 @@ class Extractor(torch.nn.Module, abc.ABC):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def embed_segments(self, segments: np.ndarray | Tensor, frames: bool = False, knobs: Knobs | None = None) -> Tensor:
-        """Forward a batch of equal-length segments and read out the chosen layers.
+    def _pads(self, specs: Sequence[LayerSpec], length: int, frames: bool) -> tuple[int, int]:
+        """Zeros (left, right) a batch of `length`-sample segments gets: short windows are centred
+        in the layers' `min_window`; a frame-mode chunk gets its group's `frame_pad` on the right."""
+        short = max(self.card.layer_min_window(spec) for spec in specs) - length
+        left, right = (short // 2, short - short // 2) if short > 0 and not frames else (0, 0)
+        if frames and specs[0].frame_pad:  # a frame group shares its frame_pad (frame_groups)
+            right += specs[0].frame_pad
+        return left, right
 
-        Returns (n, width) -- one vector per segment, readout applied -- or, with `frames`, the
-        frame sequences (n, frames, width). `knobs` (default: this extractor's) picks layers,
-        `freq_pool` and readout. Segments shorter than the layers' `min_window` are zero-padded
-        around their centre -- not frame-mode chunks, which the framer cut to whole frame fields
-        (padding would move their frames). Output is float32 on the CPU.
-        """
+    def host_batch(self, blocks: Sequence[np.ndarray], frames: bool = False, knobs: Knobs | None = None) -> Tensor:
+        """(n, size) blocks of segments as one padded float32 batch, in one host copy: into pinned
+        memory when the model is on a CUDA device, so that the copy to it runs without a sync."""
+        knobs = knobs or self.knobs
+        length = blocks[0].shape[1]
+        left, right = self._pads([self.card.layer(name) for name in knobs.layers], length, frames)
+        shape = (sum(len(block) for block in blocks), left + length + right)
+        if self.device.type == "cuda":
+            batch = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+            out = batch.numpy()
+        else:
+            out = np.empty(shape, dtype=np.float32)  # numpy's allocation, as np.array made it before: the same kernels' paths
+            batch = torch.from_numpy(out)
+        out[:, :left], out[:, left + length :] = 0.0, 0.0
+        row = 0
+        for block in blocks:
+            out[row : row + len(block), left : left + length] = block
+            row += len(block)
+        return batch
+
+    def _forward(self) -> Any:
+        """`forward_layers`, or its torch.compile'd version under the `compile` knob (made once)."""
+        if not self.knobs.compile:
+            return self.forward_layers
+        if "forward" not in self._compiled:
+            self._compiled["forward"] = torch.compile(self.forward_layers)
+        return self._compiled["forward"]
+
+    def warm_up(self, shapes: Iterable[tuple[int, int, bool, Knobs]]) -> None:
+        """The `compile` knob: compile the forward for each (rows, samples, frames, knobs) batch a
+        job will run, on zeros, before its first file -- so compiling does not count against it
+        (each shape once per model). Does nothing without the knob."""
+        if not self.knobs.compile:
+            return
+        warmed = self._compiled.setdefault("shapes", set())
+        for rows, size, frames, knobs in shapes:
+            key = (rows, size, frames, knobs.layers, knobs.padding)
+            if key not in warmed:
+                self.embed_segments(np.zeros((rows, size), dtype=np.float32), frames=frames, knobs=knobs)
+                warmed.add(key)
+
+    def embed_batch(self, batch: Tensor, length: int, frames: bool = False, knobs: Knobs | None = None) -> Tensor:
+        """Forward a padded batch (`host_batch`, or a tensor padded alike) of `length`-sample segments
+        and read out the chosen layers, leaving the result on the model's device: nothing here waits
+        for the device, so the next batch is assembled while this one computes."""
         if self.training:
             raise ConfigError(f"{self.card.id} is in training mode", hint="call .eval() before extracting embeddings")
         knobs = knobs or self.knobs
         specs = [self.card.layer(name) for name in knobs.layers]
-        batch = segments.float() if isinstance(segments, Tensor) else torch.from_numpy(np.array(segments, dtype=np.float32))
-        length = batch.shape[-1]
-        short = max(self.card.layer_min_window(spec) for spec in specs) - length
-        if short > 0 and not frames:
-            batch = torch.nn.functional.pad(batch, (short // 2, short - short // 2))
-        if frames and specs[0].frame_pad:  # a frame group shares its frame_pad (frame_groups)
-            batch = torch.nn.functional.pad(batch, (0, specs[0].frame_pad))
         device = self.device
-        if device.type == "cuda":
-            batch = batch.pin_memory().to(device, non_blocking=True)
-        else:
-            batch = batch.to(device)
+        if batch.device != device:
+            batch = batch.to(device, non_blocking=batch.is_pinned())
         # a family that offers paddings (Geometry.paddings) is told the chosen one; none other is
         choice = {"padding": knobs.padding} if self.card.paddings else {}
         with torch.inference_mode(), self._autocast():
-            outputs = self.forward_layers(batch, list(knobs.layers), **choice)
+            outputs = self._forward()(batch, list(knobs.layers), **choice)
         if len(outputs) != len(specs):
             raise RuntimeError(f"{self.card.id}: forward_layers returned {len(outputs)} tensors for {len(specs)} layers")
         parts = []
@@ -267,7 +311,26 @@ class Extractor(torch.nn.Module, abc.ABC):
             lengths = {part.shape[1] for part in parts}
             if len(lengths) > 1:
                 raise RuntimeError(f"{self.card.id}: layers {list(knobs.layers)} of one frame geometry returned different frame counts {sorted(lengths)}")
-        return torch.cat(parts, dim=-1).cpu()
+        return torch.cat(parts, dim=-1)
+
+    def embed_segments(self, segments: np.ndarray | Tensor, frames: bool = False, knobs: Knobs | None = None) -> Tensor:
+        """Forward a batch of equal-length segments and read out the chosen layers.
+
+        Returns (n, width) -- one vector per segment, readout applied -- or, with `frames`, the
+        frame sequences (n, frames, width). `knobs` (default: this extractor's) picks layers,
+        `freq_pool` and readout. Segments shorter than the layers' `min_window` are zero-padded
+        around their centre -- not frame-mode chunks, which the framer cut to whole frame fields
+        (padding would move their frames). Output is float32 on the CPU (a `Session` keeps it on
+        the device until a clip is done instead).
+        """
+        knobs = knobs or self.knobs
+        length = segments.shape[-1]
+        if isinstance(segments, Tensor):
+            left, right = self._pads([self.card.layer(name) for name in knobs.layers], length, frames)
+            batch = torch.nn.functional.pad(segments.float(), (left, right)) if left or right else segments.float()
+        else:
+            batch = self.host_batch([np.asarray(segments, dtype=np.float32)], frames, knobs)
+        return self.embed_batch(batch, length, frames, knobs).cpu()
 
     # ---- the public API ---------------------------------------------------------------------
 
@@ -338,7 +401,7 @@ class Extractor(torch.nn.Module, abc.ABC):
         prepared = self._prepare(clips if isinstance(clips, (Tensor, np.ndarray, str, bytes)) else list(clips), sample_rate)
         session = Session(self, scene=scene, timestamp=timestamp)
         # pushed in slices, so a long clip is windowed as it goes rather than copied whole
-        step = max(self.card.max_window, int(self.knobs.batch_seconds * self.card.sample_rate))
+        step = max(self.card.max_window, self.batch_budget)
         for key, clip in enumerate(prepared):
             session.open(key)
             for start in range(0, len(clip), step):
@@ -516,6 +579,7 @@ class _Clip:
                 self.framers[track.name] = WindowFramer(extractor._window(knobs), extractor.hop_samples, knobs.pad_mode)
         self.results: dict[str, dict[int, Tensor]] = {name: {} for name in self.framers}
         self.emitted: dict[str, int] = {name: 0 for name in self.framers}
+        self.ready: Any = None  # CUDA: the event after the copy of this clip's last rows to the host
         self.length = 0
         self.closed = False
 
@@ -537,8 +601,24 @@ class Session:
         self.queues: OrderedDict[tuple[str, int], list[_Piece]] = OrderedDict()
         self.queued_samples = 0
         self.finished: list[tuple[Hashable, ClipEmbeddings]] = []
-        budget = int(extractor.knobs.batch_seconds * extractor.card.sample_rate)
-        self.max_queued_samples = 4 * max(budget, extractor.card.max_window)
+        self.max_queued_samples = 4 * max(extractor.batch_budget, extractor.card.max_window)
+        if extractor.knobs.compile:
+            extractor.warm_up(self._batch_shapes())
+
+    def _batch_shapes(self) -> list[tuple[int, int, bool, Knobs]]:
+        """(rows, samples, frames, knobs) of each track's full batches: what `compile` warms up.
+        (A scene of a clip shorter than the scene window, and a last partial batch, are other
+        shapes; torch.compile turns dynamic on the second.)"""
+        ex, shapes = self.extractor, []
+        for track in self.tracks.values():
+            if track.frames:
+                size = ex.chunk_samples(track.geometry[1])
+            elif track.name == "scene":
+                size = ex.scene_window_samples if not _scene_is_windowed(track.knobs) else ex._window(track.knobs)
+            else:
+                size = ex._window(track.knobs)
+            shapes.append((ex.batch_rows(size), size, track.frames, track.knobs))
+        return shapes
 
     def open(self, key: Hashable) -> None:
         if key in self.clips:
@@ -622,11 +702,14 @@ class Session:
         blocks = [p.data for p in pieces]
         position = 0
         while position < len(owners):
-            batch, taken = _take_rows(blocks, rows)
-            output = self.extractor.embed_segments(batch, frames=track.frames, knobs=track.knobs)
+            parts, taken = _take_rows(blocks, rows)
+            batch = self.extractor.host_batch(parts, frames=track.frames, knobs=track.knobs)
+            output, ready = _to_host(self.extractor.embed_batch(batch, queue_key[1], frames=track.frames, knobs=track.knobs))
             for row, (key, name, index) in enumerate(owners[position : position + taken]):
-                if key in self.clips:
-                    self.clips[key].results[name][index] = output[row]
+                clip = self.clips.get(key)
+                if clip is not None:
+                    clip.results[name][index] = output[row]
+                    clip.ready = ready if ready is not None else clip.ready
             position += taken
         for key in {p.key for p in pieces}:
             self._collect(key)
@@ -635,6 +718,8 @@ class Session:
         clip = self.clips.get(key)
         if clip is None or not clip.complete():
             return
+        if clip.ready is not None:  # the device's one wait, per clip rather than per batch
+            clip.ready.synchronize()
         del self.clips[key]
         self.finished.append((key, self._finish(clip)))
 
@@ -688,8 +773,22 @@ def stacked(result: ClipEmbeddings, layers: int) -> ClipEmbeddings:
     return ClipEmbeddings(scene=scene, timestamp=timestamp, timestamps=result.timestamps)
 
 
-def _take_rows(blocks: list[np.ndarray], rows: int) -> tuple[np.ndarray, int]:
-    """Pop up to `rows` rows off the front of a list of (n, size) blocks, as one array."""
+def _to_host(output: Tensor) -> tuple[Tensor, Any]:
+    """A batch's result on the host. From a CUDA device: a copy into pinned memory that runs
+    behind the device's queue, and the event to wait for before reading it; elsewhere the result
+    itself (the CPU's) or a copy (MPS's), and None."""
+    if output.device.type != "cuda":
+        return output.cpu(), None
+    host = torch.empty(output.shape, dtype=output.dtype, pin_memory=True)
+    host.copy_(output, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(output.device))
+    return host, event
+
+
+def _take_rows(blocks: list[np.ndarray], rows: int) -> tuple[list[np.ndarray], int]:
+    """Pop up to `rows` rows off the front of a list of (n, size) blocks: the pieces of one batch,
+    copied once, by `Extractor.host_batch`, into the batch itself."""
     taken, parts = 0, []
     while blocks and taken < rows:
         block = blocks[0]
@@ -702,4 +801,4 @@ def _take_rows(blocks: list[np.ndarray], rows: int) -> tuple[np.ndarray, int]:
             parts.append(block[:need])
             blocks[0] = block[need:]
             taken += need
-    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), taken
+    return parts, taken

@@ -18,7 +18,9 @@ sweep sets it -- is the `KnobInfo` metadata of its field: a new knob is one fiel
 - `mode`: 'window' (one forward per timestamp window, the HEAR recipe) or 'frame' (one forward per
   chunk, the model's own frames read at the hop: cheap);
 - `pad_mode`: how clips are padded at their ends ('constant' zeros or 'reflect');
-- `batch_size` (windows per forward; default: as many as fill `batch_seconds` of audio), `dtype`;
+- `batch_size` (windows per forward; default: as many as fill `batch_seconds` of audio on the CPU,
+  `gpu_batch_seconds` on a GPU: the two devices' best batches differ by an order of magnitude),
+  `dtype`, `compile` (torch.compile, opt-in; docs/performance.md);
 - `input_rate`: the rate of the audio HEAR's `get_*_embeddings` and `model(audio)` take (they pass
   none; every other call says its rate); it is resampled to the model's rate. Default: the model's own rate.
 """
@@ -100,7 +102,15 @@ class Knobs:
     )  # fmt: skip
     batch_size: int | None = knob(None, help="Windows per forward (default: fill the model's batch_seconds).", kind=int, results=False)
     batch_seconds: float = knob(32.0, help="Seconds of audio per forward when no batch size is given (frame mode: the longest chunk).", kind=float, results=False)
-    dtype: str = knob("float32", help="Autocast dtype (float32 is exact).", choices=DTYPES)
+    gpu_batch_seconds: float = knob(
+        256.0, help="Seconds of audio per forward on a GPU (CUDA, MPS) when no batch size is given; batch_seconds is the CPU's.",
+        kind=float, results=False,
+    )  # fmt: skip
+    dtype: str = knob("float32", help="Autocast dtype (float32 is exact; docs/performance.md: bfloat16's error per family).", choices=DTYPES)
+    compile: bool = knob(
+        False, help="torch.compile the model's forward: compiled before the first file, for the job's batch shapes; within 1e-5 of eager.",
+        kind=bool, results=False,
+    )  # fmt: skip
     input_rate: int | None = knob(None, help="The rate the HEAR API and model(audio) take audio at (they pass none), Hz.", kind=int, option=False)
 
     @property
@@ -319,8 +329,9 @@ def check_knobs(card: ModelCard, knobs: Knobs) -> None:
         raise ConfigError("batch_size must be at least 1")
     if knobs.input_rate is not None and knobs.input_rate <= 0:
         raise ConfigError("input_rate must be a positive number of Hz")
-    if knobs.batch_seconds <= 0:
-        raise ConfigError("batch_seconds must be positive")
+    for name in ("batch_seconds", "gpu_batch_seconds"):
+        if not getattr(knobs, name) > 0:
+            raise ConfigError(f"{name} must be positive, not {getattr(knobs, name)}", hint=f"e.g. {name}=32")
 
 
 def frame_width(spec: LayerSpec, knobs: Knobs) -> int:
