@@ -251,6 +251,10 @@ class ModelCard:
     architecture fields (`layers`, frame geometry, window limits) are filled in from the family's
     `geometry(config)` once its plugin is installed (`embedzoo.family.Family.complete`). A card
     without them (`complete` is False) can still be listed and shown, not built.
+
+    `redistribute` is False when the weights' licence forbids rehosting them (NTT's evaluation
+    licence, ...): embedzoo then never copies them out of its own cache (`embedzoo.weights.mirror`
+    refuses the card), so each user fetches them from the authors' source and converts them locally.
     """
 
     id: str
@@ -271,6 +275,7 @@ class ModelCard:
     config: Mapping[str, Any] = field(default_factory=dict)
     params: int | None = None
     license: str = ""
+    redistribute: bool = True
     citation: str = ""
     homepage: str = ""
     reference_scores: Mapping[str, float] = field(default_factory=dict)
@@ -285,6 +290,11 @@ class ModelCard:
             raise CardError(f"model id {self.id!r}: use lowercase letters, digits, '.', '_' and '-'")
         if self.sample_rate <= 0:
             raise CardError(f"model {self.id}: sample_rate must be positive")
+        if not isinstance(self.redistribute, bool):
+            raise CardError(
+                f"model {self.id}: redistribute must be true or false, not {self.redistribute!r}",
+                hint="false when the weights' licence forbids rehosting them (embedzoo then never mirrors them)",
+            )
         if not self.layers:
             return  # not completed yet: the plugin's geometry supplies the architecture fields
         names = [layer.name for layer in self.layers]

@@ -609,6 +609,23 @@ def cache_verify() -> None:
     sys.exit(1 if bad else 0)
 
 
+@cache.command("mirror")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--to", "dest", type=click.Path(file_okay=False, path_type=Path), required=True, help="The mirror folder (made if missing).")
+@click.option("--offline", is_flag=True, help="Never use the network: copy what is already downloaded.")
+@click.option("--quiet", "-q", is_flag=True, help="No download progress on stderr.")
+def cache_mirror(models: tuple[str, ...], dest: Path, offline: bool, quiet: bool) -> None:
+    """Copy the verified original weights of MODELS into a mirror folder (for --from DIR or
+    EMBEDZOO_MIRROR elsewhere); refuses weights whose licence forbids redistributing them."""
+    from embedzoo.registry import get_registry
+    from embedzoo.weights import mirror_model
+
+    registry = get_registry()
+    for name in models:
+        for path in mirror_model(registry.get(name), dest, offline=offline or None, quiet=quiet):
+            click.echo(f"{name}: {path}")
+
+
 # ---- downstream evaluation: make-task, eval, sweep ---------------------------------------------
 
 TASK_KINDS = ("pitch", "scene", "scene-multilabel", "event")  # embedzoo.eval.tasks.KINDS, kept here so --help stays light

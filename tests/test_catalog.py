@@ -56,6 +56,16 @@ def test_every_card_in_the_catalog_is_valid_unique_and_completed_by_its_plugin()
             card.layer(layer)
 
 
+def test_weights_whose_licence_forbids_rehosting_are_marked_so():
+    """Non-commercial and evaluation-only weight licences (CC-BY-NC, NTT's) forbid rehosting: such a
+    card says `redistribute: false` (embedzoo.weights.mirror_model then refuses it); the others
+    default to true."""
+    for card in build_registry(with_plugins=False):
+        if any(mark in card.license.upper() for mark in ("-NC", "NTT", "EVALUATION")):
+            assert card.redistribute is False, f"{card.id} ({card.license}) must say redistribute: false"
+        assert isinstance(card.redistribute, bool)
+
+
 def test_the_catalog_stays_short_per_card():
     """A checkpoint of an existing family is a few lines: shared fields live under `families:`."""
     lines = [line for line in default_registry_path().read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]

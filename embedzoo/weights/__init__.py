@@ -5,7 +5,9 @@
 - `embedzoo.weights.store`    -- convert and store: the original to the model's state dict, saved
                                  once as safetensors (`pull`), read back by `load_weights`;
 - `embedzoo.weights.cache`    -- the cache: settings, on-disk layout, first-use pins, `ls`/`rm`/`verify`;
-- `embedzoo.weights.identity` -- what a model's weights are, for manifests and embedding caches.
+- `embedzoo.weights.identity` -- what a model's weights are, for manifests and embedding caches;
+- `embedzoo.weights.mirror`   -- copy a model's verified originals into a mirror folder
+                                 (`mirror_model`), never weights whose licence forbids it.
 
 Download and conversion progress on stderr is `embedzoo.progress` (`ByteProgress`, `Working`).
 
@@ -28,6 +30,7 @@ _HOMES = {
     ),
     **dict.fromkeys(("Progress", "fetch_source"), "embedzoo.weights.fetch"),
     **dict.fromkeys(("RANDOM", "weights_identity"), "embedzoo.weights.identity"),
+    **dict.fromkeys(("check_redistributable", "mirror_model"), "embedzoo.weights.mirror"),
     **dict.fromkeys(("convert_checkpoint", "damage", "load_weights", "pull"), "embedzoo.weights.store"),
 }  # fmt: skip
 __all__ = sorted(_HOMES)

@@ -55,7 +55,7 @@ from embedzoo.weights.cache import (
     sha256_file,
 )
 
-__all__ = ["EntryMissing", "Progress", "fetch_source", "resolved_revision"]
+__all__ = ["EntryMissing", "Progress", "fetch_source", "mirror_path", "resolved_revision"]
 
 
 class EntryMissing(WeightsError):
@@ -119,6 +119,13 @@ def _fetch(
     if source.kind == "hf":
         return _fetch_hf(source, cache_dir, offline_mode, progress, model_id, looked)
     return _fetch_url(source, cache_dir, offline_mode, progress, model_id, looked)
+
+
+def mirror_path(source: Source, mirror_dir: Path) -> Path:
+    """Where a mirror folder keeps `source`'s file: the first place `fetch_source` looks for it."""
+    if source.kind == "package":
+        raise WeightsError(f"{source.describe()} ships inside an installed package: a mirror never holds it")
+    return _mirror_candidates(source, mirror_dir)[0]
 
 
 def _url_basename(url: str) -> str:

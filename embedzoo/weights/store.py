@@ -316,17 +316,10 @@ def _pull(
         damaged = problem if problem and meta_matches(card, target) else None  # finished once, damaged since
         if damaged:  # a warning, not progress: shown even when quiet
             print(f"{card.id}: the cached weights {target} are damaged ({damaged}); converting them again", file=sys.stderr)
-        failures: list[tuple[Source, WeightsError]] = []
-        for source in card.sources:
-            try:
-                original = _fetch(card, source, cache_dir, mirror, offline, progress, quiet)
-                extras = [(_fetch(card, extra, cache_dir, mirror, offline, progress, quiet), extra.format) for extra in source.extras]
-                repo_files = _fetch_repo_files(card, source, cache_dir, mirror, offline, progress, quiet) if source.files else None
-                break
-            except WeightsError as exc:
-                failures.append((source, exc))
-        else:
-            error = _all_failed(card, failures)
+        try:
+            source, original, extra_paths, repo_files = fetch_checkpoint(card, cache_dir, mirror, offline, progress, quiet)
+            extras = [(path, extra.format) for path, extra in zip(extra_paths, source.extras)]
+        except WeightsError as error:
             if damaged:
                 _discard(target)  # never leave damaged weights that `list` calls cached
                 raise type(error)(
@@ -335,12 +328,30 @@ def _pull(
                     hint=f"run `embedzoo pull --force {card.id}` where the original can be had (online, or with "
                     f"--from DIR); or copy an intact cache folder here. {error.hint or ''}".strip(),
                 )
-            raise error
+            raise
         size = sum(path.stat().st_size for path in [original, *(p for p, _ in extras)])
         with _working(f"{card.id}: converting {original.name} ({human_size(size)})", quiet):
             state = _convert(card, original, source.format, extras, repo_files)
             _save(card, source, original, state, target, [path for path, _ in extras], repo_files or {}, resolved_revision(source, cache_dir))
     return target
+
+
+def fetch_checkpoint(
+    card: ModelCard, cache_dir: Any, mirror: Any, offline: bool | None, progress: Progress | None, quiet: bool
+) -> tuple[Source, Path, list[Path], dict[str, Path] | None]:
+    """The first of the card's sources that can be had, verified: (source, its file, its extras'
+    files, its repo files -- None for a source without `files:`). Raises one error naming every
+    source's failure when none can."""
+    failures: list[tuple[Source, WeightsError]] = []
+    for source in card.sources:
+        try:
+            original = _fetch(card, source, cache_dir, mirror, offline, progress, quiet)
+            extras = [_fetch(card, extra, cache_dir, mirror, offline, progress, quiet) for extra in source.extras]
+            repo_files = _fetch_repo_files(card, source, cache_dir, mirror, offline, progress, quiet) if source.files else None
+            return source, original, extras, repo_files
+        except WeightsError as exc:
+            failures.append((source, exc))
+    raise _all_failed(card, failures)
 
 
 def _working(label: str, quiet: bool) -> Any:
