@@ -464,22 +464,32 @@ def pull(models: tuple[str, ...], mirror: Path | None, offline: bool, force: boo
 @click.option("--both", "what", flag_value="both", default=True, help="Scene and timestamp embeddings (default).")
 @click.option("--format", "fmt", type=click.Choice(["npy", "parquet"]), default="npy", show_default=True, help="npy: one .npy per file and kind (`embed-task` writes hear-eval-kit's layout); parquet: sharded, one row per file.")
 @click.option("--device", default="auto", show_default=True, callback=_check_device, help="auto (CUDA when present), cpu, cuda, cuda:1, mps, ...")
-@click.option("--workers", type=int, default=1, show_default=True, help="Decoding worker processes (0: decode in the main process).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Decoding worker processes (0: decode in the main process); --engine local.")
 @click.option("--weights", metavar="PATH|random", default=None, help="Use this weights file (.safetensors, or an original checkpoint), or 'random': the initial weights (also `MODEL?weights=...`).")
 @click.option("--from", "mirror", type=click.Path(file_okay=False, path_type=Path), default=None, help="A local mirror folder for the weights.")
 @click.option("--offline", is_flag=True, help="Never use the network.")
 @click.option("--overwrite", is_flag=True, help="Delete every embedding in OUT first and recompute (also to change the settings of OUT).")
+@click.option("--shard-files", type=click.IntRange(min=1), default=256, show_default=True, help="Files per shard at most (a shard is batched, scheduled and committed as one; parquet: one part per shard).")
+@click.option("--shard-seconds", type=click.FloatRange(min=0, min_open=True), default=1800.0, show_default=True, help="Seconds of audio per shard at most (a longer file is a shard alone).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="local: the shards in order on this machine; ray: on Ray Data, here or on a cluster (pip install 'embedzoo[ray]'); both write the same bytes.")
+@click.option("--address", default=None, help="--engine ray: the Ray cluster (ray://HOST:10001, auto; default: RAY_ADDRESS, else a local one).")
+@click.option("--ray-actors", default=None, metavar="N|MIN-MAX", help="--engine ray: actors in the pool, or an autoscaling range (default: as many as the cluster's CPUs or GPUs hold).")
+@click.option("--cpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="--engine ray: CPUs each actor reserves (and its torch threads).")
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True, help="--engine ray: GPUs each actor reserves; fractions share a device (0.5: two actors a GPU).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr, no summary line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def embed(model: str, inputs: tuple[str, ...], out_dir: Path, what: str, fmt: str, device: str, workers: int,
-          weights: str | None, mirror: Path | None, offline: bool, overwrite: bool, quiet: bool, as_json: bool, **kwargs: Any) -> None:
+          weights: str | None, mirror: Path | None, offline: bool, overwrite: bool, shard_files: int, shard_seconds: float, engine: str,
+          address: str | None, ray_actors: str | None, cpus_per_actor: float, gpus_per_actor: float, quiet: bool, as_json: bool, **kwargs: Any) -> None:
     """Embeddings of audio INPUTS (files, folders, globs) with MODEL, written to OUT.
 
     MODEL is a model spec: ID[:PRESET][?KNOB=VALUE&...][&weights=PATH|random], e.g.
     'crepe-tiny?hop_ms=25&weights=random'; the options below apply on top of it.
 
     Re-running the same command skips finished files; a killed job resumes; one job at a time
-    writes to OUT. Failed files are listed in OUT/errors.jsonl; the exit status is 1 if any file
+    writes to OUT. The files are planned into shards (sorted by path, capped by --shard-files and
+    --shard-seconds); --engine local runs them here, --engine ray on a Ray cluster, with the same
+    output bytes. Failed files are listed in OUT/errors.jsonl; the exit status is 1 if any file
     failed. OUT/sources.jsonl (npy) or each parquet row maps an output to its source file.
     """
     from embedzoo.inputs import collect_inputs
@@ -489,13 +499,19 @@ def embed(model: str, inputs: tuple[str, ...], out_dir: Path, what: str, fmt: st
 
     knobs = knobs_from(kwargs)
     files = collect_inputs(list(inputs))
-    extractor = load(model, weights=weights, device=device, offline=offline or None, mirror=mirror, quiet=quiet, **knobs)
+    ray_options = None
+    if engine == "ray":  # the driver keeps the model on the CPU: each actor moves it to its device
+        from embedzoo.ray import RayOptions, _parse_actors
+
+        ray_options = RayOptions(address=address, actors=_parse_actors(ray_actors), cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, device=device)
+    extractor = load(model, weights=weights, device="cpu" if engine == "ray" else device, offline=offline or None, mirror=mirror, quiet=quiet, **knobs)
     scene, timestamp = what in ("scene", "both"), what in ("timestamp", "both")
 
     def run(progress: JobProgress | None) -> Any:
         return embed_files(
             extractor, files, out_dir, scene=scene, timestamp=timestamp, fmt=fmt, workers=workers, overwrite=overwrite,
-            weights=extractor.weights_identity, progress=progress,
+            weights=extractor.weights_identity, progress=progress, shard_rows=shard_files, shard_seconds=shard_seconds,
+            engine=engine, ray=ray_options,
         )  # fmt: skip
 
     if quiet:

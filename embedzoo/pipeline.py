@@ -62,11 +62,12 @@ from embedzoo.errors import ConfigError, EmbedzooError
 from embedzoo.extractor import ClipEmbeddings, Extractor, Session
 from embedzoo.inputs import InputFile, name_candidates, safe_name
 from embedzoo.knobs import Knobs, knob_record
+from embedzoo.shards import MAX_SHARD_FILES, MAX_SHARD_SECONDS
 
 __all__ = [
-    "FORMATS", "MANIFEST", "SOURCES", "LOCK", "TEMP_PREFIX", "PARQUET_METADATA_KEY", "OutputBusyError",
-    "OutputError", "Failure", "Summary", "JobProgress", "SourceInfo", "atomic_write", "job_manifest",
-    "check_manifest", "embed_files",
+    "FORMATS", "ENGINES", "MANIFEST", "SOURCES", "LOCK", "TEMP_PREFIX", "PARQUET_METADATA_KEY", "OutputBusyError",
+    "OutputError", "Failure", "Summary", "JobProgress", "SourceInfo", "OutputLayout", "ShardTask", "FileResult",
+    "atomic_write", "job_manifest", "check_manifest", "embed_files", "run_shard",
 ]  # fmt: skip
 
 FORMATS = ("npy", "parquet")
@@ -212,11 +213,11 @@ def _output_error(exc: OSError, out: Path) -> OutputError:
 
 def _remove_temporaries(out: Path) -> int:
     """Delete embedzoo's own temporaries left by a killed job: files named `TEMP_PREFIX*` in OUT and
-    below scene/ and timestamp/ (only there: OUT may be a big folder of the user's)."""
+    below scene/, timestamp/ and layers/ (only there: OUT may be a big folder of the user's)."""
     removed = 0
     candidates = [p for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)] if out.is_dir() else []
-    for kind in KINDS:
-        for dirpath, _, filenames in os.walk(out / kind):
+    for root in [out / kind for kind in KINDS] + [out / "layers"]:
+        for dirpath, _, filenames in os.walk(root):
             candidates += [Path(dirpath, n) for n in filenames if n.startswith(TEMP_PREFIX)]
     for path in candidates:
         if path.is_file() and not path.is_symlink():
@@ -368,28 +369,46 @@ def _numpy(result: ClipEmbeddings) -> dict[str, np.ndarray]:
     return arrays
 
 
-class NpyWriter:
-    """The HEAR eval-kit layout: one .npy per file and kind, and `sources.jsonl`.
+@dataclass(frozen=True)
+class OutputLayout:
+    """What a job writes where: the folder, the kinds, the format, the stacked layers and (for
+    parquet) the settings that go into each part's schema. Picklable: Ray actors get one."""
 
-    Each finished file appends a line (its source and its output files with their sizes and
-    sha256) to this job's journal, `sources.<token>.journal`, after its outputs are in place; the
-    journals are merged into `sources.jsonl` (sorted by name) at the start and end of every job.
-    A file counts as done only when its record is there and every output has its recorded size.
-    """
+    out_dir: Path
+    kinds: tuple[str, ...]
+    fmt: str = "npy"
+    layers: tuple[str, ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict)
 
-    def __init__(self, out_dir: Path, scene: bool, timestamp: bool, layers: Sequence[str] = ()):
-        self.out_dir = out_dir
-        self.kinds = [k for k, on in (("scene", scene), ("timestamp", timestamp)) if on]
-        # stacked layers: one eval-kit folder per layer, `layers/<layer>/{scene,timestamp}/...`
-        self.layers = tuple(layers)
-        for layer in self.layers:
+    def npy_outputs(self, name: str) -> list[str]:
+        """The npy files of one output name, relative to OUT (timestamps before embeddings)."""
+        files = []
+        for root in [f"layers/{layer}/" for layer in self.layers] or [""]:
+            if "timestamp" in self.kinds:
+                files += [f"{root}timestamp/{name}.timestamps.npy", f"{root}timestamp/{name}.embedding.npy"]
+            if "scene" in self.kinds:
+                files.append(f"{root}scene/{name}.embedding.npy")
+        return files
+
+    def shard_writer(self) -> "NpyShardWriter | ParquetShardWriter":
+        return NpyShardWriter(self) if self.fmt == "npy" else ParquetShardWriter(self)
+
+
+class NpyIndex:
+    """The HEAR eval-kit layout's record of what is done: `sources.jsonl` plus the journals
+    (`sources.<token>.journal`) of the writers of earlier or interrupted jobs, merged into
+    `sources.jsonl` (sorted by name) when a job starts and ends. A file counts as done only when
+    its record is there and every output has its recorded size."""
+
+    def __init__(self, layout: OutputLayout):
+        self.layout = layout
+        self.out_dir = layout.out_dir
+        for layer in layout.layers:
             if unsafe_name(layer) is not None:
                 raise OutputError(f"layer name {layer!r} cannot name a folder ({unsafe_name(layer)})", hint="write parquet instead (--format parquet)")
         self.records: dict[str, dict[str, Any]] = self._load()
-        self._compact()
+        self.compact()
         self.sources = {name: _source_of(rec) for name, rec in self.records.items()}
-        self.journal_path = out_dir / f"sources.{secrets.token_hex(6)}.journal"
-        self.journal: Any = None
 
     def _load(self) -> dict[str, dict[str, Any]]:
         records: dict[str, dict[str, Any]] = {}
@@ -406,27 +425,20 @@ class NpyWriter:
                         continue  # a line torn by a kill, or not ours
         return records
 
-    def _compact(self) -> None:
+    def compact(self) -> None:
+        """Merge every journal into `sources.jsonl`; called by the driver only, when no writer runs."""
         journals = list(self.out_dir.glob(_JOURNAL_GLOB))
         if not journals:
             return
+        self.records = self._load()
         lines = "".join(json.dumps(self.records[name], sort_keys=True) + "\n" for name in sorted(self.records))
         atomic_write(self.out_dir / SOURCES, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
         for path in journals:
             path.unlink(missing_ok=True)
 
-    def outputs(self, name: str) -> list[str]:
-        files = []
-        for root in [f"layers/{layer}/" for layer in self.layers] or [""]:
-            if "timestamp" in self.kinds:
-                files += [f"{root}timestamp/{name}.timestamps.npy", f"{root}timestamp/{name}.embedding.npy"]
-            if "scene" in self.kinds:
-                files.append(f"{root}scene/{name}.embedding.npy")
-        return files
-
     def complete(self, name: str) -> bool:
         outputs = self.records.get(name, {}).get("outputs", {})
-        for rel in self.outputs(name):
+        for rel in self.layout.npy_outputs(name):
             try:
                 if os.stat(self.out_dir / rel).st_size != outputs[rel]["bytes"]:
                     return False
@@ -434,11 +446,19 @@ class NpyWriter:
                 return False
         return True
 
-    def plan(self, todo: list[int]) -> None:
-        """Nothing to plan: every file is committed on its own."""
-
     def drop(self, names: list[str]) -> None:
         """Nothing to drop: a re-embedded file's outputs are replaced in place."""
+
+
+class NpyShardWriter:
+    """Writes the npy outputs of finished files and appends each file's record (its source, and
+    its outputs with their sizes and sha256) to this writer's own journal after its outputs are in
+    place: one writer per process (the local job, each Ray actor), so journals never interleave."""
+
+    def __init__(self, layout: OutputLayout):
+        self.layout = layout
+        self.journal_path = layout.out_dir / f"sources.{secrets.token_hex(6)}.journal"
+        self.journal: Any = None
 
     def write(self, index: int, name: str, source: SourceInfo, arrays: dict[str, np.ndarray]) -> None:
         data = {
@@ -446,14 +466,14 @@ class NpyWriter:
             f"timestamp/{name}.embedding.npy": arrays.get("timestamp"),
             f"scene/{name}.embedding.npy": arrays.get("scene"),
         }
-        for index, layer in enumerate(self.layers):  # stacked: (layers, ...) arrays, one folder per layer
+        for position, layer in enumerate(self.layout.layers):  # stacked: (layers, ...) arrays, one folder per layer
             root = f"layers/{layer}/"
             data[f"{root}timestamp/{name}.timestamps.npy"] = arrays.get("timestamps")
-            data[f"{root}timestamp/{name}.embedding.npy"] = None if arrays.get("timestamp") is None else arrays["timestamp"][index]
-            data[f"{root}scene/{name}.embedding.npy"] = None if arrays.get("scene") is None else arrays["scene"][index]
+            data[f"{root}timestamp/{name}.embedding.npy"] = None if arrays.get("timestamp") is None else arrays["timestamp"][position]
+            data[f"{root}scene/{name}.embedding.npy"] = None if arrays.get("scene") is None else arrays["scene"][position]
         outputs = {}
-        for rel in self.outputs(name):  # the embedding files after the timestamps: a reader sees pairs
-            path = self.out_dir / rel
+        for rel in self.layout.npy_outputs(name):  # the embedding files after the timestamps: a reader sees pairs
+            path = self.layout.out_dir / rel
             atomic_write(path, _save_npy(data[rel]))
             outputs[rel] = {"bytes": path.stat().st_size, "sha256": _file_sha256(path)}
         record = {**asdict(source), "name": name, "outputs": outputs}
@@ -461,17 +481,14 @@ class NpyWriter:
             self.journal = open(self.journal_path, "a", encoding="utf-8")
         self.journal.write(json.dumps(record, sort_keys=True) + "\n")
         self.journal.flush()
-        self.records[name] = record
-        self.sources[name] = source
 
-    def skip(self, index: int) -> None:
-        pass
+    def commit(self, shard: int, partial: bool = False) -> None:
+        """Nothing to commit: every file was committed on its own."""
 
     def close(self) -> None:
         if self.journal is not None:
             self.journal.close()
             self.journal = None
-        self._compact()
 
 
 def _source_of(record: dict[str, Any]) -> SourceInfo:
@@ -481,33 +498,25 @@ def _source_of(record: dict[str, Any]) -> SourceInfo:
 _SOURCE_COLUMNS = ["name", "path", "source_size", "source_mtime_ns", "source_sha256"]
 
 
-class ParquetWriter:
+class ParquetIndex:
     """Parquet, one row per file: `name`, `path`, `source_size`, `source_mtime_ns`,
     `source_sha256`, `embedding` (scene: fixed-size list of D floats; timestamp: a list of T
     fixed-size lists of D) and, for timestamps, `timestamps` (list of T floats, ms). The schema
     metadata holds the folder's settings (`embedzoo.json`) under `PARQUET_METADATA_KEY`.
 
-    The job's remaining files are cut into fixed chunks of `shard_rows` (in input order); a chunk
-    is committed as one shard per kind when its last file is done or failed, atomically, named
+    Each shard of the plan is committed as one part per kind, atomically, named
     `part-<hash of its rows' names and sources>.parquet`. What is done is read from the rows of
-    the shards present; an unreadable shard is moved to `OUT/corrupt/<kind>/` (where readers of
-    the folder do not trip on it) and its files are embedded again.
+    the parts present; an unreadable part is moved to `OUT/corrupt/<kind>/` (where readers of the
+    folder do not trip on it) and its files are embedded again.
     """
 
-    def __init__(self, out_dir: Path, scene: bool, timestamp: bool, settings: dict[str, Any], notes: list[str], shard_rows: int = 512):
-        if shard_rows < 1:
-            raise ConfigError(f"shard_rows must be at least 1, not {shard_rows}")
-        self.out_dir, self.shard_rows, self.notes = out_dir, shard_rows, notes
-        self.kinds = [k for k, on in (("scene", scene), ("timestamp", timestamp)) if on]
-        self.settings = settings
-        # kind -> name -> (shard, source)
-        self.present: dict[str, dict[str, tuple[Path, SourceInfo]]] = {k: self._read(k) for k in self.kinds}
+    def __init__(self, layout: OutputLayout, notes: list[str]):
+        self.layout, self.out_dir, self.notes = layout, layout.out_dir, notes
+        # kind -> name -> (part, source)
+        self.present: dict[str, dict[str, tuple[Path, SourceInfo]]] = {k: self._read(k) for k in layout.kinds}
         self.sources: dict[str, SourceInfo] = {}
-        for kind in reversed(self.kinds):
+        for kind in reversed(layout.kinds):
             self.sources.update({name: source for name, (_, source) in self.present[kind].items()})
-        self.chunk_of: dict[int, int] = {}
-        self.pending: dict[int, set[int]] = {}
-        self.rows: dict[int, dict[int, tuple[str, SourceInfo, dict[str, np.ndarray]]]] = {}
 
     def _read(self, kind: str) -> dict[str, tuple[Path, SourceInfo]]:
         import pyarrow as pa
@@ -535,23 +544,18 @@ class ParquetWriter:
 
     def complete(self, name: str) -> bool:
         source = self.sources.get(name)
-        return source is not None and all(self.present[k].get(name, (None, None))[1] == source for k in self.kinds)
+        return source is not None and all(self.present[k].get(name, (None, None))[1] == source for k in self.layout.kinds)
 
-    def plan(self, todo: list[int]) -> None:
-        for chunk, start in enumerate(range(0, len(todo), self.shard_rows)):
-            members = todo[start : start + self.shard_rows]
-            self.pending[chunk] = set(members)
-            self.rows[chunk] = {}
-            for index in members:
-                self.chunk_of[index] = chunk
+    def compact(self) -> None:
+        """Nothing to merge: the parts are the record."""
 
     def drop(self, names: list[str]) -> None:
-        """Remove these files' rows (they are embedded again), rewriting each shard that holds one
+        """Remove these files' rows (they are embedded again), rewriting each part that holds one
         atomically before any new row is written, so a file is never in two rows."""
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        for kind in self.kinds:
+        for kind in self.layout.kinds:
             shards = {self.present[kind][n][0] for n in names if n in self.present[kind]}
             for shard in sorted(shards):
                 table = pq.read_table(shard)
@@ -563,43 +567,40 @@ class ParquetWriter:
             for name in names:
                 self.present[kind].pop(name, None)
 
+
+class ParquetShardWriter:
+    """Holds a shard's rows and commits them as one part per kind when the shard ends (or, for a
+    job interrupted in-process, what it has): the same rows give the same name and bytes, so a
+    retried shard overwrites its part with itself."""
+
+    def __init__(self, layout: OutputLayout):
+        self.layout = layout
+        self.rows: dict[int, dict[int, tuple[str, SourceInfo, dict[str, np.ndarray]]]] = {}
+        self.shard_of: dict[int, int] = {}
+
+    def begin(self, shard: int, members: Sequence[int]) -> None:
+        self.rows[shard] = {}
+        self.shard_of.update({index: shard for index in members})
+
     def write(self, index: int, name: str, source: SourceInfo, arrays: dict[str, np.ndarray]) -> None:
-        self.rows[self.chunk_of[index]][index] = (name, source, arrays)
-        self._resolve(index)
+        self.rows[self.shard_of[index]][index] = (name, source, arrays)
 
-    def skip(self, index: int) -> None:
-        self._resolve(index)
-
-    def _resolve(self, index: int) -> None:
-        chunk = self.chunk_of.pop(index, None)
-        if chunk is None:
-            return
-        self.pending[chunk].discard(index)
-        if not self.pending[chunk]:
-            self._commit(chunk)
-
-    def _commit(self, chunk: int) -> None:
+    def commit(self, shard: int, partial: bool = False) -> None:
         import pyarrow.parquet as pq
 
-        held = self.rows.pop(chunk, {})
+        held = self.rows.pop(shard, {})
         rows = [held[i] for i in sorted(held)]
-        self.pending.pop(chunk, None)
-        for kind in self.kinds:
-            todo = [r for r in rows if self.present[kind].get(r[0], (None, None))[1] != r[1]]
-            if not todo:
-                continue
-            table = _shard_table(kind, todo, self.settings)
-            digest = hashlib.sha256(json.dumps([kind, [[n, s.sha256] for n, s, _ in todo]]).encode()).hexdigest()[:16]
-            path = self.out_dir / kind / f"part-{digest}.parquet"
+        if not rows:
+            return
+        for kind in self.layout.kinds:
+            table = _shard_table(kind, rows, self.layout.settings)
+            digest = hashlib.sha256(json.dumps([kind, [[n, s.sha256] for n, s, _ in rows]]).encode()).hexdigest()[:16]
+            path = self.layout.out_dir / kind / f"part-{digest}.parquet"
             atomic_write(path, lambda tmp, table=table: pq.write_table(table, tmp))
-            for name, source, _ in todo:
-                self.present[kind][name] = (path, source)
-        for name, source, _ in rows:
-            self.sources[name] = source
 
     def close(self) -> None:
-        for chunk in sorted(c for c in self.rows if self.rows[c]):  # an interrupted job keeps what it has
-            self._commit(chunk)
+        for shard in sorted(self.rows):  # an interrupted job keeps what it has
+            self.commit(shard, partial=True)
 
 
 def _string_array(values: list[str]) -> Any:
@@ -609,7 +610,7 @@ def _string_array(values: list[str]) -> Any:
 
 
 def _shard_table(kind: str, rows: list[tuple[str, SourceInfo, dict[str, np.ndarray]]], settings: dict[str, Any]) -> Any:
-    """The Arrow table of one shard: nested fixed-size lists, what Arrow, datasets, pandas, polars
+    """The Arrow table of one part: nested fixed-size lists, what Arrow, datasets, pandas, polars
     and DuckDB read as (T, D) arrays, and the settings in the schema metadata."""
     import pyarrow as pa
 
@@ -654,42 +655,215 @@ def _shard_table(kind: str, rows: list[tuple[str, SourceInfo, dict[str, np.ndarr
     return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=metadata))
 
 
-# ---- decoding in workers ----------------------------------------------------------------------
+# ---- shards: what a worker or an actor runs -------------------------------------------------
 
 
-class _DecodeFiles(torch.utils.data.IterableDataset):
-    """Yields (file index, chunk, is_last, error, source) at the model's rate; each worker takes
-    every n-th file, so a file's chunks always arrive in order. The last item of a file carries its
-    `SourceInfo` (hashed after decoding, when the file is in the page cache)."""
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard of the plan as a runner gets it: its files (input indices, paths, output names)
+    in plan order, and which of them to write (the others are done already: they are decoded and
+    computed again only so that the batches are those of a clean run, then not written)."""
 
-    def __init__(self, files: list[InputFile], indices: list[int], sample_rate: int, block_seconds: float):
-        self.files, self.indices = files, indices
-        self.sample_rate, self.block_seconds = sample_rate, block_seconds
+    number: int
+    indices: tuple[int, ...]
+    paths: tuple[str, ...]
+    names: tuple[str, ...]
+    write: tuple[bool, ...]
+    seconds: float = 0.0
 
-    def __iter__(self) -> Iterator[tuple[int, np.ndarray | None, bool, str | None, dict | None]]:
-        info = torch.utils.data.get_worker_info()
-        mine = self.indices if info is None else self.indices[info.id :: info.num_workers]
-        for index in mine:
-            path = self.files[index].path
+    def to_json(self) -> str:
+        """ASCII JSON (paths that are not valid UTF-8 survive as escaped surrogates)."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ShardTask":
+        raw = json.loads(text)
+        return cls(raw["number"], tuple(raw["indices"]), tuple(raw["paths"]), tuple(raw["names"]), tuple(raw["write"]), raw["seconds"])
+
+
+@dataclass
+class FileResult:
+    """What became of one file of a shard: written, failed (`error`) or neither (done before)."""
+
+    index: int
+    name: str
+    path: str
+    written: bool = False
+    error: str | None = None
+    seconds: float = 0.0
+
+
+_Item = tuple[int, int, "np.ndarray | None", bool, "str | None", "dict | None"]
+"""(shard, position in the shard, chunk, is_last, error, source): what decoding yields."""
+
+
+def _decode_shard(task: ShardTask, sample_rate: int, block_seconds: float) -> Iterator[_Item]:
+    """A shard's files decoded in order, in chunks at the model's rate; a file's last item carries
+    its `SourceInfo` (hashed after decoding, when the file is in the page cache) or its error."""
+    for position, path in enumerate(task.paths):
+        try:
+            before = os.stat(path)
+            for chunk in stream_audio(path, sample_rate, block_seconds):
+                yield task.number, position, chunk, False, None, None
+            source = _read_source(Path(path))
+            if (source.size, source.mtime_ns) != (before.st_size, before.st_mtime_ns):
+                raise OSError(errno.EAGAIN, "the file changed while it was read; run the job again when it is complete")
+            yield task.number, position, None, True, None, asdict(source)
+        except EmbedzooError as exc:
+            yield task.number, position, None, True, str(exc), None
+        except UnicodeEncodeError:
+            yield task.number, position, None, True, "its file name is not valid UTF-8 and the decoder cannot open it; rename the file", None
+        except OSError as exc:
+            yield task.number, position, None, True, f"cannot read it: {exc.strerror or exc}", None
+        except Exception as exc:  # an unexpected decoder failure is this file's, not the job's
+            yield task.number, position, None, True, f"{type(exc).__name__}: {exc}", None
+
+
+class ShardRun:
+    """One shard through one Session: its files' chunks are pushed in plan order (whatever else
+    runs beside it), so its batches, and the bits of every output, are those of any other run of
+    the same shard. `feed` takes decoded items; `finish` flushes, commits and returns the results."""
+
+    def __init__(self, extractor: Extractor, task: ShardTask, writer: NpyShardWriter | ParquetShardWriter, scene: bool, timestamp: bool,
+                 on_chunk: Callable[[int, float, float], None] | None = None, on_file: Callable[[FileResult], None] | None = None):  # fmt: skip
+        self.extractor, self.task, self.writer = extractor, task, writer
+        self.session = Session(extractor, scene=scene, timestamp=timestamp)
+        self.rate = extractor.card.sample_rate
+        self.on_chunk, self.on_file = on_chunk, on_file
+        self.lengths: dict[int, int] = {}
+        self.sources: dict[int, SourceInfo] = {}
+        self.results: dict[int, FileResult] = {}
+        if isinstance(writer, ParquetShardWriter):
+            writer.begin(task.number, task.indices)
+
+    def feed(self, item: _Item) -> None:
+        _, position, chunk, last, error, source = item
+        if error is not None:
+            return self._fail(position, error)
+        if position not in self.session.clips and position not in self.lengths:
+            self.session.open(position)
+            self.lengths[position] = 0
+        if chunk is not None:
+            self.lengths[position] += len(chunk)
+            self.session.push(position, chunk)
+            if self.on_chunk:
+                self.on_chunk(self.task.indices[position], len(chunk) / self.rate, self.lengths[position] / self.rate)
+        if last:
+            self.sources[position] = SourceInfo(**source)
             try:
-                before = os.stat(path)
-                for chunk in stream_audio(path, self.sample_rate, self.block_seconds):
-                    yield index, chunk, False, None, None
-                source = _read_source(path)
-                if (source.size, source.mtime_ns) != (before.st_size, before.st_mtime_ns):
-                    raise OSError(errno.EAGAIN, "the file changed while it was read; run the job again when it is complete")
-                yield index, None, True, None, asdict(source)
+                self.session.close(position)
             except EmbedzooError as exc:
-                yield index, None, True, str(exc), None
-            except UnicodeEncodeError:
-                yield index, None, True, "its file name is not valid UTF-8 and the decoder cannot open it; rename the file", None
-            except OSError as exc:
-                yield index, None, True, f"cannot read it: {exc.strerror or exc}", None
-            except Exception as exc:  # an unexpected decoder failure is this file's, not the job's
-                yield index, None, True, f"{type(exc).__name__}: {exc}", None
+                self._fail(position, str(exc))
+        self._take()
+
+    def finish(self) -> list[FileResult]:
+        self.session.flush()
+        self._take()
+        self.writer.commit(self.task.number)
+        return [self.results[p] for p in sorted(self.results)]
+
+    def _result(self, position: int, **fields: Any) -> None:
+        result = FileResult(self.task.indices[position], self.task.names[position], _text(self.task.paths[position]), **fields)
+        self.results[position] = result
+        if self.on_file:
+            self.on_file(result)
+
+    def _fail(self, position: int, message: str) -> None:
+        self.session.discard(position)
+        self.lengths.pop(position, None)
+        self.sources.pop(position, None)
+        # a file done before keeps its outputs: it was decoded again for the batches' sake only
+        self._result(position, error=message if self.task.write[position] else None)
+
+    def _take(self) -> None:
+        for position, result in self.session.take():
+            self._finish(position, result)
+
+    def _finish(self, position: int, result: ClipEmbeddings) -> None:
+        seconds = self.lengths.pop(position, 0) / self.rate
+        source = self.sources.pop(position)
+        if not self.task.write[position]:
+            return self._result(position, seconds=seconds)  # done before: computed for the batches only
+        arrays = _numpy(result)
+        problem = _non_finite(arrays)
+        if problem:
+            return self._fail(position, problem)
+        try:
+            self.writer.write(self.task.indices[position], self.task.names[position], source, arrays)
+        except OSError as exc:
+            if exc.errno not in _PER_FILE_ERRNOS:
+                raise
+            return self._fail(position, f"cannot write its output: {exc.strerror or exc}")
+        self._result(position, written=True, seconds=seconds)
 
 
-def _loader(dataset: _DecodeFiles, workers: int) -> Iterator:
+def run_shard(extractor: Extractor, task: ShardTask, writer: NpyShardWriter | ParquetShardWriter, *, scene: bool, timestamp: bool,
+              block_seconds: float, prefetch: int = 4) -> list[FileResult]:  # fmt: skip
+    """Decode one shard's files in order (in a thread, `prefetch` chunks ahead, while the model
+    computes) and embed them with one Session: what each Ray actor runs for each shard."""
+    run = ShardRun(extractor, task, writer, scene, timestamp)
+    for item in _prefetched(_decode_shard(task, extractor.card.sample_rate, block_seconds), prefetch):
+        run.feed(item)
+    return run.finish()
+
+
+def _prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """`items`, produced by a thread at most `depth` ahead (decoders release the GIL), in order."""
+    import queue
+    import threading
+
+    if depth <= 0:
+        yield from items
+        return
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put((None, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put((None, done))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            buffer.put((exc, None))
+
+    thread = threading.Thread(target=produce, name="embedzoo-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            error, item = buffer.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+class _DecodeShards(torch.utils.data.IterableDataset):
+    """Decoding in DataLoader workers: each worker takes every n-th shard and decodes its files
+    in order, so each shard's items arrive in order, whatever the interleaving of shards."""
+
+    def __init__(self, tasks: list[ShardTask], sample_rate: int, block_seconds: float):
+        self.tasks, self.sample_rate, self.block_seconds = tasks, sample_rate, block_seconds
+
+    def __iter__(self) -> Iterator[_Item]:
+        info = torch.utils.data.get_worker_info()
+        mine = self.tasks if info is None else self.tasks[info.id :: info.num_workers]
+        for task in mine:
+            yield from _decode_shard(task, self.sample_rate, self.block_seconds)
+
+
+def _loader(dataset: _DecodeShards, workers: int) -> Iterator[_Item]:
     if workers <= 0:
         return iter(dataset)
     return iter(
@@ -752,7 +926,7 @@ def _stat(path: Path) -> tuple[int, int] | None:
     return stat.st_size, stat.st_mtime_ns
 
 
-def _claim_names(files: list[InputFile], writer: NpyWriter | ParquetWriter) -> list[tuple[str, str]]:
+def _claim_names(files: list[InputFile], index: NpyIndex | ParquetIndex) -> list[tuple[str, str]]:
     """Each file's output name and state ('new', 'done' or 'redo'), in input order.
 
     A file takes the first of its `name_candidates` that is not taken in this run and is free in
@@ -762,7 +936,7 @@ def _claim_names(files: list[InputFile], writer: NpyWriter | ParquetWriter) -> l
     over: the file moves on to `name~<its content hash>`, so neither output is lost.
     """
     taken: set[str] = set()
-    recorded = {name.casefold(): name for name in writer.sources}
+    recorded = {name.casefold(): name for name in index.sources}
     claims = []
     for f in files:
         base = safe_name(f.base)
@@ -787,9 +961,9 @@ def _claim_names(files: list[InputFile], writer: NpyWriter | ParquetWriter) -> l
                 claim = (name, "new")
             elif quick is None:  # missing or unreadable now: decoding will report it, nothing is replaced
                 continue
-            elif writer.sources[owner].same_file(path, quick[0], quick[1], sha):
-                claim = (owner, "done" if writer.complete(owner) else "redo")
-            elif writer.sources[owner].path == path:
+            elif index.sources[owner].same_file(path, quick[0], quick[1], sha):
+                claim = (owner, "done" if index.complete(owner) else "redo")
+            elif index.sources[owner].path == path:
                 claim = (owner, "redo")
             if claim is not None:
                 break
@@ -809,6 +983,9 @@ def _non_finite(arrays: dict[str, np.ndarray]) -> str | None:
     )
 
 
+ENGINES = ("local", "ray")
+
+
 def embed_files(
     extractor: Extractor,
     files: list[InputFile],
@@ -822,7 +999,10 @@ def embed_files(
     weights: str | None = None,
     knobs: Knobs | dict[str, Any] | None = None,
     block_seconds: float = 30.0,
-    shard_rows: int = 512,
+    shard_rows: int = MAX_SHARD_FILES,
+    shard_seconds: float = MAX_SHARD_SECONDS,
+    engine: str = "local",
+    ray: Any = None,
     on_progress: Callable[[str, float], None] | None = None,
     progress: JobProgress | None = None,
     wait: float | None = 0.0,
@@ -831,13 +1011,21 @@ def embed_files(
 
     `weights`: the weights' identity for the manifest (default: the one `embedzoo.load` recorded on
     the extractor; '' for an extractor built otherwise). `knobs` (a Knobs, or overrides) apply to
-    this job only (`Extractor.with_knobs`); the extractor itself is left as it is. `on_progress`
-    is called with (name, seconds of audio) when a file is finished or failed; `progress` gets
-    live counters (also within long files). `wait`: seconds to wait for another job's lock on
-    the folder (None: as long as it takes; 0: refuse at once with `OutputBusyError`).
+    this job only (`Extractor.with_knobs`); the extractor itself is left as it is. `shard_rows` and
+    `shard_seconds` cap a shard (`embedzoo.shards`); `engine` runs the shards here ('local', in
+    order, `workers` decoding processes) or on Ray ('ray', with `ray`: an `embedzoo.ray.RayOptions`).
+    `on_progress` is called with (name, seconds of audio) when a file is finished or failed;
+    `progress` gets live counters (also within long files). `wait`: seconds to wait for another
+    job's lock on the folder (None: as long as it takes; 0: refuse at once with `OutputBusyError`).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {FORMATS}, not {fmt!r}")
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {ENGINES}, not {engine!r}")
+    if shard_rows < 1:
+        raise ConfigError(f"shard_rows must be at least 1, not {shard_rows}")
+    if not shard_seconds > 0:
+        raise ConfigError(f"shard_seconds must be positive, not {shard_seconds}")
     if knobs is not None:
         extractor = extractor.with_knobs(knobs)
     if weights is None:
@@ -850,121 +1038,135 @@ def embed_files(
     except OSError as exc:
         raise _output_error(exc, out) from None
     try:
-        return _run(extractor, files, out, lock, scene, timestamp, fmt, workers, overwrite, weights, block_seconds, shard_rows, on_progress, progress)
+        job = _Job(extractor, files, out, scene, timestamp, fmt, weights, shard_rows, shard_seconds, on_progress, progress)
+        return job.run(lock, overwrite, engine, workers, block_seconds, ray)
     except OSError as exc:
         raise _output_error(exc, out) from None
     finally:
         lock.__exit__()
 
 
-def _run(
-    extractor: Extractor,
-    files: list[InputFile],
-    out: Path,
-    lock: _FolderLock,
-    scene: bool,
-    timestamp: bool,
-    fmt: str,
-    workers: int,
-    overwrite: bool,
-    weights: str,
-    block_seconds: float,
-    shard_rows: int,
-    on_progress: Callable[[str, float], None] | None,
-    progress: JobProgress | None,
-) -> Summary:
-    """The job, under the folder's lock."""
-    start = time.perf_counter()
-    summary = Summary(model=extractor.card.id, out_dir=str(out), total=len(files))
-    if lock.note:
-        summary.notes.append(lock.note)
-    settings = job_manifest(extractor, scene, timestamp, fmt, weights)
-    check_manifest(out, settings, overwrite)
-    removed = _remove_temporaries(out)
-    if removed:
-        summary.notes.append(f"removed {removed} temporary file(s) of an interrupted job")
-    state = progress if progress is not None else JobProgress()
-    state.total, state.current = len(files), "checking what is already done"
-    state.changed()
-    stacked_layers = extractor.knobs.layers if extractor.knobs.stack else ()
-    writer = NpyWriter(out, scene, timestamp, stacked_layers) if fmt == "npy" else ParquetWriter(out, scene, timestamp, settings, summary.notes, shard_rows)
-    claims = _claim_names(files, writer)
-    names = [name for name, _ in claims]
-    todo = [i for i, (_, state) in enumerate(claims) if state != "done"]
-    summary.skipped = len(files) - len(todo)
-    summary.redone = sum(state == "redo" for _, state in claims)
-    writer.drop([names[i] for i in todo if names[i] in writer.sources])
-    writer.plan(todo)
-    state.skipped, state.current = summary.skipped, ""
-    state.changed()
-    session = Session(extractor, scene=scene, timestamp=timestamp)
-    rate = extractor.card.sample_rate
-    lengths: dict[int, int] = {}
-    sources: dict[int, SourceInfo] = {}
+class _Job:
+    """The driver of one job, under the folder's lock: it checks the manifest, sweeps temporaries,
+    reads what is done, claims names, plans shards, hands them to an engine, and keeps the books
+    (summary, progress, `errors.jsonl`, the merged source records)."""
 
-    def report(index: int, seconds: float) -> None:
-        state.current, state.current_seconds = names[index], seconds
+    def __init__(self, extractor: Extractor, files: list[InputFile], out: Path, scene: bool, timestamp: bool, fmt: str, weights: str,
+                 shard_rows: int, shard_seconds: float, on_progress: Callable[[str, float], None] | None, progress: JobProgress | None):  # fmt: skip
+        self.extractor, self.files, self.out = extractor, files, out
+        self.scene, self.timestamp, self.fmt, self.weights = scene, timestamp, fmt, weights
+        self.shard_rows, self.shard_seconds = shard_rows, shard_seconds
+        self.on_progress = on_progress
+        self.state = progress if progress is not None else JobProgress()
+        self.summary = Summary(model=extractor.card.id, out_dir=str(out), total=len(files))
+        self.names: list[str] = []
+        self._order: dict[str, int] = {}  # output name -> rank in the plan: errors.jsonl's order
+
+    def run(self, lock: _FolderLock, overwrite: bool, engine: str, workers: int, block_seconds: float, ray: Any) -> Summary:
+        start = time.perf_counter()
+        summary, state = self.summary, self.state
+        if lock.note:
+            summary.notes.append(lock.note)
+        settings = job_manifest(self.extractor, self.scene, self.timestamp, self.fmt, self.weights)
+        check_manifest(self.out, settings, overwrite)
+        removed = _remove_temporaries(self.out)
+        if removed:
+            summary.notes.append(f"removed {removed} temporary file(s) of an interrupted job")
+        state.total, state.current = len(self.files), "checking what is already done"
         state.changed()
-        if on_progress:
-            on_progress(names[index], seconds)
-
-    def fail(index: int, message: str) -> None:
-        session.discard(index)
-        lengths.pop(index, None)
-        sources.pop(index, None)
-        summary.failed.append(Failure(names[index], _text(str(files[index].path)), message))
-        state.failed += 1
-        writer.skip(index)
-        report(index, 0.0)
-
-    def finish(index: int, result: ClipEmbeddings) -> None:
-        arrays = _numpy(result)
-        problem = _non_finite(arrays)
-        if problem:
-            return fail(index, problem)
+        kinds = tuple(k for k, on in (("scene", self.scene), ("timestamp", self.timestamp)) if on)
+        layers = tuple(self.extractor.knobs.layers) if self.extractor.knobs.stack and self.fmt == "npy" else ()
+        layout = OutputLayout(self.out, kinds, self.fmt, layers, settings)
+        index = NpyIndex(layout) if self.fmt == "npy" else ParquetIndex(layout, summary.notes)
+        claims = _claim_names(self.files, index)
+        self.names = [name for name, _ in claims]
+        write = [claim != "done" for _, claim in claims]
+        summary.skipped = len(self.files) - sum(write)
+        summary.redone = sum(claim == "redo" for _, claim in claims)
+        tasks = self._plan(write) if any(write) else []
+        index.drop([self.names[i] for t in tasks for i, w in zip(t.indices, t.write) if w and self.names[i] in index.sources])
+        state.skipped, state.current = summary.skipped, ""
+        state.changed()
         try:
-            writer.write(index, names[index], sources.pop(index), arrays)
-        except OSError as exc:
-            if exc.errno not in _PER_FILE_ERRNOS:
-                raise
-            return fail(index, f"cannot write its output: {exc.strerror or exc}")
-        summary.done += 1
-        state.done += 1
-        seconds = lengths.pop(index, 0) / rate
-        summary.audio_seconds += seconds
-        report(index, seconds)
+            if engine == "ray":
+                from embedzoo.ray import RayOptions, run_shards
 
-    dataset = _DecodeFiles(files, todo, rate, block_seconds)
-    try:
-        for index, chunk, last, error, source in _loader(dataset, workers if len(todo) > 1 else 0):
-            if error is not None:
-                fail(index, error)
-                continue
-            if index not in session.clips and index not in lengths:
-                session.open(index)
-                lengths[index] = 0
-            if chunk is not None:
-                lengths[index] += len(chunk)
-                state.audio_seconds += len(chunk) / rate
-                state.current, state.current_seconds = names[index], lengths[index] / rate
-                session.push(index, chunk)
-                state.changed()
-            if last:
-                sources[index] = SourceInfo(**source)
-                try:
-                    session.close(index)
-                except EmbedzooError as exc:
-                    fail(index, str(exc))
-            for key, result in session.take():
-                finish(key, result)
-        session.flush()
-        for key, result in session.take():
-            finish(key, result)
-    finally:
-        try:
-            writer.close()
+                run_shards(self.extractor, tasks, layout, scene=self.scene, timestamp=self.timestamp, block_seconds=block_seconds,
+                           options=ray if ray is not None else RayOptions(), on_shard=self._shard_done)  # fmt: skip
+            else:
+                self._run_local(tasks, layout, workers, block_seconds)
         finally:
+            index.compact()
+            summary.failed.sort(key=lambda f: self._order.get(f.name, 0))
             summary.wall_seconds = time.perf_counter() - start
             lines = "".join(json.dumps(asdict(f)) + "\n" for f in summary.failed)
-            atomic_write(out / "errors.jsonl", lambda tmp: tmp.write_text(lines, encoding="utf-8"))
-    return summary
+            atomic_write(self.out / "errors.jsonl", lambda tmp: tmp.write_text(lines, encoding="utf-8"))
+        return summary
+
+    def _plan(self, write: list[bool]) -> list[ShardTask]:
+        """The shards holding a file to write, heaviest first is the engines' business: in plan order here."""
+        from embedzoo.shards import durations, plan_shards
+
+        self.state.current = "planning shards"
+        self.state.changed()
+        paths = [str(f.path) for f in self.files]
+        shards = plan_shards(paths, durations(paths), self.shard_rows, self.shard_seconds)
+        self._order = {self.names[i]: rank for rank, i in enumerate(i for s in shards for i in s.members)}
+        return [
+            ShardTask(s.number, s.members, tuple(os.fsdecode(os.path.abspath(paths[i])) for i in s.members), tuple(self.names[i] for i in s.members),
+                      tuple(write[i] for i in s.members), s.seconds)  # fmt: skip
+            for s in shards
+            if any(write[i] for i in s.members)
+        ]
+
+    def _file_done(self, result: FileResult) -> None:
+        """Book one file's result (both engines)."""
+        state = self.state
+        if result.error is not None:
+            self.summary.failed.append(Failure(result.name, result.path, result.error))
+            state.failed += 1
+        elif result.written:
+            self.summary.done += 1
+            self.summary.audio_seconds += result.seconds
+            state.done += 1
+        else:
+            return  # done before: counted as skipped already
+        state.current, state.current_seconds = result.name, result.seconds
+        state.changed()
+        if self.on_progress:
+            self.on_progress(result.name, result.seconds if result.error is None else 0.0)
+
+    def _shard_done(self, results: list[FileResult], audio_seconds: float) -> None:
+        """A shard came back from Ray: book its files."""
+        self.state.audio_seconds += audio_seconds
+        for result in results:
+            self._file_done(result)
+
+    def _chunk(self, index: int, seconds: float, so_far: float) -> None:
+        state = self.state
+        state.audio_seconds += seconds
+        state.current, state.current_seconds = self.names[index], so_far
+        state.changed()
+
+    def _run_local(self, tasks: list[ShardTask], layout: OutputLayout, workers: int, block_seconds: float) -> None:
+        """The shards here: decoded by `workers` processes (each takes every n-th shard), each
+        shard embedded by its own Session; at most one open shard per worker."""
+        writer = layout.shard_writer()
+        runs: dict[int, ShardRun] = {}
+        by_number = {t.number: t for t in tasks}
+        remaining = {t.number: len(t.indices) for t in tasks}
+        dataset = _DecodeShards(tasks, self.extractor.card.sample_rate, block_seconds)
+        several = len(tasks) > 1 or (tasks and len(tasks[0].indices) > 1)
+        try:
+            for item in _loader(dataset, workers if several else 0):
+                number, last = item[0], item[3]
+                run = runs.get(number)
+                if run is None:
+                    run = runs[number] = ShardRun(self.extractor, by_number[number], writer, self.scene, self.timestamp, self._chunk, self._file_done)
+                run.feed(item)
+                if last:
+                    remaining[number] -= 1
+                    if not remaining[number]:
+                        runs.pop(number).finish()
+        finally:
+            writer.close()  # interrupted: parquet keeps the rows of the open shards' finished files

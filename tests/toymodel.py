@@ -116,3 +116,53 @@ class ToyCNN(ToyExtractor):
             "raw": audio[:, :, None],
         }
         return [out[name] for name in layers]
+
+
+# A 768-wide toy transformer: rows of a batch differ in their last bits with the batch's size, as
+# in every real transformer, so byte equality between two runs means they batched alike.
+WIDE_CARD = ModelCard(
+    id="widetoy",
+    family="toy",
+    plugin="tests",
+    sample_rate=16000,
+    layers=(LayerSpec("block", 768),),
+    frame_hop=160,
+    frame_field=400,
+    min_window=400,
+    max_window=16000,
+    defaults={"layers": ["block"], "readout": "mean", "hop_ms": 250, "window_ms": 500, "batch_seconds": 2.0},
+)
+
+
+class WideToy(Extractor):
+    def __init__(self) -> None:
+        super().__init__(WIDE_CARD)
+        generator = torch.Generator().manual_seed(1)
+        self.embed_frames = torch.nn.Linear(400, 768)
+        self.block = torch.nn.TransformerEncoderLayer(768, 12, dim_feedforward=1536, batch_first=True)
+        with torch.no_grad():
+            for parameter in self.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+
+    def forward_layers(self, audio, layers=None):
+        frames = audio.unfold(-1, 400, 160)
+        return [self.block(self.embed_frames(frames))]
+
+
+class FaultyToy(ToyExtractor):
+    """The toy, with a fault that fires while a marker file exists: "exit" deletes the marker and
+    kills its process (an actor dying mid-shard; the retry finds no marker), "raise" raises (a bug)."""
+
+    def __init__(self, marker: str, fault: str) -> None:
+        super().__init__()
+        self.marker, self.fault = marker, fault
+
+    def forward_layers(self, audio, layers=None):
+        import os
+
+        if os.path.exists(self.marker):
+            if self.fault == "exit":
+                os.unlink(self.marker)
+                os._exit(1)
+            raise RuntimeError(f"the fault of {self.marker}")
+        return super().forward_layers(audio, layers)
