@@ -212,7 +212,9 @@ _PARAMETRIZED = {"encoder.pos_conv.0.parametrizations.weight.original0": "encode
 
 def check_cfg(card: ModelCard, cfg: Mapping[str, Any]) -> None:
     """Refuse a checkpoint whose `cfg` describes another network than the card's config; a key the
-    cfg leaves out means BEATsConfig's default, as Microsoft's code reads it."""
+    cfg leaves out means BEATsConfig's default, as Microsoft's code reads it. The frontend's
+    statistics (fbank_mean, fbank_std) are compared where the cfg carries them (openbeats reads
+    them from there, OpenBEATs runs may have their own), so a card never normalises another way."""
     ours = settings(card.config)
     for key in ARCH_KEYS:
         if key == "predictor_class" and not ours["finetuned_model"]:
@@ -222,6 +224,13 @@ def check_cfg(card: ModelCard, cfg: Mapping[str, Any]) -> None:
             raise WeightsError(
                 f"the checkpoint's cfg says {key} = {theirs!r}; {card.id}'s config says {ours[key]!r}",
                 hint=f"is this a checkpoint of {card.id}? another BEATs variant needs a card whose config matches the file's cfg",
+            )
+    for key in ("fbank_mean", "fbank_std"):
+        theirs = cfg.get(key)
+        if theirs is not None and (isinstance(theirs, bool) or not isinstance(theirs, (int, float)) or abs(theirs - ours[key]) > 1e-6):
+            raise WeightsError(
+                f"the checkpoint's cfg says {key} = {theirs!r}; {card.id}'s config says {ours[key]!r}",
+                hint=f"the file was trained on other fbank statistics: a card for it needs config {key}: {theirs!r}",
             )
 
 

@@ -239,6 +239,12 @@ def test_openbeats_files_convert_and_match_openbeats_own_loader(tmp_path: Path) 
         assert torch.equal(value, checkpoint["model"][key.removeprefix("model.")]), key
     with pytest.raises(WeightsError, match="encoder_attention_heads"):  # a Base file on the Large card's twin
         checkpoint_filter_fn({**checkpoint, "cfg": {**checkpoint["cfg"], "encoder_attention_heads": 4}}, create_model(model.card))
+    # fbank statistics in the cfg (openbeats reads them there): the card's agree, or the file is refused
+    same = {**checkpoint["cfg"], "fbank_mean": 15.41663, "fbank_std": 6.55582}
+    assert set(checkpoint_filter_fn({**checkpoint, "cfg": same}, create_model(model.card))) == set(converted)
+    with pytest.raises(WeightsError, match=r"fbank_mean = 15\.2913") as info:
+        checkpoint_filter_fn({**checkpoint, "cfg": {**same, "fbank_mean": 15.2913}}, create_model(model.card))
+    assert "config fbank_mean: 15.2913" in info.value.hint
 
 
 def test_openbeats_cards() -> None:
