@@ -33,11 +33,15 @@ Output layout (`OUT/`):
     sources.<token>.journal              npy, while a job runs: its records, merged into sources.jsonl
     corrupt/<kind>/part-<hash>.parquet   an unreadable shard found at start-up, moved out of the way
 
-Parquet shards are fixed chunks of the job's remaining files (in input order), each named by a
-hash of the rows it holds, so a name never depends on how many shards exist and a resumed job
-writes the shards a clean one would. For a planner that spreads a job over several writers
-(issue 14), what a writer needs is here already: names fixed per input (`_claim_names`), chunks
-fixed per plan, commits that are atomic and idempotent, and one journal per writer.
+The job is a shard plan (`embedzoo.shards`): fixed chunks of the input files sorted by path,
+capped by files (`shard_rows`) and seconds of audio (`shard_seconds`). A shard is batched by one
+Session of its own, in plan order, so its bits never depend on what runs beside it: the local
+engine (`workers` processes decode, each taking every n-th shard) and the Ray engine
+(`embedzoo.ray`: the same `run_shard` on an actor pool) write the same bytes. A shard holding a
+file to (re)compute is run whole -- the files already done are decoded and batched again, not
+written -- so a resumed job's outputs equal a clean run's. A parquet shard is one part per kind,
+named by a hash of its rows, so a name never depends on how many shards exist; each writer (the
+local job, each Ray actor) has its own journal.
 """
 
 from __future__ import annotations

@@ -247,3 +247,17 @@ def test_the_cli_runs_on_ray_and_the_local_engine_never_imports_it(tmp_path):
     assert local.returncode == 0, local.stderr[-3000:]
     assert local.stdout.strip().endswith("NO-RAY")
     assert_same_folders(tmp_path / "local", tmp_path / "ray")
+
+
+def test_embed_dataset_takes_a_ray_dataset_of_paths_and_a_model_spec(tmp_path):
+    from embedzoo import load
+    from embedzoo.ray import embed_dataset
+
+    paths = write_clips(tmp_path / "clips", 3)
+    dataset = ray.data.from_items([{"file": str(p)} for p in paths])
+    summary = embed_dataset("crepe-tiny?hop_ms=50", dataset, tmp_path / "ray", column="file", shard_rows=2)
+    assert summary.ok and summary.done == 3
+    embed_files(load("crepe-tiny?hop_ms=50", device="cpu"), collect_inputs(paths), tmp_path / "local", workers=0, shard_rows=2)
+    assert_same_folders(tmp_path / "local", tmp_path / "ray")
+    with pytest.raises(Exception, match="no column 'path'"):
+        embed_dataset("crepe-tiny", dataset, tmp_path / "other")
