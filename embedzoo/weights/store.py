@@ -109,14 +109,19 @@ def _merge_extras(card: ModelCard, path: Path, original: Any, extras: list[tuple
 
 
 def read_repo_files(card: ModelCard, paths: Mapping[str, Path]) -> dict[str, Any]:
-    """The JSON repo files of a hub checkpoint (config.json, preprocessor_config.json), parsed."""
+    """The repo files of a hub checkpoint, parsed: JSON (config.json, preprocessor_config.json), or
+    YAML for a name ending in .yaml / .yml (ESPnet's config.yaml, read with yaml.safe_load)."""
+    import yaml
+
     parsed: dict[str, Any] = {}
     for name, path in paths.items():
+        kind = "YAML" if name.endswith((".yaml", ".yml")) else "JSON"
         try:
-            parsed[name] = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            text = Path(path).read_text(encoding="utf-8")
+            parsed[name] = yaml.safe_load(text) if kind == "YAML" else json.loads(text)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
             raise WeightsError(
-                f"{path} ({name} of model {card.id}) is not readable JSON: {exc}",
+                f"{path} ({name} of model {card.id}) is not readable {kind}: {exc}",
                 hint="the file may be truncated or not the repo's: delete it (or fix the folder) and pull again",
             ) from exc
     return parsed

@@ -234,6 +234,26 @@ def check_cfg(card: ModelCard, cfg: Mapping[str, Any]) -> None:
             )
 
 
+def check_repo_files(card: ModelCard, files: Mapping[str, Any]) -> None:
+    """An OpenBEATs repo's ESPnet run config (`.../config.yaml`, when the card names one and the
+    repo has it): its `encoder_conf.beats_config`, and the fbank statistics beside or inside it,
+    must describe the card's network and frontend (`check_cfg`), or the pull is refused."""
+    for name, parsed in files.items():
+        if not name.endswith((".yaml", ".yml")):
+            continue
+        encoder = parsed.get("encoder_conf") if isinstance(parsed, Mapping) else None
+        if not isinstance(encoder, Mapping) or not isinstance(encoder.get("beats_config", {}), Mapping):
+            raise WeightsError(
+                f"{name} of {card.id} has no encoder_conf mapping: it is not an ESPnet BEATs run config",
+                hint="the card's files: should name the run's config.yaml beside the checkpoint",
+            )
+        cfg = dict(encoder.get("beats_config") or {})
+        for key in ("fbank_mean", "fbank_std"):
+            if key in encoder:
+                cfg.setdefault(key, encoder[key])
+        check_cfg(card, cfg)
+
+
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: BEATs) -> dict[str, Tensor]:
     """A BEATs checkpoint -> this model's keys (`model.` + Microsoft's BEATs keys).
 

@@ -247,6 +247,35 @@ def test_openbeats_files_convert_and_match_openbeats_own_loader(tmp_path: Path) 
     assert "config fbank_mean: 15.2913" in info.value.hint
 
 
+def test_an_openbeats_run_config_is_checked_against_the_card(tmp_path: Path) -> None:
+    """The ESPnet run config beside an OpenBEATs checkpoint (the cards' `files:`), read by the core
+    as YAML and handed to the plugin: its beats_config and fbank statistics must be the card's; a
+    repo without the file passes (the checkpoint's own cfg is still checked at conversion)."""
+    import yaml
+
+    from embedzoo.weights.store import check_repo_files as check
+
+    card = get_registry().get(small_id(OPENBEATS))
+    cfg = openbeats_checkpoint(small_id(OPENBEATS))["cfg"]
+    run = {"encoder_conf": {"beats_config": cfg, "fbank_mean": 15.41663, "fbank_std": 6.55582}, "model_conf": {"ignore_id": -2}}
+    path, name = tmp_path / "config.yaml", "exp/run/config.yaml"
+    path.write_text(yaml.safe_dump(run))
+    check(card, {name: path})
+    check(card, {})
+    path.write_text(yaml.safe_dump({**run, "encoder_conf": {**run["encoder_conf"], "fbank_std": 5.90532}}))
+    with pytest.raises(WeightsError, match=r"fbank_std = 5\.90532"):
+        check(card, {name: path})
+    path.write_text(yaml.safe_dump({"encoder_conf": {"beats_config": {**cfg, "encoder_layers": 24}}}))
+    with pytest.raises(WeightsError, match="encoder_layers = 24"):
+        check(card, {name: path})
+    path.write_text(yaml.safe_dump({"frontend": "default"}))
+    with pytest.raises(WeightsError, match="no encoder_conf"):
+        check(card, {name: path})
+    path.write_text("encoder_conf: [unclosed")
+    with pytest.raises(WeightsError, match="not readable YAML"):
+        check(card, {name: path})
+
+
 def test_openbeats_cards() -> None:
     """Base is BEATs' architecture, Large 24 x 1024 with 16 heads; their `params` are what the
     network has (counted on the meta device, no weights); Large reads its last block by default."""
@@ -256,7 +285,9 @@ def test_openbeats_cards() -> None:
     for size, depth, width in (("base", 12, 768), ("large", 24, 1024)):
         for iteration in (1, 2, 3):
             card = get_registry().get(f"openbeats-{size}-i{iteration}")
-            assert card.license == "CC-BY-4.0" and card.sources[0].repo == f"shikhar7ssu/OpenBEATs-{size.capitalize()}-i{iteration}"
+            source = card.sources[0]
+            assert card.license == "CC-BY-4.0" and source.repo == f"shikhar7ssu/OpenBEATs-{size.capitalize()}-i{iteration}"
+            assert source.files == (source.filename.rsplit("/", 1)[0] + "/config.yaml",)  # the run config beside it
             assert card.layers[-1].name == f"block{depth}" and card.layers[-1].width == width
             assert card.defaults["layers"] == [f"block{depth}"]
             with torch.device("meta"):
