@@ -84,6 +84,48 @@ class ConvBlock(nn.Module):
         x = F.relu(self.bn2(self.conv2(x)))
         return F.avg_pool2d(x, self.pool) if self.pool > 1 else x
 
+    def forward_onednn(self, x: Tensor) -> Tensor:
+        """The same block on oneDNN's own (opaque, blocked) tensors, for float32 inference on the CPU:
+        BatchNorm folded into each conv, whose weights are reordered once (`packed`) instead of in
+        every call, and no layout conversion between the blocks (bench/RESULTS.md: 1.2-1.3x)."""
+        (w1, b1), (w2, b2) = self.packed()
+        same = [CONV_KERNEL // 2] * 2
+        x = torch.relu_(torch.mkldnn_convolution(x, w1, b1, same, [1, 1], [1, 1], 1))
+        x = torch.relu_(torch.mkldnn_convolution(x, w2, b2, same, [1, 1], [1, 1], 1))
+        return F.avg_pool2d(x, self.pool) if self.pool > 1 else x
+
+    def packed(self) -> tuple[tuple[Tensor, Tensor], ...]:
+        """Both convs with their BatchNorm folded in, as oneDNN tensors; recomputed whenever a weight
+        or statistic changed since (loading a checkpoint writes them in place, bumping `_version`)."""
+        pairs = ((self.conv1, self.bn1), (self.conv2, self.bn2))
+        tensors = [t for conv, bn in pairs for t in (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)]
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        if getattr(self, "_packed_key", None) != key:
+            same = [CONV_KERNEL // 2] * 2
+            packed = []
+            for conv, bn in pairs:
+                weight, bias = fold_batchnorm(conv, bn)
+                weight = torch._C._nn.mkldnn_reorder_conv2d_weight(weight.to_mkldnn(), same, [1, 1], [1, 1], 1)
+                packed.append((weight, bias.to_mkldnn()))
+            self._packed, self._packed_key = tuple(packed), key
+        return self._packed
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """An eval-mode BatchNorm after a bias-free conv as the conv's own weight and bias
+    (w * g / sqrt(var + eps), b - mean * g / sqrt(var + eps)): one pass over the map instead of two."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return (conv.weight * scale[:, None, None, None]).contiguous(), (bn.bias - bn.running_mean * scale).contiguous()
+
+
+def onednn_inference(x: Tensor, module: nn.Module) -> bool:
+    """Whether `module` may run its conv blocks on oneDNN tensors: float32 inference on the CPU, no
+    autograd, no autocast (the dense path serves those, and CUDA)."""
+    return (
+        x.device.type == "cpu" and x.dtype == torch.float32 and not module.training and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    )  # fmt: skip
+
 
 class Cnn14(Extractor):
     """CNN14 behind embedzoo's extractor interface."""
@@ -115,13 +157,20 @@ class Cnn14(Extractor):
         if deepest == 0:
             return out
         x = self.bn0(mel.transpose(1, 2)[:, :, :, None])[..., 0].transpose(1, 2)[:, None]  # BatchNorm over mel bins
-        if self.cfg.channels_last:
+        onednn = onednn_inference(x, self)
+        if onednn:
+            x = x.to_mkldnn()
+        elif self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for index, block in enumerate(self.blocks):
             if index + 1 > deepest:
                 return out
-            x = block(x)
-            out[f"block{index + 1}"] = x
+            x = block.forward_onednn(x) if onednn else block(x)
+            name = f"block{index + 1}"
+            if name in names:
+                out[name] = x.to_dense() if onednn else x
+        if onednn:
+            x = x.to_dense()
         x = x.mean(dim=3)  # over frequency: (B, 2048, T)
         if self.cfg.head == "clip":
             x = F.relu(self.fc1(x.amax(dim=2) + x.mean(dim=2)))

@@ -32,7 +32,7 @@ from embedzoo.errors import CardError, ConfigError, WeightsError
 from embedzoo.extractor import as_sequence
 from embedzoo.testing import assert_registers, assert_torch_free_import, rel_err
 from embedzoo_panns.geometry import spans
-from embedzoo_panns.model import CHANNELS_LAST, Cnn14, checkpoint_filter_fn, create_model
+from embedzoo_panns.model import Cnn14, checkpoint_filter_fn, create_model, onednn_inference
 
 TOLERANCE = 1e-5
 BLOCKS = tuple(f"block{i}" for i in range(1, 7))
@@ -375,24 +375,47 @@ def test_timestamp_embeddings_window_mode(cnn14_32k, model_32k):
     assert rel_err(embeddings[0], expected) < TOLERANCE
 
 
-def test_memory_layout_setting_changes_speed_not_results(cnn14_32k, model_32k):
-    """`config.channels_last`: the default (NHWC conv blocks, the faster on CPU, see bench/RESULTS.md)
-    is what the parity tests above check; the other layout matches the reference on every layer too."""
+def test_cpu_paths_and_layouts_match_the_reference(cnn14_32k, model_32k):
+    """Float32 inference on the CPU runs the conv blocks on oneDNN tensors (BatchNorm folded into
+    weights packed once, `ConvBlock.forward_onednn`: what the parity tests above check); with
+    autograd on (and on CUDA, under autocast, or with oneDNN off) they run as strided tensors in the
+    `config.channels_last` layout. Both layouts of that path match the reference on every layer."""
     ref, _ = cnn14_32k
+    probe = torch.zeros(1, 1, 4, 4)
     with torch.no_grad():
-        default = model_32k.forward_intermediates(make_audio(1, 32000, 32000, seed=20), ["block3"])["block3"]
-    assert default.is_contiguous(memory_format=torch.channels_last) == CHANNELS_LAST
-    channels_last = not CHANNELS_LAST
-    card = dataclasses.replace(model_32k.card, config={**model_32k.card.config, "channels_last": channels_last})
-    model = create_model(card)
-    model.load_state_dict(model_32k.state_dict(), strict=True)
+        assert onednn_inference(probe, model_32k)
+    assert not onednn_inference(probe, model_32k)  # autograd on: the strided path
     audio = make_audio(2, 32000, 32000, seed=21)
     expected = reference_layers(ref, audio)
+    for channels_last in (False, True):
+        card = dataclasses.replace(model_32k.card, config={**model_32k.card.config, "channels_last": channels_last})
+        model = create_model(card)
+        model.load_state_dict(model_32k.state_dict(), strict=True)
+        with torch.enable_grad():
+            raw = model.forward_intermediates(audio, ["block3"])["block3"]
+            outputs = model.forward_layers(audio, list(LAYERS))
+        assert raw.requires_grad and raw.is_contiguous(memory_format=torch.channels_last) == channels_last
+        for name, output in zip(LAYERS, outputs):
+            ours = as_sequence(output.detach(), model.card.layer(name), model.card.id)
+            assert rel_err(ours, expected[name]) < TOLERANCE, (channels_last, name)
+
+
+def test_packed_weights_follow_a_new_checkpoint(cnn14_32k, model_32k):
+    """The oneDNN path's folded, packed weights are made on the first forward and remade when a
+    weight or BatchNorm statistic changes (a checkpoint loaded after a forward must be used)."""
+    ref, _ = cnn14_32k
+    audio = make_audio(1, 32000, 32000, seed=22)
+    model = create_model(model_32k.card)  # random weights
     with torch.no_grad():
-        raw = model.forward_intermediates(audio, ["block3"])["block3"]
-    ours = our_layers(model, audio)
-    assert raw.is_contiguous(memory_format=torch.channels_last) == channels_last
-    for name in LAYERS:
-        assert rel_err(ours[name], expected[name]) < TOLERANCE, name
+        before = model.forward_layers(audio, ["embedding"])[0]
+        model.load_state_dict(model_32k.state_dict(), strict=True)
+        after = model.forward_layers(audio, ["embedding"])[0]
+        model.blocks[5].bn2.running_mean.add_(0.5)  # one statistic, in place
+        moved = model.forward_layers(audio, ["embedding"])[0]
+    expected = reference_layers(ref, audio)["embedding"][:, 0]
+    assert rel_err(before, expected) > 1e-2
+    assert rel_err(after, expected) < TOLERANCE
+    assert rel_err(moved, after) > 1e-4
+    card = model_32k.card
     with pytest.raises(CardError, match="strides"):
         create_model(dataclasses.replace(card, config={**card.config, "strides": 2}))
