@@ -185,11 +185,3 @@ def reference_layers(model: Any, checkpoint: dict[str, Any], clips: np.ndarray) 
 
 def noise(samples: int, rows: int = 1, seed: int = 0) -> np.ndarray:
     return (0.3 * np.random.default_rng(seed).standard_normal((rows, samples))).astype(np.float32)
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from beats_small import (  # noqa: F401  (beats_catalog, one_thread are fixtures)
+from beats_small import (  # noqa: F401  (beats_catalog is a fixture; one_thread is conftest.py's)
     FINETUNED,
     OPENBEATS,
     PRETRAINED,
@@ -30,7 +30,6 @@ from beats_small import (  # noqa: F401  (beats_catalog, one_thread are fixtures
     TOLERANCE,
     beats_catalog,
     noise,
-    one_thread,
     openbeats_checkpoint,
     reference,
     reference_layers,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from beats_small import PRETRAINED, SR, TOLERANCE, beats_catalog, one_thread, small_id  # noqa: F401  (fixtures)
+from beats_small import PRETRAINED, SR, TOLERANCE, beats_catalog, small_id  # noqa: F401  (a fixture; one_thread is conftest.py's)
 
 import embedzoo
 from embedzoo.testing import rel_err, stream_one_clip

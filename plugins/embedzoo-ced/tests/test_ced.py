@@ -24,12 +24,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from ced_small import (  # noqa: F401  (ced_catalog, one_thread are fixtures)
+from ced_small import (  # noqa: F401  (ced_catalog is a fixture; one_thread is conftest.py's)
     SR,
     TOLERANCE,
     ced_catalog,
     noise,
-    one_thread,
     reference,
     reference_layers,
     save_hub,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from ced_small import SR, TOLERANCE, ced_catalog, one_thread, small_id  # noqa: F401  (fixtures)
+from ced_small import SR, TOLERANCE, ced_catalog, small_id  # noqa: F401  (a fixture; one_thread is conftest.py's)
 
 import embedzoo
 from embedzoo.testing import rel_err, stream_one_clip

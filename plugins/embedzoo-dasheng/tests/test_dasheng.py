@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from dasheng_small import (  # noqa: F401  (dasheng_catalog, one_thread are fixtures)
+from dasheng_small import (  # noqa: F401  (dasheng_catalog is a fixture; one_thread is conftest.py's)
     CARDS,
     SIZES,
     SMALL,
@@ -31,7 +31,6 @@ from dasheng_small import (  # noqa: F401  (dasheng_catalog, one_thread are fixt
     dasheng_catalog,
     hub_state,
     noise,
-    one_thread,
     reference,
     reference_layers,
     zenodo_file,

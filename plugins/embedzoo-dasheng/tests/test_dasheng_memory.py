@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from dasheng_small import SR, TWIN, dasheng_catalog, one_thread  # noqa: F401  (fixtures)
+from dasheng_small import SR, TWIN, dasheng_catalog  # noqa: F401  (a fixture; one_thread is conftest.py's)
 
 import embedzoo
 from embedzoo.testing import rel_err, stream_one_clip

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dasheng_small import TWIN, dasheng_catalog, one_thread  # noqa: F401  (fixtures)
+from dasheng_small import TWIN, dasheng_catalog  # noqa: F401  (a fixture; one_thread is conftest.py's)
 
 pytest.importorskip("xares.audio_encoder_checker", reason="xares is installed by scripts/test.sh (pip install --no-deps xares==0.1.3)")
 
