@@ -138,10 +138,54 @@ class ConvBlock(nn.Module):
         self.bn2 = None if last else nn.BatchNorm2d(out_chs, eps=BN_EPS)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.is_mkldnn:
+            return self.forward_onednn(x)
         x = self.conv2(F.relu(self.bn1(self.conv1(x))))
         if self.bn2 is None:
             return x
         return F.max_pool2d(F.relu(self.bn2(x)), 2)
+
+    def forward_onednn(self, x: Tensor) -> Tensor:
+        """The same block on oneDNN's own (opaque, blocked) tensors, for float32 inference on the CPU:
+        each BatchNorm folded into its conv, whose weights are reordered once (`packed`) instead of
+        in every call, and no layout conversion between the blocks (bench/RESULTS.md)."""
+        (w1, b1), (w2, b2) = self.packed()
+        x = torch.relu_(torch.mkldnn_convolution(x, w1, b1, [1, 1], [1, 1], [1, 1], 1))
+        x = torch.mkldnn_convolution(x, w2, b2, [1, 1], [1, 1], [1, 1], 1)
+        return x if self.bn2 is None else F.max_pool2d(torch.relu_(x), 2)
+
+    def packed(self) -> tuple[tuple[Tensor, Tensor], ...]:
+        """Both convs with their BatchNorm folded in, as oneDNN tensors; remade whenever a weight or
+        statistic changed since (loading a checkpoint writes them in place, bumping `_version`)."""
+        pairs = ((self.conv1, self.bn1), (self.conv2, self.bn2))
+        tensors = [t for module in (self.conv1, self.bn1, self.conv2, self.bn2) if module is not None for t in (*module.parameters(), *module.buffers())]
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        if getattr(self, "_packed_key", None) != key:
+            packed = []
+            for conv, bn in pairs:
+                weight, bias = fold_batchnorm(conv, bn)
+                weight = torch._C._nn.mkldnn_reorder_conv2d_weight(weight.to_mkldnn(), [1, 1], [1, 1], [1, 1], 1)
+                packed.append((weight, bias.to_mkldnn()))
+            self._packed, self._packed_key = tuple(packed), key
+        return self._packed
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor]:
+    """An eval-mode BatchNorm after a conv as the conv's own weight and bias (w * g / sqrt(var + eps),
+    (b - mean) * g / sqrt(var + eps) + beta): one pass over the map instead of two."""
+    if bn is None:
+        return conv.weight.contiguous(), conv.bias.contiguous()
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return (conv.weight * scale[:, None, None, None]).contiguous(), ((conv.bias - bn.running_mean) * scale + bn.bias).contiguous()
+
+
+def onednn_inference(x: Tensor, module: nn.Module) -> bool:
+    """Whether `module` may run its conv blocks on oneDNN tensors: float32 inference on the CPU, no
+    autograd, no autocast (the strided path serves those, and CUDA)."""
+    return (
+        x.device.type == "cpu" and x.dtype == torch.float32 and not module.training and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    )  # fmt: skip
 
 
 class OpenL3(Extractor):
@@ -165,10 +209,16 @@ class OpenL3(Extractor):
         out: dict[str, Tensor] = {}
         spec = self.frontend(audio)
         out["spectrogram"] = spec
-        x = self.bn0(spec[:, None]).contiguous(memory_format=self.memory_format)
+        x = self.bn0(spec[:, None])
+        onednn = onednn_inference(x, self)
+        x = x.to_mkldnn() if onednn else x.contiguous(memory_format=self.memory_format)
         for index, block in enumerate(self.blocks[: min(deepest, 4)]):
-            x = block(x)
-            out[f"block{index + 1}"] = x
+            x = block(x)  # a oneDNN tensor takes the block's oneDNN path
+            name = f"block{index + 1}"
+            if name in names:
+                out[name] = x.to_dense() if onednn else x
+        if onednn:
+            x = x.to_dense()
         if deepest == LAYERS.index("embedding"):
             pool = self.cfg.embedding_pool()
             if x.shape[-1] != self.cfg.frames(WINDOW) // 8:

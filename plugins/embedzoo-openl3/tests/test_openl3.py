@@ -42,7 +42,7 @@ from embedzoo.errors import ConfigError, WeightsError
 from embedzoo.extractor import as_sequence
 from embedzoo.testing import assert_registers, assert_torch_free_import, stream_one_clip
 from embedzoo_openl3.geometry import LAYERS
-from embedzoo_openl3.model import OpenL3, checkpoint_filter_fn, create_model, htk_mel_filterbank, mel_norm_of
+from embedzoo_openl3.model import OpenL3, checkpoint_filter_fn, create_model, htk_mel_filterbank, mel_norm_of, onednn_inference
 
 PARITY = [("mel128", "env", 512), ("mel256", "music", 6144), ("linear", "music", 512)]
 
@@ -135,6 +135,35 @@ def test_every_layer_matches_reference(pairs, variant):
         spec = get_card(ident).layer(name)
         assert as_sequence(ours[name], spec).shape[-1] == spec.width, name  # the natural shape fits the card
         assert rel_err(ours[name], expected[name]) < TOLERANCE, name
+
+
+def test_cpu_paths_match_the_reference_and_follow_new_weights(pairs):
+    """Float32 inference on the CPU runs the conv blocks on oneDNN tensors (BatchNorm folded into
+    weights packed once: what the tests above check); with autograd on (and on CUDA, under
+    autocast, or with oneDNN off) they run as strided tensors. Both match the reference on every
+    layer, and the packed weights are remade when a weight or statistic changes after a forward."""
+    ref, _, model = pairs["openl3-mel256-music-6144"]
+    audio = make_audio(1, SR, seed=11)
+    expected = reference_layers(ref, audio)
+    probe = torch.zeros(1, 1, 4, 4)
+    with torch.no_grad():
+        assert onednn_inference(probe, model)
+    assert not onednn_inference(probe, model)
+    with torch.enable_grad():
+        strided = model.forward_layers(audio)
+    for name, output in zip(LAYERS, strided):
+        assert output.requires_grad == (name != "spectrogram"), name
+        assert rel_err(output.detach(), expected[name]) < TOLERANCE, name
+    fresh = create_model(model.card)  # random weights
+    with torch.no_grad():
+        (before,) = fresh.forward_layers(audio, ["embedding"])
+        fresh.load_state_dict(model.state_dict(), strict=True)
+        (after,) = fresh.forward_layers(audio, ["embedding"])
+        fresh.blocks[1].bn2.running_mean.add_(0.5)  # one statistic, in place
+        (moved,) = fresh.forward_layers(audio, ["embedding"])
+    assert rel_err(before, expected["embedding"]) > 1e-2
+    assert rel_err(after, expected["embedding"]) < TOLERANCE
+    assert rel_err(moved, after) > 1e-4
 
 
 def test_scene_embedding_of_one_second_is_the_reference_embedding(pairs):

@@ -80,6 +80,8 @@ class ConvBlock(nn.Module):
         self.pool = pool
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.is_mkldnn:
+            return self.forward_onednn(x)
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         return F.avg_pool2d(x, self.pool) if self.pool > 1 else x
@@ -165,7 +167,7 @@ class Cnn14(Extractor):
         for index, block in enumerate(self.blocks):
             if index + 1 > deepest:
                 return out
-            x = block.forward_onednn(x) if onednn else block(x)
+            x = block(x)  # a oneDNN tensor takes the block's oneDNN path
             name = f"block{index + 1}"
             if name in names:
                 out[name] = x.to_dense() if onednn else x
