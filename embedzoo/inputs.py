@@ -20,6 +20,8 @@ from typing import Callable, Iterator, Sequence
 
 from embedzoo.audio import AUDIO_EXTENSIONS
 from embedzoo.errors import AudioError
+from embedzoo.remote import expand, is_url
+from embedzoo.remote import sha256 as remote_sha256
 
 __all__ = ["NAME_BYTES", "InputFile", "collect_inputs", "name_candidates", "safe_name", "tagged_name"]
 
@@ -28,11 +30,12 @@ __all__ = ["NAME_BYTES", "InputFile", "collect_inputs", "name_candidates", "safe
 class InputFile:
     """One audio file to process; `name` (relative to its input root, extension kept) names its outputs.
 
-    `base` is the name before a clash was resolved (`name` may be `base` plus `~<content hash>`);
+    `path` is a local Path, or a URL string (`s3://...`: `embedzoo.remote`). `base` is the name
+    before a clash was resolved (`name` may be `base` plus `~<content hash>`);
     `embed_files` resolves clashes again against what the output folder already holds.
     """
 
-    path: Path
+    path: Path | str
     name: str
     base: str = field(default="", compare=False, repr=False)
 
@@ -105,6 +108,14 @@ def _glob_root(pattern: str) -> Path:
 
 
 def _expand(text: str, source: int) -> list[_Found]:
+    if is_url(text):  # object storage, http: listed through fsspec (embedzoo.remote)
+        try:
+            found = [_Found(url, Path("/"), relative, source) for url, relative in expand(text, AUDIO_EXTENSIONS)]  # type: ignore[arg-type]
+        except OSError as exc:
+            raise AudioError(f"cannot list '{text}': {exc}", hint="check the URL, your credentials and that fsspec has its protocol (s3fs, gcsfs, ...)", path=text) from None
+        if not found:
+            raise AudioError(f"'{text}' holds no audio files", hint=f"embedzoo looks for {', '.join(AUDIO_EXTENSIONS)} (hidden files are skipped)", path=text)
+        return found
     path = Path(text).expanduser()
     if path.is_file():
         absolute = _absolute(path)
@@ -214,11 +225,11 @@ def name_candidates(base: str, content_sha256: Callable[[], str]) -> Iterator[st
         copy += 1
 
 
-def _file_sha256(path: Path) -> str:
+def _file_sha256(path: Path | str) -> str:
     from embedzoo.weights.cache import sha256_file  # torch-free; memoised by (path, size, mtime)
 
     try:
-        return sha256_file(path)
+        return remote_sha256(path) if is_url(path) else sha256_file(path)
     except OSError:
         return hashlib.sha256(os.fsencode(str(path))).hexdigest()  # unreadable: decoding reports it
 
@@ -257,7 +268,7 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[InputFile]:
     seen: set[Path] = set()
     for source, item in enumerate(inputs):
         for f in _expand(str(item), source):
-            resolved = f.path.resolve()
+            resolved = f.path if is_url(f.path) else f.path.resolve()
             if resolved not in seen:
                 seen.add(resolved)
                 found.append(f)

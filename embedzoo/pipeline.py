@@ -60,11 +60,13 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from embedzoo import remote
 from embedzoo.audio import stream_audio
 from embedzoo.card import unsafe_name
 from embedzoo.errors import ConfigError, EmbedzooError
 from embedzoo.extractor import ClipEmbeddings, Extractor, Session
 from embedzoo.inputs import InputFile, name_candidates, safe_name
+from embedzoo.remote import is_url
 from embedzoo.knobs import Knobs, knob_record
 from embedzoo.shards import MAX_SHARD_FILES, MAX_SHARD_SECONDS
 
@@ -190,10 +192,10 @@ def _save_npy(array: np.ndarray) -> Callable[[Path], None]:
     return write
 
 
-def _file_sha256(path: Path) -> str:
+def _file_sha256(path: Path | str) -> str:
     from embedzoo.weights.cache import sha256_file
 
-    return sha256_file(path)
+    return remote.sha256(path) if is_url(path) else sha256_file(path)  # type: ignore[arg-type]
 
 
 def _output_error(exc: OSError, out: Path) -> OutputError:
@@ -340,9 +342,14 @@ class SourceInfo:
     def same_file(self, path: str, size: int, mtime_ns: int, sha256: Callable[[], str]) -> bool:
         """The same path, size and mtime (cheap), or the same content wherever it now is (a moved
         or touched file); `sha256` is called only when the cheap check fails."""
-        if self.path == path and self.size == size and self.mtime_ns == mtime_ns:
-            return True
+        if self.path == path and self.size == size and self.mtime_ns == mtime_ns and mtime_ns >= 0:
+            return True  # (-1: an object whose store gives no version; only its content can say)
         return self.size == size and self.sha256 == sha256()
+
+
+def _location(path: Path | str) -> str:
+    """What a source record holds: the absolute path, or the URL as given."""
+    return path if is_url(path) else os.path.abspath(path)  # type: ignore[return-value]
 
 
 def _text(value: str) -> str:
@@ -706,6 +713,9 @@ def _decode_shard(task: ShardTask, sample_rate: int, block_seconds: float) -> It
     its `SourceInfo` (hashed after decoding, when the file is in the page cache) or its error."""
     for position, path in enumerate(task.paths):
         try:
+            if is_url(path):
+                yield from _decode_remote(task.number, position, path, sample_rate, block_seconds)
+                continue
             before = os.stat(path)
             for chunk in stream_audio(path, sample_rate, block_seconds):
                 yield task.number, position, chunk, False, None, None
@@ -721,6 +731,19 @@ def _decode_shard(task: ShardTask, sample_rate: int, block_seconds: float) -> It
             yield task.number, position, None, True, f"cannot read it: {exc.strerror or exc}", None
         except Exception as exc:  # an unexpected decoder failure is this file's, not the job's
             yield task.number, position, None, True, f"{type(exc).__name__}: {exc}", None
+
+
+def _decode_remote(shard: int, position: int, url: str, sample_rate: int, block_seconds: float) -> Iterator[_Item]:
+    """A URL's file, copied to a local temporary file, decoded and hashed there; refused if the
+    object changed (size or version) between the copy and the end."""
+    before = remote.stat(url)
+    with remote.local_copy(url) as local:
+        for chunk in stream_audio(local, sample_rate, block_seconds):
+            yield shard, position, chunk, False, None, None
+        size, sha = local.stat().st_size, _file_sha256(local)
+    if remote.stat(url) != before or (before[0] >= 0 and size != before[0]):
+        raise OSError(errno.EAGAIN, "the object changed while it was read; run the job again when it is complete")
+    yield shard, position, None, True, None, asdict(SourceInfo(url, size, before[1], sha))
 
 
 class ShardRun:
@@ -922,8 +945,10 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, A
     return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
-def _stat(path: Path) -> tuple[int, int] | None:
+def _stat(path: Path | str) -> tuple[int, int] | None:
     try:
+        if is_url(path):
+            return remote.stat(path)  # type: ignore[arg-type]
         stat = os.stat(path)
     except OSError:
         return None
@@ -944,7 +969,7 @@ def _claim_names(files: list[InputFile], index: NpyIndex | ParquetIndex) -> list
     claims = []
     for f in files:
         base = safe_name(f.base)
-        path = os.path.abspath(f.path)
+        path = _location(f.path)
         quick = _stat(f.path)
         hashed: list[str] = []
 
@@ -953,7 +978,7 @@ def _claim_names(files: list[InputFile], index: NpyIndex | ParquetIndex) -> list
                 try:
                     hashed.append(_file_sha256(f.path))
                 except OSError:
-                    hashed.append(hashlib.sha256(os.fsencode(os.path.abspath(f.path))).hexdigest())
+                    hashed.append(hashlib.sha256(os.fsencode(_location(f.path))).hexdigest())
             return hashed[0]
 
         claim = None
@@ -1114,10 +1139,14 @@ class _Job:
         self.state.current = "planning shards"
         self.state.changed()
         paths = [str(f.path) for f in self.files]
-        shards = plan_shards(paths, durations(paths), self.shard_rows, self.shard_seconds)
+        local = [i for i, p in enumerate(paths) if not is_url(p)]  # a remote header costs a download: 0 s, planned by count
+        seconds = [0.0] * len(paths)
+        for i, length in zip(local, durations([paths[i] for i in local])):
+            seconds[i] = length
+        shards = plan_shards(paths, seconds, self.shard_rows, self.shard_seconds)
         self._order = {self.names[i]: rank for rank, i in enumerate(i for s in shards for i in s.members)}
         return [
-            ShardTask(s.number, s.members, tuple(os.fsdecode(os.path.abspath(paths[i])) for i in s.members), tuple(self.names[i] for i in s.members),
+            ShardTask(s.number, s.members, tuple(os.fsdecode(_location(paths[i])) for i in s.members), tuple(self.names[i] for i in s.members),
                       tuple(write[i] for i in s.members), s.seconds)  # fmt: skip
             for s in shards
             if any(write[i] for i in s.members)

@@ -213,8 +213,8 @@ def run_shards(
 
 
 def embed_dataset(extractor: "Extractor | str", paths: Any, out_dir: Any, *, options: RayOptions | None = None, column: str = "path", **job: Any):
-    """Embed with `--engine ray` from Python: `paths` is a list of files, folders or globs, or a Ray
-    Dataset with a `column` of local (or mounted) paths. `extractor` is an Extractor or a model spec
+    """Embed with `--engine ray` from Python: `paths` is a list of files, folders, globs or URLs
+    (`s3://...`: `embedzoo.remote`), or a Ray Dataset with a `column` of such paths. `extractor` is an Extractor or a model spec
     (loaded here on the CPU; the actors move it to their device). Other arguments are
     `embed_files`'s (scene, timestamp, fmt, knobs, shard_rows, shard_seconds, ...). Returns its Summary."""
     from embedzoo.inputs import collect_inputs

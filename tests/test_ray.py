@@ -261,3 +261,21 @@ def test_embed_dataset_takes_a_ray_dataset_of_paths_and_a_model_spec(tmp_path):
     assert_same_folders(tmp_path / "local", tmp_path / "ray")
     with pytest.raises(Exception, match="no column 'path'"):
         embed_dataset("crepe-tiny", dataset, tmp_path / "other")
+
+
+def test_actors_fetch_files_behind_urls_and_write_their_local_copys_bytes(tmp_path):
+    from embedzoo.ray import embed_dataset
+    from test_remote import serve
+
+    paths = write_clips(tmp_path / "site" / "clips", 4)
+    server, base = serve(tmp_path / "site")
+    try:
+        toy = ToyExtractor().eval()
+        dataset = ray.data.from_items([{"path": f"{base}/clips/{p.name}"} for p in paths])
+        summary = embed_dataset(toy, dataset, tmp_path / "ray", shard_rows=2)
+    finally:
+        server.shutdown()
+    assert summary.ok and summary.done == 4
+    embed_files(toy, collect_inputs(paths), tmp_path / "local", workers=0, shard_rows=2)
+    npy = lambda out: {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.npy"))}  # noqa: E731
+    assert npy(tmp_path / "ray") == npy(tmp_path / "local")
