@@ -38,7 +38,10 @@ from functools import partial
 from typing import Any, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from timm.layers import ConvNormAct
+from timm.layers.conv2d_same import Conv2dSame
+from timm.layers.padding import pad_same
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv
 from torch import Tensor, nn
 
@@ -102,8 +105,9 @@ class YAMNet(Extractor):
         x = mel[:, None]
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        folded = folded_inference(x, self)
         for k, block in enumerate(self.blocks, 1):
-            x = block(x)
+            x = self.folded_block(k - 1, x) if folded else block(x)
             out[f"block{k}"] = x
             if k == deepest:
                 break
@@ -112,6 +116,27 @@ class YAMNet(Extractor):
             out["embedding"] = embedding
             out["logits"] = self.classifier(embedding)
         return out
+
+    def folded_block(self, index: int, x: Tensor) -> Tensor:
+        """Block `index` with each BatchNorm folded into the conv before it (conv + bias, ReLU in place):
+        one pass over the map less per conv, what half of the blocks' time went to (bench/RESULTS.md)."""
+        for conv, (weight, bias) in zip(_convs(self.blocks[index]), self.folded()[index]):
+            if isinstance(conv, Conv2dSame):  # TF "SAME": a stride-2 conv pads the end only on even lengths
+                x = F.conv2d(pad_same(x, conv.kernel_size, conv.stride, conv.dilation), weight, bias, conv.stride, 0, conv.dilation, conv.groups)
+            else:
+                x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            x = x.relu_()
+        return x
+
+    def folded(self) -> list[list[tuple[Tensor, Tensor]]]:
+        """Every block's (weight, bias) pairs with their BatchNorm folded in, in the convs' memory
+        layout; remade whenever a weight or statistic changed since (loading a checkpoint writes them
+        in place, bumping `_version`)."""
+        key = tuple((t.data_ptr(), t._version) for t in (*self.blocks.parameters(), *self.blocks.buffers()))
+        if getattr(self, "_folded_key", None) != key:
+            self._folded = [[fold_batchnorm(*pair) for pair in _conv_norms(block)] for block in self.blocks]
+            self._folded_key = key
+        return self._folded
 
     def forward_layers(self, audio: Tensor, layers: Sequence[str] | None = None) -> list[Tensor]:
         """audio (batch, samples >= 400) at 16 kHz -> per layer its natural shape (module docstring):
@@ -125,6 +150,33 @@ class YAMNet(Extractor):
         raw = self.forward_intermediates(audio, names)
         # blocks run on (B, C, T, F); a map's natural shape is (B, C, F, T)
         return [raw[name].transpose(2, 3) if name in YAMNET_BLOCKS else raw[name] for name in names]
+
+
+def _conv_norms(block: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+    """A block's (conv, BatchNorm + ReLU) pairs in forward order."""
+    if isinstance(block, ConvNormAct):
+        return [(block.conv, block.bn)]
+    return [(block.conv_dw, block.bn1), (block.conv_pw, block.bn2)]
+
+
+def _convs(block: nn.Module) -> list[nn.Conv2d]:
+    return [conv for conv, _ in _conv_norms(block)]
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """An eval-mode BatchNorm after a bias-free conv as the conv's own weight and bias
+    (w * g / sqrt(var + eps), b - mean * g / sqrt(var + eps)), the weight in the conv's layout."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    layout = torch.channels_last if conv.weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return (conv.weight * scale[:, None, None, None]).contiguous(memory_format=layout), bn.bias - bn.running_mean * scale
+
+
+def folded_inference(x: Tensor, module: nn.Module) -> bool:
+    """Whether `module` may fold its BatchNorms: float32 inference (no autograd, no autocast), any device."""
+    return (
+        x.dtype == torch.float32 and not module.training and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled(x.device.type)
+    )  # fmt: skip
 
 
 # ---- checkpoint conversion ----------------------------------------------------------------------

@@ -35,7 +35,7 @@ from embedzoo.testing import rel_err, stream_one_clip
 from embedzoo_vggish.geometry import EXAMPLE_SAMPLES as PATCH_SAMPLES
 from embedzoo_vggish.geometry import YAMNET_BLOCKS as BLOCKS
 from embedzoo_vggish.geometry import yamnet_blocks, yamnet_geometry
-from embedzoo_vggish.yamnet import checkpoint_filter_fn, create_model, release_key_map
+from embedzoo_vggish.yamnet import checkpoint_filter_fn, create_model, folded_inference, release_key_map
 
 SR = 16000
 TOLERANCE = 1e-5
@@ -123,6 +123,41 @@ def test_every_layer_of_every_patch_matches_the_reference(setup):
     assert logmel.shape[1] == 154
     assert rel_err(block9, as_map(caught[9])) < TOLERANCE
     assert rel_err(embedding_long, reference_embedding.flatten(1)) < TOLERANCE
+
+
+def test_folded_and_unfolded_paths_match_the_reference_and_follow_new_weights(setup):
+    """Float32 inference folds each BatchNorm into the conv before it (what the test above checks);
+    with autograd on (or under autocast) the blocks run as they are. Both match the reference on
+    every block, and the folded weights are remade when a weight or statistic changes."""
+    ref, caught, model, _ = setup
+    patches = torch.randn(2, 1, 96, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert folded_inference(patches, model)
+        ref(patches)  # fills `caught`
+    assert not folded_inference(patches, model)
+    expected = dict(caught)
+    with torch.enable_grad():
+        x, maps = patches, []
+        for block in model.blocks:  # the blocks as modules: BatchNorm and ReLU after each conv
+            x = block(x)
+            maps.append(x)
+    assert maps[-1].requires_grad
+    for k, output in enumerate(maps, 1):
+        assert rel_err(output.detach(), expected[k]) < TOLERANCE, k
+    with torch.no_grad():
+        folded = [model.folded_block(k, patches if k == 0 else maps[k - 1].detach()) for k in range(len(maps))]
+    for k, output in enumerate(folded, 1):
+        assert rel_err(output, expected[k]) < TOLERANCE, k
+    fresh = create_model(get_card("yamnet"))  # random weights
+    with torch.no_grad():
+        before = fresh.folded_block(13, maps[12].detach())
+        fresh.load_state_dict(model.state_dict(), strict=True)
+        after = fresh.folded_block(13, maps[12].detach())
+        fresh.blocks[13].bn2.running_mean.add_(0.5)  # one statistic, in place
+        moved = fresh.folded_block(13, maps[12].detach())
+    assert rel_err(before, expected[14]) > 1e-2
+    assert rel_err(after, expected[14]) < TOLERANCE
+    assert rel_err(moved, after) > 1e-4
 
 
 def test_frequency_pooling_of_a_block_matches_the_reference_map(setup):
