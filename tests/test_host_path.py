@@ -84,3 +84,18 @@ def test_compile_matches_eager_and_compiles_before_the_first_clip():
     assert torch.allclose(ours.timestamp, reference.timestamp, atol=1e-5, rtol=0)
     assert torch.allclose(ours.scene, reference.scene, atol=1e-5, rtol=0)
     assert eager._forward() == eager.forward_layers  # the views without the knob run eager
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_batches_are_pinned_and_embeddings_are_the_cpus():
+    """The CUDA branch: batches assembled in pinned memory, results copied back behind the queue
+    and read after the clip's event -- the same embeddings as on the CPU within 1e-5."""
+    cpu = ToyExtractor().eval().configure(batch_size=3)
+    gpu = ToyExtractor().eval().configure(batch_size=3).to("cuda")
+    assert gpu.host_batch([np.zeros((2, 8), dtype=np.float32)]).is_pinned()
+    rng = np.random.default_rng(3)
+    clips = [rng.standard_normal(n).astype(np.float32) for n in (50, 300, 900)]
+    for ours, reference in zip(gpu.embed(clips, 16000), cpu.embed(clips, 16000)):
+        assert ours.scene.device.type == "cpu"
+        assert torch.allclose(ours.scene, reference.scene, atol=1e-5, rtol=0)
+        assert torch.allclose(ours.timestamp, reference.timestamp, atol=1e-5, rtol=0)
