@@ -7,6 +7,7 @@ Errors embedzoo raises on purpose are printed as one message plus a hint, withou
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -333,6 +334,8 @@ def info(model: str, as_json: bool) -> None:
     if card.aliases:
         out.print(f"aliases: {', '.join(card.aliases)}")
     out.print(f"family {card.family} (plugin {card.plugin}), {card.sample_rate} Hz, license {card.license or '?'}")
+    if not card.redistribute:
+        out.print("redistribution: not allowed by the licence (embedzoo never mirrors these weights; each user pulls them)")
     out.print(f"frontend: {card.frontend or '-'}")
     if card.complete:
         out.print(
@@ -464,7 +467,7 @@ def pull(models: tuple[str, ...], mirror: Path | None, offline: bool, force: boo
 @click.option("--both", "what", flag_value="both", default=True, help="Scene and timestamp embeddings (default).")
 @click.option("--format", "fmt", type=click.Choice(["npy", "parquet"]), default="npy", show_default=True, help="npy: one .npy per file and kind (`embed-task` writes hear-eval-kit's layout); parquet: sharded, one row per file.")
 @click.option("--device", default="auto", show_default=True, callback=_check_device, help="auto (CUDA when present), cpu, cuda, cuda:1, mps, ...")
-@click.option("--workers", type=int, default=1, show_default=True, help="Decoding worker processes (0: decode in the main process); --engine local.")
+@click.option("--workers", type=int, default=None, help="Decoding worker processes (0: decode in the main process; default 1 on the CPU, all cores but one beside a GPU); --engine local.")
 @click.option("--weights", metavar="PATH|random", default=None, help="Use this weights file (.safetensors, or an original checkpoint), or 'random': the initial weights (also `MODEL?weights=...`).")
 @click.option("--from", "mirror", type=click.Path(file_okay=False, path_type=Path), default=None, help="A local mirror folder for the weights.")
 @click.option("--offline", is_flag=True, help="Never use the network.")
@@ -478,7 +481,7 @@ def pull(models: tuple[str, ...], mirror: Path | None, offline: bool, force: boo
 @click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True, help="--engine ray: GPUs each actor reserves; fractions share a device (0.5: two actors a GPU).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr, no summary line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def embed(model: str, inputs: tuple[str, ...], out_dir: Path, what: str, fmt: str, device: str, workers: int,
+def embed(model: str, inputs: tuple[str, ...], out_dir: Path, what: str, fmt: str, device: str, workers: int | None,
           weights: str | None, mirror: Path | None, offline: bool, overwrite: bool, shard_files: int, shard_seconds: float, engine: str,
           address: str | None, ray_actors: str | None, cpus_per_actor: float, gpus_per_actor: float, quiet: bool, as_json: bool, **kwargs: Any) -> None:
     """Embeddings of audio INPUTS (files, folders, globs) with MODEL, written to OUT.
@@ -506,6 +509,8 @@ def embed(model: str, inputs: tuple[str, ...], out_dir: Path, what: str, fmt: st
         ray_options = RayOptions(address=address, actors=_parse_actors(ray_actors), cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, device=device)
     extractor = load(model, weights=weights, device="cpu" if engine == "ray" else device, offline=offline or None, mirror=mirror, quiet=quiet, **knobs)
     scene, timestamp = what in ("scene", "both"), what in ("timestamp", "both")
+    if workers is None:  # a GPU outruns one decoding process; the CPU's cores are the model's
+        workers = max(1, (os.cpu_count() or 2) - 1) if extractor.device.type == "cuda" else 1
 
     def run(progress: JobProgress | None) -> Any:
         return embed_files(

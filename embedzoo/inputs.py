@@ -23,7 +23,17 @@ from embedzoo.errors import AudioError
 from embedzoo.remote import expand, is_url
 from embedzoo.remote import sha256 as remote_sha256
 
-__all__ = ["NAME_BYTES", "InputFile", "collect_inputs", "name_candidates", "safe_name", "tagged_name"]
+__all__ = ["NAME_BYTES", "InputFile", "KnownSource", "collect_inputs", "name_candidates", "safe_name", "tagged_name"]
+
+
+@dataclass(frozen=True)
+class KnownSource:
+    """What is known of an input without reading it again (a row of a Ray Dataset of audio bytes,
+    described on the cluster): its size, its content's sha256 and its duration from the header."""
+
+    size: int
+    sha256: str
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class InputFile:
     path: Path | str
     name: str
     base: str = field(default="", compare=False, repr=False)
+    known: KnownSource | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.base:

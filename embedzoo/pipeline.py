@@ -825,13 +825,38 @@ class ShardRun:
 
 
 def run_shard(extractor: Extractor, task: ShardTask, writer: NpyShardWriter | ParquetShardWriter, *, scene: bool, timestamp: bool,
-              block_seconds: float, prefetch: int = 4) -> list[FileResult]:  # fmt: skip
+              block_seconds: float, prefetch: int = 4, payloads: Sequence[bytes] | None = None) -> list[FileResult]:  # fmt: skip
     """Decode one shard's files in order (in a thread, `prefetch` chunks ahead, while the model
-    computes) and embed them with one Session: what each Ray actor runs for each shard."""
+    computes) and embed them with one Session: what each Ray actor runs for each shard.
+    `payloads`: the files' bytes, in the shard's order, when they come from a dataset's rows."""
     run = ShardRun(extractor, task, writer, scene, timestamp)
-    for item in _prefetched(_decode_shard(task, extractor.card.sample_rate, block_seconds), prefetch):
+    rate = extractor.card.sample_rate
+    items = _decode_shard(task, rate, block_seconds) if payloads is None else _decode_payloads(task, payloads, rate, block_seconds)
+    for item in _prefetched(items, prefetch):
         run.feed(item)
     return run.finish()
+
+
+def _decode_payloads(task: ShardTask, payloads: Sequence[bytes], sample_rate: int, block_seconds: float) -> Iterator[_Item]:
+    """A shard's files given as bytes: each written to a local temporary file (named with its
+    extension, which the decoders read) and decoded there; its source is its row (size, sha256)."""
+    import tempfile
+
+    for position, data in enumerate(payloads):
+        handle, local = tempfile.mkstemp(prefix="embedzoo-row-", suffix=Path(task.names[position]).suffix)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+            for chunk in stream_audio(local, sample_rate, block_seconds):
+                yield task.number, position, chunk, False, None, None
+            source = SourceInfo(task.paths[position], len(data), -1, hashlib.sha256(data).hexdigest())
+            yield task.number, position, None, True, None, asdict(source)
+        except EmbedzooError as exc:
+            yield task.number, position, None, True, str(exc), None
+        except Exception as exc:  # an unexpected decoder failure is this file's, not the job's
+            yield task.number, position, None, True, f"{type(exc).__name__}: {exc}", None
+        finally:
+            os.unlink(local)
 
 
 def _prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
@@ -970,8 +995,8 @@ def _claim_names(files: list[InputFile], index: NpyIndex | ParquetIndex) -> list
     for f in files:
         base = safe_name(f.base)
         path = _location(f.path)
-        quick = _stat(f.path)
-        hashed: list[str] = []
+        quick = (f.known.size, -1) if f.known else _stat(f.path)
+        hashed: list[str] = [f.known.sha256] if f.known else []
 
         def sha(f: InputFile = f, hashed: list[str] = hashed) -> str:
             if not hashed:
@@ -1032,6 +1057,7 @@ def embed_files(
     shard_seconds: float = MAX_SHARD_SECONDS,
     engine: str = "local",
     ray: Any = None,
+    rows: Any = None,
     on_progress: Callable[[str, float], None] | None = None,
     progress: JobProgress | None = None,
     wait: float | None = 0.0,
@@ -1042,7 +1068,8 @@ def embed_files(
     the extractor; '' for an extractor built otherwise). `knobs` (a Knobs, or overrides) apply to
     this job only (`Extractor.with_knobs`); the extractor itself is left as it is. `shard_rows` and
     `shard_seconds` cap a shard (`embedzoo.shards`); `engine` runs the shards here ('local', in
-    order, `workers` decoding processes) or on Ray ('ray', with `ray`: an `embedzoo.ray.RayOptions`).
+    order, `workers` decoding processes) or on Ray ('ray', with `ray`: an `embedzoo.ray.RayOptions`;
+    `rows`: the Ray Dataset whose audio bytes `files` describe, see `embedzoo.ray.embed_dataset`).
     `on_progress` is called with (name, seconds of audio) when a file is finished or failed;
     `progress` gets live counters (also within long files). `wait`: seconds to wait for another
     job's lock on the folder (None: as long as it takes; 0: refuse at once with `OutputBusyError`).
@@ -1055,6 +1082,8 @@ def embed_files(
         raise ConfigError(f"shard_rows must be at least 1, not {shard_rows}")
     if not shard_seconds > 0:
         raise ConfigError(f"shard_seconds must be positive, not {shard_seconds}")
+    if rows is not None and engine != "ray":
+        raise ConfigError("a dataset's rows of audio bytes are embedded on Ray only", hint="pass engine='ray'")
     if knobs is not None:
         extractor = extractor.with_knobs(knobs)
     if weights is None:
@@ -1068,7 +1097,7 @@ def embed_files(
         raise _output_error(exc, out) from None
     try:
         job = _Job(extractor, files, out, scene, timestamp, fmt, weights, shard_rows, shard_seconds, on_progress, progress)
-        return job.run(lock, overwrite, engine, workers, block_seconds, ray)
+        return job.run(lock, overwrite, engine, workers, block_seconds, ray, rows)
     except OSError as exc:
         raise _output_error(exc, out) from None
     finally:
@@ -1091,7 +1120,9 @@ class _Job:
         self.names: list[str] = []
         self._order: dict[str, int] = {}  # output name -> rank in the plan: errors.jsonl's order
 
-    def run(self, lock: _FolderLock, overwrite: bool, engine: str, workers: int, block_seconds: float, ray: Any) -> Summary:
+    def run(self, lock: _FolderLock, overwrite: bool, engine: str, workers: int, block_seconds: float, ray: Any, rows: Any = None) -> Summary:
+        if self.extractor.knobs.compile and engine == "local":  # torch.compile's warm-up is not the job's time
+            Session(self.extractor, scene=self.scene, timestamp=self.timestamp)
         start = time.perf_counter()
         summary, state = self.summary, self.state
         if lock.note:
@@ -1121,7 +1152,7 @@ class _Job:
                 from embedzoo.ray import RayOptions, run_shards
 
                 run_shards(self.extractor, tasks, layout, scene=self.scene, timestamp=self.timestamp, block_seconds=block_seconds,
-                           options=ray if ray is not None else RayOptions(), on_shard=self._shard_done)  # fmt: skip
+                           options=ray if ray is not None else RayOptions(), on_shard=self._shard_done, rows=rows)  # fmt: skip
             else:
                 self._run_local(tasks, layout, workers, block_seconds)
         finally:
@@ -1140,7 +1171,7 @@ class _Job:
         self.state.changed()
         paths = [str(f.path) for f in self.files]
         local = [i for i, p in enumerate(paths) if not is_url(p)]  # a remote header costs a download: 0 s, planned by count
-        seconds = [0.0] * len(paths)
+        seconds = [f.known.seconds if f.known else 0.0 for f in self.files]
         for i, length in zip(local, durations([paths[i] for i in local])):
             seconds[i] = length
         shards = plan_shards(paths, seconds, self.shard_rows, self.shard_seconds)

@@ -132,6 +132,92 @@ class _ShardActor:
         return out
 
 
+ROW_PREFIX = "ray-dataset://"
+"""The source path of a file that is a row of a Ray Dataset of audio bytes: `ray-dataset://<name>`."""
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A Ray Dataset of audio bytes: the dataset, its bytes column and its name column."""
+
+    dataset: Any
+    column: str
+    name_column: str
+
+
+def _tag_rows(batch: dict[str, Any], slots: list, name_column: str, column: str) -> dict[str, Any]:
+    """The batch's rows that some shard holds: their bytes, shard number and place in the shard."""
+    import numpy as np
+    import ray
+
+    where = ray.get(slots[0])
+    keep = [i for i, name in enumerate(batch[name_column]) if str(name) in where]
+    places = [where[str(batch[name_column][i])] for i in keep]
+    return {
+        "embedzoo_shard": np.array([shard for shard, _ in places], dtype=np.int64),
+        "embedzoo_position": np.array([position for _, position in places], dtype=np.int64),
+        "embedzoo_bytes": np.array([bytes(batch[column][i]) for i in keep], dtype=object),
+    }
+
+
+def _pack_shard(group: dict[str, Any]) -> dict[str, Any]:
+    """One shard's rows (in any order) as one row: its number and its files' bytes in order."""
+    import numpy as np
+
+    order = np.argsort(group["embedzoo_position"], kind="stable")
+    payloads = np.empty(1, dtype=object)
+    payloads[0] = [bytes(group["embedzoo_bytes"][i]) for i in order]
+    return {"embedzoo_shard": group["embedzoo_shard"][:1], "embedzoo_payloads": payloads}
+
+
+class _RowShardActor(_ShardActor):
+    """An actor that gets each shard as one row holding its files' bytes, in the shard's order."""
+
+    def __init__(self, tasks: list, **actor: Any):
+        import ray
+
+        super().__init__(**actor)
+        self.tasks = ray.get(tasks[0])
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        from embedzoo.pipeline import ShardTask, run_shard
+
+        out: dict[str, list] = {"results": [], "audio_seconds": [], "worker": []}
+        for number, payloads in zip(batch["embedzoo_shard"], batch["embedzoo_payloads"]):
+            task = ShardTask.from_json(self.tasks[int(number)])
+            payloads = [bytes(p) for p in payloads]
+            if len(payloads) != len(task.paths):
+                raise RuntimeError(f"shard {task.number} has {len(task.paths)} files but {len(payloads)} rows came: are the names unique?")
+            results = run_shard(self.extractor, task, self.writer, scene=self.scene, timestamp=self.timestamp,
+                                block_seconds=self.block_seconds, prefetch=self.prefetch, payloads=payloads)  # fmt: skip
+            out["results"].append(json.dumps([asdict(r) for r in results]))
+            out["audio_seconds"].append(sum(r.seconds for r in results))
+            out["worker"].append(json.dumps(self.worker))
+        return out
+
+
+def _describe_rows(batch: dict[str, Any], column: str, name_column: str) -> dict[str, Any]:
+    """Each row's name, size, sha256 and duration (from its header, where soundfile reads it; 0
+    otherwise), so that the driver can name and plan without the bytes."""
+    import hashlib
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    names, sizes, hashes, seconds = [], [], [], []
+    for name, data in zip(batch[name_column], batch[column]):
+        data = bytes(data)
+        names.append(str(name))
+        sizes.append(len(data))
+        hashes.append(hashlib.sha256(data).hexdigest())
+        try:
+            seconds.append(float(sf.info(io.BytesIO(data)).duration))
+        except Exception:  # not a soundfile format (mp3 in old libsndfile, m4a): planned by count
+            seconds.append(0.0)
+    return {"name": np.array(names, dtype=object), "size": np.array(sizes, dtype=np.int64), "sha256": np.array(hashes, dtype=object), "seconds": np.array(seconds)}
+
+
 def _portable(extractor: "Extractor") -> "Extractor":
     """The extractor as the object store should carry it: on the CPU (an actor moves it to its device)."""
     if extractor.device.type == "cpu":
@@ -163,9 +249,12 @@ def run_shards(
     options: RayOptions,
     on_shard: Callable[[list["FileResult"], float], None],
     on_worker: Callable[[dict[str, Any]], None] | None = None,
+    rows: "_Rows | None" = None,
 ) -> None:
     """Run the shards on Ray; `on_shard(results, audio_seconds)` is called in the driver as each
-    shard comes back (in completion order), `on_worker` with the actor that ran it (pid, node, GPU ids)."""
+    shard comes back (in completion order), `on_worker` with the actor that ran it (pid, node, GPU ids).
+    `rows`: the shards' files are rows of a Ray Dataset of audio bytes (`embed_dataset`), grouped
+    by shard on the cluster, instead of paths each actor opens."""
     if not tasks:
         return
     try:
@@ -186,17 +275,22 @@ def run_shards(
         context.enable_progress_bars = False  # embedzoo's display shows files; Ray's would show blocks
         low, high = options.pool(len(tasks), ray.cluster_resources())
         holder = [ray.put(_portable(extractor))]  # in a list: Ray hands the actors the reference, they fetch it once
-        rows = [{"task": task.to_json()} for task in sorted(tasks, key=lambda t: (-t.seconds, t.number))]
-        dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-            _ShardActor,
-            batch_size=1,
-            batch_format="numpy",
-            fn_constructor_kwargs=dict(extractor=holder, layout=layout, scene=scene, timestamp=timestamp, block_seconds=block_seconds,
-                                       device=options.device, cpus=options.cpus_per_actor, prefetch=options.prefetch),  # fmt: skip
-            compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
-            num_cpus=options.cpus_per_actor,
-            num_gpus=options.gpus_per_actor or None,
-        )
+        actor = dict(extractor=holder, layout=layout, scene=scene, timestamp=timestamp, block_seconds=block_seconds,
+                     device=options.device, cpus=options.cpus_per_actor, prefetch=options.prefetch)  # fmt: skip
+        pool = dict(compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high), num_cpus=options.cpus_per_actor,
+                    num_gpus=options.gpus_per_actor or None, batch_format="numpy")  # fmt: skip
+        if rows is None:
+            items = [{"task": task.to_json()} for task in sorted(tasks, key=lambda t: (-t.seconds, t.number))]
+            dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(_ShardActor, batch_size=1, fn_constructor_kwargs=actor, **pool)
+        else:
+            # each row tagged with its shard and place (rows of no shard to run dropped), then one row
+            # per shard holding its files' bytes in order: a shuffle, materialised (spilling to disk
+            # if need be) before the actor pool starts, so its tasks never wait for CPUs the actors hold
+            slots = {task.paths[p][len(ROW_PREFIX):]: (task.number, p) for task in tasks for p in range(len(task.paths))}
+            tagged = rows.dataset.map_batches(_tag_rows, fn_kwargs=dict(slots=[ray.put(slots)], name_column=rows.name_column, column=rows.column), batch_format="numpy")
+            packed = tagged.groupby("embedzoo_shard").map_groups(_pack_shard, batch_format="numpy").materialize()
+            tasks_ref = [ray.put({t.number: t.to_json() for t in tasks})]
+            dataset = packed.map_batches(_RowShardActor, batch_size=1, fn_constructor_kwargs=dict(**actor, tasks=tasks_ref), **pool)
         try:
             for row in dataset.iter_rows():
                 on_shard([FileResult(**r) for r in json.loads(str(row["results"]))], float(row["audio_seconds"]))
@@ -212,9 +306,12 @@ def run_shards(
             ray.shutdown()
 
 
-def embed_dataset(extractor: "Extractor | str", paths: Any, out_dir: Any, *, options: RayOptions | None = None, column: str = "path", **job: Any):
+def embed_dataset(extractor: "Extractor | str", paths: Any, out_dir: Any, *, options: RayOptions | None = None, column: str = "path",
+                  name_column: str = "name", **job: Any):  # fmt: skip
     """Embed with `--engine ray` from Python: `paths` is a list of files, folders, globs or URLs
-    (`s3://...`: `embedzoo.remote`), or a Ray Dataset with a `column` of such paths. `extractor` is an Extractor or a model spec
+    (`s3://...`: `embedzoo.remote`), or a Ray Dataset with a `column` of such paths, or of audio
+    file bytes (a binary column; then `name_column` names each row's output, e.g. 'a/b.wav',
+    unique, its extension telling the decoder the format). `extractor` is an Extractor or a model spec
     (loaded here on the CPU; the actors move it to their device). Other arguments are
     `embed_files`'s (scene, timestamp, fmt, knobs, shard_rows, shard_seconds, ...). Returns its Summary."""
     from embedzoo.inputs import collect_inputs
@@ -224,9 +321,41 @@ def embed_dataset(extractor: "Extractor | str", paths: Any, out_dir: Any, *, opt
         from embedzoo.loader import load
 
         extractor = load(extractor, device="cpu")
+    rows = None
     if hasattr(paths, "select_columns") and hasattr(paths, "iter_rows"):  # a Ray Dataset
         if column not in paths.columns():
-            raise ConfigError(f"the dataset has no column {column!r} (it has {paths.columns()})", hint="pass column='<the column of file paths>'")
-        paths = [str(row[column]) for row in paths.select_columns([column]).iter_rows()]
-    files = collect_inputs(list(paths) if not isinstance(paths, (str, os.PathLike)) else [paths])
-    return embed_files(extractor, files, out_dir, engine="ray", ray=options or RayOptions(), **job)
+            raise ConfigError(f"the dataset has no column {column!r} (it has {paths.columns()})", hint="pass column='<the column of file paths or bytes>'")
+        if _is_binary(paths.schema(), column):
+            rows = _Rows(paths, column, name_column)
+            files = _row_files(rows)
+        else:
+            files = collect_inputs([str(row[column]) for row in paths.select_columns([column]).iter_rows()])
+    else:
+        files = collect_inputs(list(paths) if not isinstance(paths, (str, os.PathLike)) else [paths])
+    return embed_files(extractor, files, out_dir, engine="ray", ray=options or RayOptions(), rows=rows, **job)
+
+
+def _is_binary(schema: Any, column: str) -> bool:
+    import pyarrow as pa
+
+    kind = schema.base_schema.field(column).type if hasattr(schema, "base_schema") else dict(zip(schema.names, schema.types))[column]
+    return isinstance(kind, pa.DataType) and (pa.types.is_binary(kind) or pa.types.is_large_binary(kind))
+
+
+def _row_files(rows: _Rows) -> list:
+    """The dataset's rows as inputs, described on the cluster (name, size, sha256, duration)."""
+    from embedzoo.inputs import InputFile, KnownSource, safe_name
+
+    if rows.name_column not in rows.dataset.columns():
+        raise ConfigError(f"a dataset of audio bytes needs a {rows.name_column!r} column naming each row's output", hint="pass name_column='<the column of names such as a/b.wav>'")
+    described = rows.dataset.map_batches(_describe_rows, fn_kwargs=dict(column=rows.column, name_column=rows.name_column), batch_format="numpy")
+    meta = sorted(described.take_all(), key=lambda r: str(r["name"]))
+    seen: set[str] = set()
+    files = []
+    for row in meta:
+        name = str(row["name"])
+        if name in seen:
+            raise ConfigError(f"two rows of the dataset are named {name!r}", hint=f"the {rows.name_column!r} column must name each row's output once")
+        seen.add(name)
+        files.append(InputFile(ROW_PREFIX + name, safe_name(name), known=KnownSource(int(row["size"]), str(row["sha256"]), float(row["seconds"]))))
+    return files

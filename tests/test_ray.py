@@ -279,3 +279,27 @@ def test_actors_fetch_files_behind_urls_and_write_their_local_copys_bytes(tmp_pa
     embed_files(toy, collect_inputs(paths), tmp_path / "local", workers=0, shard_rows=2)
     npy = lambda out: {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.npy"))}  # noqa: E731
     assert npy(tmp_path / "ray") == npy(tmp_path / "local")
+
+
+def test_a_ray_dataset_of_audio_bytes_embeds_to_the_bytes_of_its_files(tmp_path):
+    from embedzoo.ray import embed_dataset
+
+    paths = write_clips(tmp_path / "clips", 5)
+    rows = [{"name": f"set/{p.name}", "audio": p.read_bytes()} for p in reversed(paths)] + [{"name": "set/broken.wav", "audio": b"RIFF...."}]
+    dataset = ray.data.from_items(rows)
+    toy = ToyExtractor().eval()
+    summary = embed_dataset(toy, dataset, tmp_path / "ray", column="audio", shard_rows=2)
+    assert summary.done == 5 and [f.name for f in summary.failed] == ["set/broken.wav"]
+    (tmp_path / "local-clips" / "set").mkdir(parents=True)
+    for p in paths:
+        (tmp_path / "local-clips" / "set" / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "local-clips" / "set" / "broken.wav").write_bytes(b"RIFF....")
+    embed_files(toy, collect_inputs([tmp_path / "local-clips"]), tmp_path / "local", workers=0, shard_rows=2)
+    npy = lambda out: {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.npy"))}  # noqa: E731
+    assert npy(tmp_path / "ray") == npy(tmp_path / "local")  # same names, same shards, same bytes
+    record = json.loads((tmp_path / "ray" / SOURCES).read_text().splitlines()[0])
+    assert record["path"] == "ray-dataset://set/000.wav" and record["size"] == paths[0].stat().st_size
+    again = embed_dataset(toy, dataset, tmp_path / "ray", column="audio", shard_rows=2)
+    assert again.skipped == 5 and again.done == 0  # known by size and content hash
+    with pytest.raises(Exception, match="two rows of the dataset are named"):
+        embed_dataset(toy, ray.data.from_items(rows + rows[:1]), tmp_path / "dupes", column="audio")
