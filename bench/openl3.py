@@ -5,7 +5,8 @@ torchopenl3's `PytorchOpenl3` saved as its `.pth.tar`, converted by embedzoo (ti
 on the values). Generated 48 kHz files (noise + chirps). The reference reads each file with
 soundfile and calls `torchopenl3.get_audio_embedding` (center=True, hop 0.1 s, batch 32, as its
 defaults); embedzoo embeds the same decoded clips with `model.embed(..., scene=False)` at hop 100 ms,
-in each memory format (contiguous / channels_last) and batch size asked for. Both are float32 on
+in each memory format (contiguous / channels_last: the strided path's, so on the CPU in float32,
+where the conv blocks run on oneDNN tensors, they are the same run) and batch size asked for. Both are float32 on
 the CPU by default. Runs are interleaved and repeated; the best wall and CPU (process) times are
 printed and the CPU times compared: the development machine is shared, and process time is what
 other engineers' jobs disturb least. embedzoo follows HEAR's timestamp count (centres up to the clip's end), which is

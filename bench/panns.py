@@ -18,6 +18,8 @@ Every compared job checks that the two sides agree (max relative difference) bef
 
 First, a sweep of embedzoo's settings on a few files: channels_last (the plugin's model setting)
 x batch_seconds (the knob); the fastest is what the plugin and the card ship (bench/RESULTS.md).
+On the CPU in float32 the conv blocks run on oneDNN tensors whatever channels_last says (it is the
+layout of the strided path: `--device cuda`), so there only batch_seconds moves the figures.
 
     python bench/panns.py [--model panns-cnn14] [--files 16] [--sweep-files 2 (0: no sweep)] [--threads N] [--device cuda]
 """

@@ -29,8 +29,8 @@ HEAD_FILTER = 3  # the decision-level head's max + mean filter over block-6 fram
 EMBED_DIM = 2048  # fc1
 CLASSES = 527  # AudioSet
 HEADS = ("clip", "decision-level-max")
-# NHWC conv blocks: same results, 6-17% less time on CPU (bench/panns.py, bench/RESULTS.md);
-# a card's `config.channels_last` overrides it
+# the layout of the strided conv blocks (CUDA, autocast, autograd; float32 inference on the CPU runs on
+# oneDNN tensors instead, model.py): NHWC, same results; a card's `config.channels_last` overrides it
 CHANNELS_LAST = True
 MIN_SECONDS = 1  # the shortest window read as it is; shorter ones are zero-padded around their centre
 MAX_SECONDS = 60  # the longest chunk per forward: fully convolutional, so this bounds memory only

@@ -33,6 +33,13 @@ Numerically this follows `panns_hear.models.Cnn14` / `Cnn14_DecisionLevelMax` (t
 audioset_tagging_cnn code) and its torchlibrosa frontend, whose STFT is a Conv1d with DFT x window
 kernels: the core's `embedzoo.frontends.DBMelSpectrogram` computes the same spectrum with
 torch.stft, and the checkpoint's frozen kernels are checked against `dft_kernels`.
+
+Speed: float32 inference on the CPU (no autograd, no autocast) runs the conv blocks on oneDNN's own
+blocked tensors, each BatchNorm folded into its conv and the weights reordered for oneDNN once
+(`ConvBlock.packed`, remade when a weight changes), instead of a reorder of every weight and map in
+every call: 1.3-1.5x on 1 s windows (bench/RESULTS.md). The packed copy costs the conv weights'
+size again in memory (~300 MB). Everything else (CUDA, autocast, autograd) runs the blocks as
+strided tensors in `config.channels_last`'s layout.
 """
 
 from __future__ import annotations

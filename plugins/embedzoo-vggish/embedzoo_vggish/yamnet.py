@@ -30,6 +30,10 @@ mode is the core's: it appends the blocks' declared `frame_pad` to each chunk, s
 conv sees an even length and the stride grid sits on the chunk's start whatever its length, and
 keeps the frames whose whole receptive field lies in the chunk (`frame_skip`), so chunks of a long
 clip tile it exactly (see `geometry.yamnet_blocks`).
+
+Speed: float32 inference (no autograd, no autocast) folds each BatchNorm into the conv before it
+(`YAMNet.folded`, remade when a weight changes): MobileNet's maps are small, and the BatchNorm
+passes took about a third of the blocks' time. Autograd and autocast run the timm blocks as they are.
 """
 
 from __future__ import annotations
