@@ -159,6 +159,11 @@ class ConvBlock(nn.Module):
         x = torch.mkldnn_convolution(x, w2, b2, [1, 1], [1, 1], [1, 1], 1)
         return x if self.bn2 is None else F.max_pool2d(torch.relu_(x), 2)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave the packed weights behind (oneDNN tensors have no storage to
+        copy); the first forward of the copy packs its own."""
+        return {key: value for key, value in self.__dict__.items() if key not in ("_packed", "_packed_key")}
+
     def packed(self) -> tuple[tuple[Tensor, Tensor], ...]:
         """Both convs with their BatchNorm folded in, as oneDNN tensors; remade whenever a weight or
         statistic changed since (loading a checkpoint writes them in place, bumping `_version`)."""

@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import warnings
 
 import librosa
@@ -164,6 +166,9 @@ def test_cpu_paths_match_the_reference_and_follow_new_weights(pairs):
     assert rel_err(before, expected["embedding"]) > 1e-2
     assert rel_err(after, expected["embedding"]) < TOLERANCE
     assert rel_err(moved, after) > 1e-4
+    for copied in (copy.deepcopy(fresh), pickle.loads(pickle.dumps(fresh))):  # the packed weights stay behind
+        with torch.no_grad():
+            assert torch.equal(copied.forward_layers(audio, ["embedding"])[0], moved)
 
 
 def test_scene_embedding_of_one_second_is_the_reference_embedding(pairs):

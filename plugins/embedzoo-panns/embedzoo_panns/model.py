@@ -103,6 +103,11 @@ class ConvBlock(nn.Module):
         x = torch.relu_(torch.mkldnn_convolution(x, w2, b2, same, [1, 1], [1, 1], 1))
         return F.avg_pool2d(x, self.pool) if self.pool > 1 else x
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave the packed weights behind (oneDNN tensors have no storage to
+        copy); the first forward of the copy packs its own."""
+        return {key: value for key, value in self.__dict__.items() if key not in ("_packed", "_packed_key")}
+
     def packed(self) -> tuple[tuple[Tensor, Tensor], ...]:
         """Both convs with their BatchNorm folded in, as oneDNN tensors; recomputed whenever a weight
         or statistic changed since (loading a checkpoint writes them in place, bumping `_version`)."""

@@ -19,8 +19,10 @@ Shapes, widths, bands and frame counts against geometry.py: the core's tests/tes
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
+import pickle
 
 import pytest
 import torch
@@ -416,6 +418,9 @@ def test_packed_weights_follow_a_new_checkpoint(cnn14_32k, model_32k):
     assert rel_err(before, expected) > 1e-2
     assert rel_err(after, expected) < TOLERANCE
     assert rel_err(moved, after) > 1e-4
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):  # the packed weights stay behind
+        with torch.no_grad():
+            assert torch.equal(copied.forward_layers(audio, ["embedding"])[0], moved)
     card = model_32k.card
     with pytest.raises(CardError, match="strides"):
         create_model(dataclasses.replace(card, config={**card.config, "strides": 2}))
