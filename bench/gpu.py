@@ -176,20 +176,27 @@ def efficientat_pair(device: torch.device, dtype: str, tmp: Path, seconds: float
     return Pair("efficientat", card, efficientat.RATE, ours, scene)
 
 
-def vggish_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> Pair:
+def _twins(device: torch.device, dtype: str, script, card: str, channels_last: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A sibling script's random `reference_network()` on the device, and embedzoo's model built by
+    its `build_ours(release, channels_last)` from those weights, in the layout the card ships."""
     import harness
+
+    from embedzoo.registry import get_card
+
+    harness.use_device(str(device))
+    net = script.reference_network()
+    release = {k: v.clone() for k, v in net.state_dict().items()}
+    layout, _ = harness.shipped_setting(get_card(card), channels_last)
+    return net.to(device), script.build_ours(release, layout).configure(dtype=dtype).eval()
+
+
+def vggish_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> Pair:
     import vggish
     from torchvggish import vggish_input
 
-    from embedzoo.registry import get_card
     from embedzoo_vggish.model import CHANNELS_LAST, EXAMPLE_HOP, EXAMPLE_SAMPLES
 
-    harness.use_device(str(device))
-    net = vggish.reference_network()
-    release = {k: v.clone() for k, v in net.state_dict().items()}
-    channels_last, _ = harness.shipped_setting(get_card("vggish"), CHANNELS_LAST)
-    ours = vggish.build_ours(release, channels_last).configure(dtype=dtype).eval()
-    net.to(device)
+    net, ours = _twins(device, dtype, vggish, "vggish", CHANNELS_LAST)
 
     def scene(audio: torch.Tensor) -> torch.Tensor:
         # torchvggish's examples of each clip (numpy float64 log-mel) on embedzoo's centred windows
@@ -208,21 +215,14 @@ def vggish_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> 
 
 
 def yamnet_pair(device: torch.device, dtype: str, tmp: Path, seconds: float) -> Pair:
-    import harness
     import yamnet
     from torch_vggish_yamnet.input_proc import WaveformToInput
 
-    from embedzoo.registry import get_card
     from embedzoo_vggish.yamnet import CHANNELS_LAST
 
     # the reference is torch-vggish-yamnet (bench/yamnet.py's: a PyTorch port of TF YAMNet), so it
     # runs on the GPU too; TensorFlow itself is not timed
-    harness.use_device(str(device))
-    net = yamnet.reference_network()
-    release = {k: v.clone() for k, v in net.state_dict().items()}
-    channels_last, _ = harness.shipped_setting(get_card("yamnet"), CHANNELS_LAST)
-    ours = yamnet.build_ours(release, channels_last).configure(dtype=dtype).eval()
-    net.to(device)
+    net, ours = _twins(device, dtype, yamnet, "yamnet", CHANNELS_LAST)
     front = WaveformToInput().to(device)
 
     def scene(audio: torch.Tensor) -> torch.Tensor:
@@ -537,7 +537,7 @@ def main() -> None:
             pair.ours.scene_embeddings(audio[:1], pair.rate)
             t_ref, theirs = best_time(lambda: pair.reference(audio), str(device), repeat)
             t_ours, mine = best_time(lambda: pair.ours.scene_embeddings(audio, pair.rate), str(device), repeat)
-            error = rel(mine, theirs) if tuple(mine.shape) == tuple(theirs.shape) else float("nan")
+            error = rel(mine.float(), theirs.float()) if tuple(mine.shape) == tuple(theirs.shape) else float("nan")  # bf16 has no numpy
             flops = flops_per_clip(pair, audio[0])
             achieved = flops * clips / t_ours
             print(f"| {name} | {pair.card} | {clips / t_ref:.3g} | {clips / t_ours:.3g} | {t_ref / t_ours:.2f}x | {error:.1e} "

@@ -1,8 +1,11 @@
 """CI's smoke run of bench/gpu.py: the smallest settings on the CPU, two families; the printed
-tables have their columns and every figure is a positive number (speed itself lives in the bench)."""
+tables have their columns and every figure is a positive number (speed itself lives in the bench).
+Cheaper checks of the rest: its pairs are the packaged catalog's families, one each, and
+`--families` refuses a name it has no pair for."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import subprocess
@@ -57,3 +60,30 @@ def test_gpu_bench_runs_on_the_cpu_with_its_smallest_settings(tmp_path):
     assert [row[0].split(" (")[0] for row in stages] == ["decode + resample", "decode + resample", "device only", "end to end from files"]
     for _, rate in stages:
         _positive(rate)
+
+
+def _pair_names() -> list[str]:
+    """The keys of bench/gpu.py's PAIRS, read from its source (importing it would put bench/ on
+    sys.path, whose scripts shadow packages such as `whisper` for the rest of the session)."""
+    tree = ast.parse(SCRIPT.read_text())
+    (value,) = [node.value for node in tree.body if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["PAIRS"]]
+    assert isinstance(value, ast.Dict)
+    return [key.value for key in value.keys]
+
+
+def test_gpu_bench_has_one_pair_per_family_of_the_catalog():
+    from embedzoo.registry import default_registry_path, read_catalog
+
+    names = _pair_names()
+    families = {entry["family"] for entry in read_catalog(default_registry_path()).models}
+    assert len(names) == len(set(names))
+    assert set(names) <= families, f"pairs for no family of the catalog: {sorted(set(names) - families)}"
+    assert families <= set(names), f"families without a pair in bench/gpu.py: {sorted(families - set(names))}"
+
+
+def test_gpu_bench_refuses_an_unknown_family(tmp_path):
+    command = [sys.executable, str(SCRIPT), "--device", "cpu", "--families", "panns,nosuch"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "nosuch" in done.stderr and "choose from" in done.stderr and "passt" in done.stderr
+    assert "| family |" not in done.stdout  # refused before any pair was built
