@@ -23,6 +23,7 @@ _LAZY = {
     "is_bn_counter": "embedzoo.remap",
     "frontends": None,  # the module itself: embedzoo.frontends
     "layers": None,  # the module itself: embedzoo.layers (shared transformer pieces)
+    "onednn": None,  # the module itself: embedzoo.onednn (folded BatchNorms, packed oneDNN convs)
 }
 
 __all__ = [

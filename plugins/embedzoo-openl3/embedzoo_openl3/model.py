@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from embedzoo.plugin import ConfigError, Extractor, ModelCard, WeightsError, remap_state_dict, unwrap_state_dict
+from embedzoo.plugin import ConfigError, Extractor, ModelCard, WeightsError, onednn, remap_state_dict, unwrap_state_dict
 
 from embedzoo_openl3.geometry import CHANNELS, HOP, LAYERS, SAMPLE_RATE, WINDOW, OpenL3Cfg, settings
 
@@ -131,7 +131,7 @@ class KapreFrontend(nn.Module):
 # ---- the network ---------------------------------------------------------------------------------
 
 
-class ConvBlock(nn.Module):
+class ConvBlock(onednn.DerivedCache, nn.Module):
     """3x3 conv, BatchNorm, ReLU, 3x3 conv, then BatchNorm + ReLU + 2x2 max pool -- except the last
     block, whose second conv (the `audio_embedding_layer`) is left raw."""
 
@@ -159,43 +159,14 @@ class ConvBlock(nn.Module):
         x = torch.mkldnn_convolution(x, w2, b2, [1, 1], [1, 1], [1, 1], 1)
         return x if self.bn2 is None else F.max_pool2d(torch.relu_(x), 2)
 
-    def __getstate__(self) -> dict[str, Any]:
-        """Copies and pickles leave the packed weights behind (oneDNN tensors have no storage to
-        copy); the first forward of the copy packs its own."""
-        return {key: value for key, value in self.__dict__.items() if key not in ("_packed", "_packed_key")}
-
     def packed(self) -> tuple[tuple[Tensor, Tensor], ...]:
-        """Both convs with their BatchNorm folded in, as oneDNN tensors; remade whenever a weight or
-        statistic changed since (loading a checkpoint writes them in place, bumping `_version`)."""
+        """Both convs with their BatchNorm folded in, as oneDNN tensors (`embedzoo.onednn`)."""
         pairs = ((self.conv1, self.bn1), (self.conv2, self.bn2))
-        tensors = [t for module in (self.conv1, self.bn1, self.conv2, self.bn2) if module is not None for t in (*module.parameters(), *module.buffers())]
-        key = tuple((t.data_ptr(), t._version) for t in tensors)
-        if getattr(self, "_packed_key", None) != key:
-            packed = []
-            for conv, bn in pairs:
-                weight, bias = fold_batchnorm(conv, bn)
-                weight = torch._C._nn.mkldnn_reorder_conv2d_weight(weight.to_mkldnn(), [1, 1], [1, 1], [1, 1], 1)
-                packed.append((weight, bias.to_mkldnn()))
-            self._packed, self._packed_key = tuple(packed), key
-        return self._packed
+        return self.derived("packed", lambda: tuple(onednn.pack_conv(*onednn.fold_batchnorm(conv, bn), padding=(1, 1)) for conv, bn in pairs))
 
 
-def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor]:
-    """An eval-mode BatchNorm after a conv as the conv's own weight and bias (w * g / sqrt(var + eps),
-    (b - mean) * g / sqrt(var + eps) + beta): one pass over the map instead of two."""
-    if bn is None:
-        return conv.weight.contiguous(), conv.bias.contiguous()
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return (conv.weight * scale[:, None, None, None]).contiguous(), ((conv.bias - bn.running_mean) * scale + bn.bias).contiguous()
-
-
-def onednn_inference(x: Tensor, module: nn.Module) -> bool:
-    """Whether `module` may run its conv blocks on oneDNN tensors: float32 inference on the CPU, no
-    autograd, no autocast (the strided path serves those, and CUDA)."""
-    return (
-        x.device.type == "cpu" and x.dtype == torch.float32 and not module.training and not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-    )  # fmt: skip
+onednn_inference = onednn.onednn_inference
+onednn_blocks = onednn.run_blocks
 
 
 class OpenL3(Extractor):
@@ -222,13 +193,7 @@ class OpenL3(Extractor):
         x = self.bn0(spec[:, None])
         onednn = onednn_inference(x, self)
         x = x.to_mkldnn() if onednn else x.contiguous(memory_format=self.memory_format)
-        for index, block in enumerate(self.blocks[: min(deepest, 4)]):
-            x = block(x)  # a oneDNN tensor takes the block's oneDNN path
-            name = f"block{index + 1}"
-            if name in names:
-                out[name] = x.to_dense() if onednn else x
-        if onednn:
-            x = x.to_dense()
+        x = onednn_blocks(x, self.blocks[: min(deepest, 4)], names, out)
         if deepest == LAYERS.index("embedding"):
             pool = self.cfg.embedding_pool()
             if x.shape[-1] != self.cfg.frames(WINDOW) // 8:

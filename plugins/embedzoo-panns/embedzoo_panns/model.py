@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from embedzoo.plugin import ConfigError, Extractor, ModelCard, WeightsError, frontends, remap_state_dict, unwrap_state_dict
+from embedzoo.plugin import ConfigError, Extractor, ModelCard, WeightsError, frontends, onednn, remap_state_dict, unwrap_state_dict
 
 from embedzoo_panns.geometry import (
     CHANNELS,
@@ -75,7 +75,7 @@ dft_kernels = frontends.dft_kernels  # what torchlibrosa's frozen STFT kernels i
 # ---- the network ---------------------------------------------------------------------------------
 
 
-class ConvBlock(nn.Module):
+class ConvBlock(onednn.DerivedCache, nn.Module):
     """(3x3 conv, BatchNorm, ReLU) x 2, then average pooling (2x2, or none for the last block)."""
 
     def __init__(self, in_chs: int, out_chs: int, pool: int):
@@ -103,42 +103,15 @@ class ConvBlock(nn.Module):
         x = torch.relu_(torch.mkldnn_convolution(x, w2, b2, same, [1, 1], [1, 1], 1))
         return F.avg_pool2d(x, self.pool) if self.pool > 1 else x
 
-    def __getstate__(self) -> dict[str, Any]:
-        """Copies and pickles leave the packed weights behind (oneDNN tensors have no storage to
-        copy); the first forward of the copy packs its own."""
-        return {key: value for key, value in self.__dict__.items() if key not in ("_packed", "_packed_key")}
-
     def packed(self) -> tuple[tuple[Tensor, Tensor], ...]:
-        """Both convs with their BatchNorm folded in, as oneDNN tensors; recomputed whenever a weight
-        or statistic changed since (loading a checkpoint writes them in place, bumping `_version`)."""
+        """Both convs with their BatchNorm folded in, as oneDNN tensors (`embedzoo.onednn`)."""
         pairs = ((self.conv1, self.bn1), (self.conv2, self.bn2))
-        tensors = [t for conv, bn in pairs for t in (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)]
-        key = tuple((t.data_ptr(), t._version) for t in tensors)
-        if getattr(self, "_packed_key", None) != key:
-            same = [CONV_KERNEL // 2] * 2
-            packed = []
-            for conv, bn in pairs:
-                weight, bias = fold_batchnorm(conv, bn)
-                weight = torch._C._nn.mkldnn_reorder_conv2d_weight(weight.to_mkldnn(), same, [1, 1], [1, 1], 1)
-                packed.append((weight, bias.to_mkldnn()))
-            self._packed, self._packed_key = tuple(packed), key
-        return self._packed
+        same = (CONV_KERNEL // 2,) * 2
+        return self.derived("packed", lambda: tuple(onednn.pack_conv(*onednn.fold_batchnorm(conv, bn), padding=same) for conv, bn in pairs))
 
 
-def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """An eval-mode BatchNorm after a bias-free conv as the conv's own weight and bias
-    (w * g / sqrt(var + eps), b - mean * g / sqrt(var + eps)): one pass over the map instead of two."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return (conv.weight * scale[:, None, None, None]).contiguous(), (bn.bias - bn.running_mean * scale).contiguous()
-
-
-def onednn_inference(x: Tensor, module: nn.Module) -> bool:
-    """Whether `module` may run its conv blocks on oneDNN tensors: float32 inference on the CPU, no
-    autograd, no autocast (the dense path serves those, and CUDA)."""
-    return (
-        x.device.type == "cpu" and x.dtype == torch.float32 and not module.training and not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-    )  # fmt: skip
+onednn_inference = onednn.onednn_inference
+onednn_blocks = onednn.run_blocks
 
 
 class Cnn14(Extractor):
@@ -176,15 +149,9 @@ class Cnn14(Extractor):
             x = x.to_mkldnn()
         elif self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        for index, block in enumerate(self.blocks):
-            if index + 1 > deepest:
-                return out
-            x = block(x)  # a oneDNN tensor takes the block's oneDNN path
-            name = f"block{index + 1}"
-            if name in names:
-                out[name] = x.to_dense() if onednn else x
-        if onednn:
-            x = x.to_dense()
+        x = onednn_blocks(x, self.blocks[:deepest], names, out)
+        if deepest < len(self.blocks):
+            return out
         x = x.mean(dim=3)  # over frequency: (B, 2048, T)
         if self.cfg.head == "clip":
             x = F.relu(self.fc1(x.amax(dim=2) + x.mean(dim=2)))

@@ -49,7 +49,7 @@ from timm.layers.padding import pad_same
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv
 from torch import Tensor, nn
 
-from embedzoo.plugin import ConfigError, Extractor, ModelCard, frontends, remap_state_dict, unwrap_state_dict
+from embedzoo.plugin import ConfigError, Extractor, ModelCard, frontends, onednn, remap_state_dict, unwrap_state_dict
 
 from embedzoo_vggish.geometry import (
     FMAX, FMIN, HOP, N_FFT, N_MELS, NUM_CLASSES, SAMPLE_RATE, WIN, YAMNET_ARCH, YAMNET_BLOCKS, YAMNET_LAYERS, check_config,
@@ -68,7 +68,7 @@ DEPTH = {"logmel": 0, **{name: k for k, name in enumerate(YAMNET_BLOCKS, 1)}, "e
 # ---- model ------------------------------------------------------------------------------------
 
 
-class YAMNet(Extractor):
+class YAMNet(onednn.DerivedCache, Extractor):
     """YAMNet driven by embedzoo's extractor interface; the module docstring lists its layers."""
 
     def __init__(self, card: ModelCard, channels_last: bool = True):
@@ -136,11 +136,7 @@ class YAMNet(Extractor):
         """Every block's (weight, bias) pairs with their BatchNorm folded in, in the convs' memory
         layout; remade whenever a weight or statistic changed since (loading a checkpoint writes them
         in place, bumping `_version`)."""
-        key = tuple((t.data_ptr(), t._version) for t in (*self.blocks.parameters(), *self.blocks.buffers()))
-        if getattr(self, "_folded_key", None) != key:
-            self._folded = [[fold_batchnorm(*pair) for pair in _conv_norms(block)] for block in self.blocks]
-            self._folded_key = key
-        return self._folded
+        return self.derived("folded", lambda: [[onednn.fold_batchnorm(*pair) for pair in _conv_norms(block)] for block in self.blocks])
 
     def forward_layers(self, audio: Tensor, layers: Sequence[str] | None = None) -> list[Tensor]:
         """audio (batch, samples >= 400) at 16 kHz -> per layer its natural shape (module docstring):
@@ -167,20 +163,7 @@ def _convs(block: nn.Module) -> list[nn.Conv2d]:
     return [conv for conv, _ in _conv_norms(block)]
 
 
-def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """An eval-mode BatchNorm after a bias-free conv as the conv's own weight and bias
-    (w * g / sqrt(var + eps), b - mean * g / sqrt(var + eps)), the weight in the conv's layout."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    layout = torch.channels_last if conv.weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    return (conv.weight * scale[:, None, None, None]).contiguous(memory_format=layout), bn.bias - bn.running_mean * scale
-
-
-def folded_inference(x: Tensor, module: nn.Module) -> bool:
-    """Whether `module` may fold its BatchNorms: float32 inference (no autograd, no autocast), any device."""
-    return (
-        x.dtype == torch.float32 and not module.training and not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled(x.device.type)
-    )  # fmt: skip
+folded_inference = onednn.folded_inference
 
 
 # ---- checkpoint conversion ----------------------------------------------------------------------
