@@ -5,7 +5,8 @@
 - `run_hear_validator`: the official HEAR validator on a model spec, in a subprocess;
 - `check_family(card)`: builds the model with random weights and checks every layer it returns,
   at the minimum window and at frame-mode chunk lengths, against the family's declared geometry;
-- `stream_one_clip`: an hour-long clip through a Session in chunks, with its peak memory.
+- `stream_one_clip`: an hour-long clip through a Session in chunks, with its peak memory;
+- `extra_catalog`: test twins (small configs of real cards) in the catalog for a block or a fixture.
 
 `check_family` runs over every model of the catalog in the core's `tests/test_models.py`; a plugin
 keeps only what is its own to prove: parity with its reference.
@@ -13,12 +14,13 @@ keeps only what is its own to prove: parity with its reference.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tracemalloc
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -29,7 +31,7 @@ from embedzoo.extractor import ClipEmbeddings, Extractor, Session, as_sequence, 
 
 __all__ = [
     "rel_err", "randomise_batchnorm", "assert_torch_free_import", "assert_registers",
-    "run_hear_validator", "catalog_ids", "check_family", "stream_one_clip",
+    "run_hear_validator", "catalog_ids", "check_family", "stream_one_clip", "extra_catalog",
 ]  # fmt: skip
 
 
@@ -193,3 +195,37 @@ def stream_one_clip(extractor: Extractor, chunks: Iterable[np.ndarray]) -> tuple
     ((key, result),) = session.take()
     assert key == "clip" and session.pending == 0
     return result, peak
+
+
+@contextlib.contextmanager
+def extra_catalog(entries: list[dict[str, Any]] | Callable[[], list[dict[str, Any]]], folder: Path, name: str = "twins") -> Iterator[Any]:
+    """Catalog entries (test twins) added through EMBEDZOO_REGISTRY for the duration of the block.
+
+    `entries` (or a function giving them, called once the catalog is fresh, for twins built from
+    real cards) are written to `folder/<name>.yaml`; every path in EMBEDZOO_REGISTRY is made
+    absolute (hear-validator runs in another folder); an entry that does not build is refused
+    with its problem. Yields the registry; restores the variable and the cache after."""
+    import yaml
+
+    from embedzoo.registry import get_registry
+
+    before = os.environ.get("EMBEDZOO_REGISTRY")
+    get_registry.cache_clear()
+    listed = entries() if callable(entries) else entries
+    path = Path(folder).resolve() / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"models": listed}))
+    kept = [str(Path(p).resolve()) for p in before.split(os.pathsep) if p] if before else []
+    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join([*kept, str(path)])
+    get_registry.cache_clear()
+    try:
+        registry = get_registry()
+        ids = {entry["id"] for entry in listed}
+        problems = {k: v for k, v in registry.problems.items() if k in ids}
+        assert not problems, problems
+        yield registry
+    finally:
+        if before is None:
+            os.environ.pop("EMBEDZOO_REGISTRY", None)
+        else:
+            os.environ["EMBEDZOO_REGISTRY"] = before
+        get_registry.cache_clear()

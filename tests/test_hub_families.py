@@ -4,17 +4,15 @@ bounded memory -- on test-width twins of real cards (the same code, layers and f
 
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import embedzoo
 from embedzoo.registry import get_registry
-from embedzoo.testing import stream_one_clip
+from embedzoo.testing import extra_catalog, stream_one_clip
 
 pytest.importorskip("transformers")
 
@@ -37,17 +35,8 @@ def twins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         presets = {name: {"layers": ["all"]} for name, preset in card.presets.items() if "layers" in preset}
         entries.append({"id": f"{card_id}-twin", "family": card.family, "config": {**card.config, **TEST_WIDTH[card.family]},
                         "defaults": defaults, "presets": presets})
-    path = tmp_path_factory.mktemp("twins") / "twins.yaml"
-    path.write_text(yaml.safe_dump({"models": entries}))
-    before = os.environ.get("EMBEDZOO_REGISTRY")
-    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(filter(None, [before, str(path)]))
-    get_registry.cache_clear()
-    yield
-    if before is None:
-        del os.environ["EMBEDZOO_REGISTRY"]
-    else:
-        os.environ["EMBEDZOO_REGISTRY"] = before
-    get_registry.cache_clear()
+    with extra_catalog(entries, tmp_path_factory.mktemp("twins"), "twins"):
+        yield
 
 
 def load(card_id: str, **knobs):

@@ -51,32 +51,23 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: small models,
 @pytest.fixture(scope="module")
 def twin_catalog(tmp_path_factory: pytest.TempPathFactory):
     """The TWINNED cards at test width, in the catalog for this module."""
-    import os
-
-    import yaml
-
     from embedzoo.registry import get_registry
+    from embedzoo.testing import extra_catalog
     from test_models import TEST_WIDTH
 
-    registry = get_registry()
-    entries = []
-    for family, card_id in TWINNED.items():
-        card = registry.get(card_id)
-        presets = {name: {"layers": ["all"]} for name, preset in card.presets.items() if "layers" in preset}
-        defaults = {**card.defaults, "layers": ["all"]}  # the twin has 2 blocks: its hidden states, concatenated
-        entries.append({"id": f"{card_id}-twin", "family": family, "config": {**card.config, **TEST_WIDTH[family]},
-                        "defaults": defaults, "presets": presets})
-    path = tmp_path_factory.mktemp("twins") / "xares-twins.yaml"
-    path.write_text(yaml.safe_dump({"models": entries}))
-    before = os.environ.get("EMBEDZOO_REGISTRY")
-    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(filter(None, [before, str(path)]))
-    get_registry.cache_clear()
-    yield
-    if before is None:
-        del os.environ["EMBEDZOO_REGISTRY"]
-    else:
-        os.environ["EMBEDZOO_REGISTRY"] = before
-    get_registry.cache_clear()
+    def entries() -> list[dict]:
+        registry = get_registry()
+        listed = []
+        for family, card_id in TWINNED.items():
+            card = registry.get(card_id)
+            presets = {name: {"layers": ["all"]} for name, preset in card.presets.items() if "layers" in preset}
+            defaults = {**card.defaults, "layers": ["all"]}  # the twin has 2 blocks: its hidden states, concatenated
+            listed.append({"id": f"{card_id}-twin", "family": family, "config": {**card.config, **TEST_WIDTH[family]},
+                           "defaults": defaults, "presets": presets})
+        return listed
+
+    with extra_catalog(entries, tmp_path_factory.mktemp("twins"), "xares-twins"):
+        yield
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

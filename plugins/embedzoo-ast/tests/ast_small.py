@@ -9,15 +9,14 @@ few lines (id, family, config, the presets it sets beyond the family's), here 64
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
+from embedzoo.testing import extra_catalog
 from embedzoo.registry import get_registry
 
 SR = 16000
@@ -63,21 +62,8 @@ def small_entry(card_id: str) -> dict[str, Any]:
 def ast_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The `-small` twins of the AST cards in an extra catalog file (EMBEDZOO_REGISTRY) for the
     duration of a module."""
-    before = os.environ.get("EMBEDZOO_REGISTRY")
-    get_registry.cache_clear()
-    twins = tmp_path_factory.mktemp("catalog") / "ast-small.yaml"
-    twins.write_text(yaml.safe_dump({"models": [small_entry(card_id) for card_id in CARDS]}))
-    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(filter(None, [before, str(twins)]))
-    get_registry.cache_clear()
-    registry = get_registry()
-    problems = {k: v for k, v in registry.problems.items() if k.startswith("ast")}
-    assert not problems, problems
-    yield
-    if before is None:
-        os.environ.pop("EMBEDZOO_REGISTRY", None)
-    else:
-        os.environ["EMBEDZOO_REGISTRY"] = before
-    get_registry.cache_clear()
+    with extra_catalog(lambda: [small_entry(card_id) for card_id in CARDS], tmp_path_factory.mktemp("catalog"), "ast-small"):
+        yield
 
 
 # ---- the reference ------------------------------------------------------------------------------

@@ -8,15 +8,14 @@ EMBEDZOO_REGISTRY): 48 wide, 2 blocks, a 32-wide patch embedding (so post_extrac
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
+from embedzoo.testing import extra_catalog
 from embedzoo.registry import get_registry
 
 SR = 16000
@@ -39,24 +38,14 @@ def small_id(card_id: str) -> str:
 @pytest.fixture(scope="module")
 def beats_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The `-small` twins, through EMBEDZOO_REGISTRY, for the duration of a module."""
-    before = os.environ.get("EMBEDZOO_REGISTRY")
-    paths = [before] if before else []
-    get_registry.cache_clear()
-    registry = get_registry()
-    twins = tmp_path_factory.mktemp("catalog") / "beats-small.yaml"
-    entries = [{"id": small_id(card_id), "family": "beats", "config": {**dict(registry.get(card_id).config), **small},
-                "defaults": {"layers": ["block2"]}, "presets": SMALL_PRESETS} for card_id, small in TWIN_CONFIG.items()]  # fmt: skip
-    twins.write_text(yaml.safe_dump({"models": entries}))
-    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join([*paths, str(twins)])
-    get_registry.cache_clear()
-    problems = {k: v for k, v in get_registry().problems.items() if k.startswith("beats")}
-    assert not problems, problems
-    yield
-    if before is None:
-        os.environ.pop("EMBEDZOO_REGISTRY", None)
-    else:
-        os.environ["EMBEDZOO_REGISTRY"] = before
-    get_registry.cache_clear()
+
+    def entries() -> list[dict[str, Any]]:
+        registry = get_registry()
+        return [{"id": small_id(card_id), "family": "beats", "config": {**dict(registry.get(card_id).config), **small},
+                 "defaults": {"layers": ["block2"]}, "presets": SMALL_PRESETS} for card_id, small in TWIN_CONFIG.items()]  # fmt: skip
+
+    with extra_catalog(entries, tmp_path_factory.mktemp("catalog"), "beats-small"):
+        yield
 
 
 # ---- the reference ------------------------------------------------------------------------------

@@ -18,15 +18,14 @@ through a temporary catalog file (EMBEDZOO_REGISTRY).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
+from embedzoo.testing import extra_catalog
 from embedzoo.registry import get_registry
 
 SR = 16000
@@ -51,22 +50,8 @@ def small_entry(card_id: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def ced_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The `-small` twins of the CED cards in the catalog, for a module."""
-    before = os.environ.get("EMBEDZOO_REGISTRY")
-    get_registry.cache_clear()
-    # absolute paths: hear-validator runs in another working directory
-    extra = [str(Path(path).resolve()) for path in before.split(os.pathsep) if path] if before else []
-    twins = tmp_path_factory.mktemp("catalog") / "ced-small.yaml"
-    twins.write_text(yaml.safe_dump({"models": [small_entry(card_id) for card_id in CARDS]}))
-    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join([*extra, str(twins)])
-    get_registry.cache_clear()
-    problems = {k: v for k, v in get_registry().problems.items() if k.startswith("ced")}
-    assert not problems, problems
-    yield
-    if before is None:
-        os.environ.pop("EMBEDZOO_REGISTRY", None)
-    else:
-        os.environ["EMBEDZOO_REGISTRY"] = before
-    get_registry.cache_clear()
+    with extra_catalog(lambda: [small_entry(card_id) for card_id in CARDS], tmp_path_factory.mktemp("catalog"), "ced-small"):
+        yield
 
 
 # ---- the reference ------------------------------------------------------------------------------

@@ -10,16 +10,15 @@ extra catalog file, as any new checkpoint of the family is.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
 
+from embedzoo.testing import extra_catalog
 from embedzoo.registry import get_registry
 from embedzoo.testing import randomise_batchnorm
 
@@ -41,26 +40,18 @@ AUDIO_KEYS = ("enable_fusion", "fusion_type", "patch_embeds_hidden_size", "hidde
 def small_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The `-small` cards in an extra catalog file (EMBEDZOO_REGISTRY) for this module; the real
     cards are registry.yaml's."""
-    before = os.environ.get("EMBEDZOO_REGISTRY")
-    get_registry.cache_clear()
-    path = tmp_path_factory.mktemp("catalog") / "clap-small.yaml"
-    registry = get_registry()
-    entries = []
-    for ident, config in SMALL_CARDS.items():
-        real = registry.get(ident.removesuffix("-small"))  # its hub sources, so weights=<save_pretrained folder> works
-        sources = [{k: v for k, v in dataclasses.asdict(s).items() if v not in ("", None, (), [])} for s in real.sources]
-        entries.append({"id": ident, "family": "clap", "config": config, "sources": [{**s, "files": list(s.get("files", ()))} for s in sources]})
-    path.write_text(yaml.safe_dump({"models": entries}))
-    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(filter(None, [before, str(path)]))
-    get_registry.cache_clear()
-    registry = get_registry()
-    assert not [ident for ident in registry.problems if "clap" in ident], registry.problems
-    yield
-    if before is None:
-        os.environ.pop("EMBEDZOO_REGISTRY", None)
-    else:
-        os.environ["EMBEDZOO_REGISTRY"] = before
-    get_registry.cache_clear()
+
+    def entries() -> list[dict[str, Any]]:
+        registry = get_registry()
+        listed = []
+        for ident, config in SMALL_CARDS.items():
+            real = registry.get(ident.removesuffix("-small"))  # its hub sources, so weights=<save_pretrained folder> works
+            sources = [{k: v for k, v in dataclasses.asdict(s).items() if v not in ("", None, (), [])} for s in real.sources]
+            listed.append({"id": ident, "family": "clap", "config": config, "sources": [{**s, "files": list(s.get("files", ()))} for s in sources]})
+        return listed
+
+    with extra_catalog(entries, tmp_path_factory.mktemp("catalog"), "clap-small"):
+        yield
 
 
 def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:

@@ -9,16 +9,14 @@ reference's chunking runs on short clips.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from embedzoo.registry import get_registry
+from embedzoo.testing import extra_catalog
 
 SR = 16000
 TOLERANCE = 1e-5
@@ -31,21 +29,10 @@ TWIN = "dasheng-base-small"
 @pytest.fixture(scope="module")
 def dasheng_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The small twin in the catalog, for a module."""
-    before = os.environ.get("EMBEDZOO_REGISTRY")
-    twins = tmp_path_factory.mktemp("catalog") / "dasheng-small.yaml"
     twin = {"id": TWIN, "family": "dasheng", "config": SMALL,
             "sources": [{"kind": "url", "url": "https://example.invalid/dasheng_small.pt", "format": "torch"}]}  # fmt: skip
-    twins.write_text(yaml.safe_dump({"models": [twin]}))
-    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(filter(None, [before, str(twins)]))
-    get_registry.cache_clear()
-    problems = {k: v for k, v in get_registry().problems.items() if k.startswith("dasheng")}
-    assert not problems, problems
-    yield
-    if before is None:
-        os.environ.pop("EMBEDZOO_REGISTRY", None)
-    else:
-        os.environ["EMBEDZOO_REGISTRY"] = before
-    get_registry.cache_clear()
+    with extra_catalog([twin], tmp_path_factory.mktemp("catalog"), "dasheng-small"):
+        yield
 
 
 def randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:

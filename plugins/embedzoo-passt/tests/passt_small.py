@@ -9,13 +9,12 @@ its layers (`block1`, `block2`), widths and windows from the config.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterator
 
 import pytest
-import yaml
 
-from embedzoo.registry import default_registry_path, get_registry, read_catalog
+from embedzoo.testing import extra_catalog
+from embedzoo.registry import default_registry_path, read_catalog
 
 # hear21passt module -> the embedzoo card that reproduces it with preset "base"
 RECIPES = {
@@ -44,16 +43,5 @@ def small_entry(card_id: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def small_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The `-small` cards in an extra catalog file for the duration of this module."""
-    path = tmp_path_factory.mktemp("catalog") / "passt-small.yaml"
-    path.write_text(yaml.safe_dump({"models": [small_entry(card_id) for card_id in SMALL_CARDS]}))
-    before = os.environ.get("EMBEDZOO_REGISTRY")
-    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(filter(None, [before, str(path)]))
-    get_registry.cache_clear()
-    registry = get_registry()
-    assert not [card_id for card_id in registry.problems if card_id.endswith("-small")], registry.problems
-    yield
-    if before is None:
-        del os.environ["EMBEDZOO_REGISTRY"]
-    else:
-        os.environ["EMBEDZOO_REGISTRY"] = before
-    get_registry.cache_clear()
+    with extra_catalog(lambda: [small_entry(card_id) for card_id in SMALL_CARDS], tmp_path_factory.mktemp("catalog"), "passt-small"):
+        yield

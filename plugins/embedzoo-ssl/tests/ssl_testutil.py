@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from embedzoo.registry import get_registry
+from embedzoo.testing import extra_catalog
 
 SR = 16000
 TOLERANCE = 1e-5
@@ -51,27 +51,20 @@ CONFIGS = {"wav2vec2": "Wav2Vec2Config", "hubert": "HubertConfig", "wavlm": "Wav
 PREFIX = {"wav2vec2": "wav2vec2", "hubert": "hubert", "wavlm": "wavlm", "data2vec-audio": "data2vec_audio"}
 
 
+TWIN_ENTRIES = [{"id": twin, "family": "ssl", "config": config} for twin, (config, _) in TWINS.items()]
+
+
 def write_twins(path: Path) -> Path:
     """The twins' catalog file (the real ssl cards are registry.yaml's)."""
-    path.write_text(yaml.safe_dump({"models": [{"id": twin, "family": "ssl", "config": config} for twin, (config, _) in TWINS.items()]}))
+    path.write_text(yaml.safe_dump({"models": TWIN_ENTRIES}))
     return path
 
 
 @pytest.fixture(scope="module")
 def ssl_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The small twins added to the catalog (EMBEDZOO_REGISTRY) for this module."""
-    path = write_twins(tmp_path_factory.mktemp("catalog") / "ssl-small.yaml")
-    before = os.environ.get("EMBEDZOO_REGISTRY")
-    os.environ["EMBEDZOO_REGISTRY"] = os.pathsep.join(filter(None, [before, str(path)]))
-    get_registry.cache_clear()
-    registry = get_registry()
-    assert not [card for card in registry.problems if card in TWINS or registry.get(card).family == "ssl"], registry.problems
-    yield
-    if before is None:
-        del os.environ["EMBEDZOO_REGISTRY"]
-    else:
-        os.environ["EMBEDZOO_REGISTRY"] = before
-    get_registry.cache_clear()
+    with extra_catalog(TWIN_ENTRIES, tmp_path_factory.mktemp("catalog"), "ssl-small"):
+        yield
 
 
 def catalog_env(tmp_path: Path) -> dict[str, str]:
