@@ -19,6 +19,7 @@ one machine; NFS, Lustre, EFS or a FUSE mount on a cluster); see docs/scale.md.
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import os
 import re
@@ -291,16 +292,20 @@ def run_shards(
             packed = tagged.groupby("embedzoo_shard").map_groups(_pack_shard, batch_format="numpy").materialize()
             tasks_ref = [ray.put({t.number: t.to_json() for t in tasks})]
             dataset = packed.map_batches(_RowShardActor, batch_size=1, fn_constructor_kwargs=dict(**actor, tasks=tasks_ref), **pool)
+        failure = None
         try:
             for row in dataset.iter_rows():
                 on_shard([FileResult(**r) for r in json.loads(str(row["results"]))], float(row["audio_seconds"]))
                 if on_worker is not None:
                     on_worker(json.loads(str(row["worker"])))
         except (ray.exceptions.RayError, ray.data.exceptions.UserCodeException) as exc:
-            raise RayJobError(
-                f"a shard failed on Ray: {_cause(exc)}",
-                hint="fix the cause and run the same command again: finished shards are kept and skipped",
-            ) from exc
+            failure = _cause(exc)
+        if failure is not None:
+            # the failed execution's frames hold the pool's actor handles, and an actor lives as long
+            # as a handle does: let them go now, or the next job here waits for CPUs they still hold
+            del dataset
+            gc.collect()
+            raise RayJobError(f"a shard failed on Ray: {failure}", hint="fix the cause and run the same command again: finished shards are kept and skipped")
     finally:
         if started:
             ray.shutdown()

@@ -71,6 +71,18 @@ def assert_same_folders(a: Path, b: Path) -> None:
     assert [name for name in left if left[name] != right[name]] == []
 
 
+def cpus_come_back(wait: float = 60.0) -> bool:
+    """Whether every CPU of the cluster is free again within `wait` s (actors exit asynchronously)."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def assert_each_output_once(out: Path, fmt: str, names: list[str]) -> None:
     if fmt == "npy":
         records = [json.loads(line)["name"] for line in (out / SOURCES).read_text().splitlines()]
@@ -134,6 +146,7 @@ def test_a_bug_aborts_with_its_cause_and_the_fixed_job_resumes_to_a_clean_run(tm
     faulty = FaultyToy(str(marker), "raise").eval()
     with pytest.raises(RayJobError, match="the fault of"):
         embed_files(faulty, files, tmp_path / "ray", fmt=fmt, shard_rows=2, engine="ray")
+    assert cpus_come_back(), ray.available_resources()  # the failed job's actors are gone, not holding the CPUs
     marker.unlink()  # the bug is fixed
     resumed = embed_files(faulty, files, tmp_path / "ray", fmt=fmt, shard_rows=2, engine="ray")
     assert resumed.ok and resumed.done + resumed.skipped == 6
