@@ -98,15 +98,32 @@ def _parse_actors(text: str | None) -> int | tuple[int, int] | None:
         raise ConfigError(f"--ray-actors takes a count or MIN-MAX, not {text!r}") from None
 
 
+class _Roster:
+    """The actors of one job, as they start (a tiny actor the pool's actors report to), so that a
+    failed job can end them: Ray Data only drops its handles, and an actor lives while one does."""
+
+    def __init__(self) -> None:
+        self.actors: list = []
+
+    def add(self, handles: list) -> None:
+        self.actors.extend(handles)
+
+    def get(self) -> list:
+        return self.actors
+
+
 class _ShardActor:
     """What each actor of the pool is: the model (from the object store), once; then shards."""
 
     def __init__(self, extractor: list, layout: "OutputLayout", scene: bool, timestamp: bool, block_seconds: float,
-                 device: str, cpus: float, prefetch: int):  # fmt: skip
+                 device: str, cpus: float, prefetch: int, roster: list | None = None):  # fmt: skip
         import ray
         import torch
 
         from embedzoo.extractor import pick_device
+
+        if roster:
+            ray.get(roster[0].add.remote([ray.get_runtime_context().current_actor]))
 
         torch.set_num_threads(max(1, int(cpus)))
         model = ray.get(extractor[0])
@@ -276,8 +293,9 @@ def run_shards(
         context.enable_progress_bars = False  # embedzoo's display shows files; Ray's would show blocks
         low, high = options.pool(len(tasks), ray.cluster_resources())
         holder = [ray.put(_portable(extractor))]  # in a list: Ray hands the actors the reference, they fetch it once
+        roster = ray.remote(num_cpus=0)(_Roster).remote()
         actor = dict(extractor=holder, layout=layout, scene=scene, timestamp=timestamp, block_seconds=block_seconds,
-                     device=options.device, cpus=options.cpus_per_actor, prefetch=options.prefetch)  # fmt: skip
+                     device=options.device, cpus=options.cpus_per_actor, prefetch=options.prefetch, roster=[roster])  # fmt: skip
         pool = dict(compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high), num_cpus=options.cpus_per_actor,
                     num_gpus=options.gpus_per_actor or None, batch_format="numpy")  # fmt: skip
         if rows is None:
@@ -301,11 +319,16 @@ def run_shards(
         except (ray.exceptions.RayError, ray.data.exceptions.UserCodeException) as exc:
             failure = _cause(exc)
         if failure is not None:
-            # the failed execution's frames hold the pool's actor handles, and an actor lives as long
-            # as a handle does: let them go now, or the next job here waits for CPUs they still hold
+            # Ray Data drops its handles to the failed pool's actors but something may still hold
+            # one, and an actor lives while a handle does: end them, or the next job here waits
+            # for the CPUs they hold
             del dataset
+            for handle in ray.get(roster.get.remote()):
+                ray.kill(handle)
+            ray.kill(roster)
             gc.collect()
             raise RayJobError(f"a shard failed on Ray: {failure}", hint="fix the cause and run the same command again: finished shards are kept and skipped")
+        ray.kill(roster)
     finally:
         if started:
             ray.shutdown()
