@@ -493,7 +493,10 @@ class NpyShardWriter:
         self.journal.write(json.dumps(record, sort_keys=True) + "\n")
         self.journal.flush()
 
-    def commit(self, shard: int, partial: bool = False) -> None:
+    def begin(self, shard: int, members: Sequence[int]) -> None:
+        """Nothing to prepare: every file is committed on its own."""
+
+    def commit(self, shard: int) -> None:
         """Nothing to commit: every file was committed on its own."""
 
     def close(self) -> None:
@@ -596,7 +599,7 @@ class ParquetShardWriter:
     def write(self, index: int, name: str, source: SourceInfo, arrays: dict[str, np.ndarray]) -> None:
         self.rows[self.shard_of[index]][index] = (name, source, arrays)
 
-    def commit(self, shard: int, partial: bool = False) -> None:
+    def commit(self, shard: int) -> None:
         import pyarrow.parquet as pq
 
         held = self.rows.pop(shard, {})
@@ -611,7 +614,7 @@ class ParquetShardWriter:
 
     def close(self) -> None:
         for shard in sorted(self.rows):  # an interrupted job keeps what it has
-            self.commit(shard, partial=True)
+            self.commit(shard)
 
 
 def _string_array(values: list[str]) -> Any:
@@ -708,42 +711,68 @@ _Item = tuple[int, int, "np.ndarray | None", bool, "str | None", "dict | None"]
 """(shard, position in the shard, chunk, is_last, error, source): what decoding yields."""
 
 
-def _decode_shard(task: ShardTask, sample_rate: int, block_seconds: float) -> Iterator[_Item]:
+def _decode_shard(task: ShardTask, sample_rate: int, block_seconds: float, payloads: Sequence[bytes] | None = None) -> Iterator[_Item]:
     """A shard's files decoded in order, in chunks at the model's rate; a file's last item carries
-    its `SourceInfo` (hashed after decoding, when the file is in the page cache) or its error."""
+    its `SourceInfo` or its error. A file is a local path, a URL (`embedzoo.remote`) or, with
+    `payloads`, the bytes of a dataset's row."""
     for position, path in enumerate(task.paths):
+        if payloads is not None:
+            pieces = _decode_bytes(payloads[position], path, Path(task.names[position]).suffix, sample_rate, block_seconds)
+        elif is_url(path):
+            pieces = _decode_remote(path, sample_rate, block_seconds)
+        else:
+            pieces = _decode_local(path, sample_rate, block_seconds)
         try:
-            if is_url(path):
-                yield from _decode_remote(task.number, position, path, sample_rate, block_seconds)
-                continue
-            before = os.stat(path)
-            for chunk in stream_audio(path, sample_rate, block_seconds):
-                yield task.number, position, chunk, False, None, None
-            source = _read_source(Path(path))
-            if (source.size, source.mtime_ns) != (before.st_size, before.st_mtime_ns):
-                raise OSError(errno.EAGAIN, "the file changed while it was read; run the job again when it is complete")
-            yield task.number, position, None, True, None, asdict(source)
-        except EmbedzooError as exc:
-            yield task.number, position, None, True, str(exc), None
-        except UnicodeEncodeError:
-            yield task.number, position, None, True, "its file name is not valid UTF-8 and the decoder cannot open it; rename the file", None
-        except OSError as exc:
-            yield task.number, position, None, True, f"cannot read it: {exc.strerror or exc}", None
-        except Exception as exc:  # an unexpected decoder failure is this file's, not the job's
-            yield task.number, position, None, True, f"{type(exc).__name__}: {exc}", None
+            for piece in pieces:
+                if isinstance(piece, SourceInfo):
+                    yield task.number, position, None, True, None, asdict(piece)
+                else:
+                    yield task.number, position, piece, False, None, None
+        except Exception as exc:  # a file's failure is this file's, not the job's
+            yield task.number, position, None, True, _decode_error(exc), None
 
 
-def _decode_remote(shard: int, position: int, url: str, sample_rate: int, block_seconds: float) -> Iterator[_Item]:
+def _decode_error(exc: Exception) -> str:
+    """What a file's failure to decode says in errors.jsonl."""
+    if isinstance(exc, EmbedzooError):
+        return str(exc)
+    if isinstance(exc, UnicodeEncodeError):
+        return "its file name is not valid UTF-8 and the decoder cannot open it; rename the file"
+    if isinstance(exc, OSError):
+        return f"cannot read it: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _decode_local(path: str, sample_rate: int, block_seconds: float) -> Iterator[Any]:
+    """A local file, then its source (hashed after decoding, when the file is in the page cache);
+    refused if it changed while it was read."""
+    before = os.stat(path)
+    yield from stream_audio(path, sample_rate, block_seconds)
+    source = _read_source(Path(path))
+    if (source.size, source.mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise OSError(errno.EAGAIN, "the file changed while it was read; run the job again when it is complete")
+    yield source
+
+
+def _decode_remote(url: str, sample_rate: int, block_seconds: float) -> Iterator[Any]:
     """A URL's file, copied to a local temporary file, decoded and hashed there; refused if the
     object changed (size or version) between the copy and the end."""
     before = remote.stat(url)
     with remote.local_copy(url) as local:
-        for chunk in stream_audio(local, sample_rate, block_seconds):
-            yield shard, position, chunk, False, None, None
+        yield from stream_audio(local, sample_rate, block_seconds)
         size, sha = local.stat().st_size, _file_sha256(local)
     if remote.stat(url) != before or (before[0] >= 0 and size != before[0]):
         raise OSError(errno.EAGAIN, "the object changed while it was read; run the job again when it is complete")
-    yield shard, position, None, True, None, asdict(SourceInfo(url, size, before[1], sha))
+    yield SourceInfo(url, size, before[1], sha)
+
+
+def _decode_bytes(data: bytes, path: str, suffix: str, sample_rate: int, block_seconds: float) -> Iterator[Any]:
+    """A dataset row's bytes, written to a local temporary file (with the extension the decoders
+    read) and decoded there; its source is the row (size, sha256, no version)."""
+    with remote.temporary_file(suffix) as local:
+        local.write_bytes(data)
+        yield from stream_audio(local, sample_rate, block_seconds)
+    yield SourceInfo(path, len(data), -1, hashlib.sha256(data).hexdigest())
 
 
 class ShardRun:
@@ -760,8 +789,7 @@ class ShardRun:
         self.lengths: dict[int, int] = {}
         self.sources: dict[int, SourceInfo] = {}
         self.results: dict[int, FileResult] = {}
-        if isinstance(writer, ParquetShardWriter):
-            writer.begin(task.number, task.indices)
+        writer.begin(task.number, task.indices)
 
     def feed(self, item: _Item) -> None:
         _, position, chunk, last, error, source = item
@@ -831,32 +859,9 @@ def run_shard(extractor: Extractor, task: ShardTask, writer: NpyShardWriter | Pa
     `payloads`: the files' bytes, in the shard's order, when they come from a dataset's rows."""
     run = ShardRun(extractor, task, writer, scene, timestamp)
     rate = extractor.card.sample_rate
-    items = _decode_shard(task, rate, block_seconds) if payloads is None else _decode_payloads(task, payloads, rate, block_seconds)
-    for item in _prefetched(items, prefetch):
+    for item in _prefetched(_decode_shard(task, rate, block_seconds, payloads), prefetch):
         run.feed(item)
     return run.finish()
-
-
-def _decode_payloads(task: ShardTask, payloads: Sequence[bytes], sample_rate: int, block_seconds: float) -> Iterator[_Item]:
-    """A shard's files given as bytes: each written to a local temporary file (named with its
-    extension, which the decoders read) and decoded there; its source is its row (size, sha256)."""
-    import tempfile
-
-    for position, data in enumerate(payloads):
-        handle, local = tempfile.mkstemp(prefix="embedzoo-row-", suffix=Path(task.names[position]).suffix)
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            for chunk in stream_audio(local, sample_rate, block_seconds):
-                yield task.number, position, chunk, False, None, None
-            source = SourceInfo(task.paths[position], len(data), -1, hashlib.sha256(data).hexdigest())
-            yield task.number, position, None, True, None, asdict(source)
-        except EmbedzooError as exc:
-            yield task.number, position, None, True, str(exc), None
-        except Exception as exc:  # an unexpected decoder failure is this file's, not the job's
-            yield task.number, position, None, True, f"{type(exc).__name__}: {exc}", None
-        finally:
-            os.unlink(local)
 
 
 def _prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:

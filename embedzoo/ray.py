@@ -137,13 +137,18 @@ class _ShardActor:
         self.worker = {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "gpu_ids": [str(g) for g in gpus], "device": str(self.extractor.device)}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        from embedzoo.pipeline import ShardTask, run_shard
+        from embedzoo.pipeline import ShardTask
+
+        return self.run([(ShardTask.from_json(str(text)), None) for text in batch["task"]])
+
+    def run(self, shards: list[tuple["ShardTask", list[bytes] | None]]) -> dict[str, list]:
+        """Each shard through `run_shard`, as the rows the driver books: results, seconds, worker."""
+        from embedzoo.pipeline import run_shard
 
         out: dict[str, list] = {"results": [], "audio_seconds": [], "worker": []}
-        for text in batch["task"]:
-            task = ShardTask.from_json(str(text))
+        for task, payloads in shards:
             results = run_shard(self.extractor, task, self.writer, scene=self.scene, timestamp=self.timestamp,
-                                block_seconds=self.block_seconds, prefetch=self.prefetch)  # fmt: skip
+                                block_seconds=self.block_seconds, prefetch=self.prefetch, payloads=payloads)  # fmt: skip
             out["results"].append(json.dumps([asdict(r) for r in results]))
             out["audio_seconds"].append(sum(r.seconds for r in results))
             out["worker"].append(json.dumps(self.worker))
@@ -198,20 +203,15 @@ class _RowShardActor(_ShardActor):
         self.tasks = ray.get(tasks[0])
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        from embedzoo.pipeline import ShardTask, run_shard
+        from embedzoo.pipeline import ShardTask
 
-        out: dict[str, list] = {"results": [], "audio_seconds": [], "worker": []}
+        shards = []
         for number, payloads in zip(batch["embedzoo_shard"], batch["embedzoo_payloads"]):
             task = ShardTask.from_json(self.tasks[int(number)])
-            payloads = [bytes(p) for p in payloads]
             if len(payloads) != len(task.paths):
                 raise RuntimeError(f"shard {task.number} has {len(task.paths)} files but {len(payloads)} rows came: are the names unique?")
-            results = run_shard(self.extractor, task, self.writer, scene=self.scene, timestamp=self.timestamp,
-                                block_seconds=self.block_seconds, prefetch=self.prefetch, payloads=payloads)  # fmt: skip
-            out["results"].append(json.dumps([asdict(r) for r in results]))
-            out["audio_seconds"].append(sum(r.seconds for r in results))
-            out["worker"].append(json.dumps(self.worker))
-        return out
+            shards.append((task, [bytes(p) for p in payloads]))
+        return self.run(shards)
 
 
 def _describe_rows(batch: dict[str, Any], column: str, name_column: str) -> dict[str, Any]:

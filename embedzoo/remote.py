@@ -21,7 +21,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
-__all__ = ["is_url", "expand", "stat", "sha256", "local_copy"]
+__all__ = ["is_url", "expand", "stat", "sha256", "local_copy", "temporary_file"]
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _MAGIC = re.compile(r"[*?[]")
@@ -122,20 +122,26 @@ def sha256(url: str) -> str:
 
 
 @contextmanager
-def local_copy(url: str) -> Iterator[Path]:
-    """The object copied to a local temporary file (keeping its extension, which the decoders
-    read), deleted on exit."""
-    fs, path = _fs(url)
-    suffix = PurePosixPath(path).suffix
+def temporary_file(suffix: str = "") -> Iterator[Path]:
+    """A new, empty local temporary file named with `suffix` (the decoders read the extension),
+    deleted on exit."""
     handle, local = tempfile.mkstemp(prefix="embedzoo-fetch-", suffix=suffix)
     os.close(handle)
     try:
+        yield Path(local)
+    finally:
+        os.unlink(local)
+
+
+@contextmanager
+def local_copy(url: str) -> Iterator[Path]:
+    """The object copied to a local temporary file (keeping its extension), deleted on exit."""
+    fs, path = _fs(url)
+    with temporary_file(PurePosixPath(path).suffix) as local:
         try:
-            fs.get_file(path, local)
+            fs.get_file(path, str(local))
         except FileNotFoundError:
             raise
         except Exception as exc:
             raise OSError(f"cannot fetch {url}: {exc}") from None
-        yield Path(local)
-    finally:
-        os.unlink(local)
+        yield local
