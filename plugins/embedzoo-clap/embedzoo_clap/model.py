@@ -3,8 +3,9 @@ with Feature Fusion and Keyword-to-Caption Augmentation", ICASSP 2023): HTS-AT (
 a 4-stage Swin transformer, and the projection into the joint text-audio space.
 
 The network is transformers' `ClapAudioModelWithProjection` (the reference), built from the card's
-config; `forward_layers` drives its encoder's modules one stage at a time (so it stops after the
-last layer asked) and reads every stage before its patch merging. In front of it, what
+config, its window attention through SDPA (`SdpaWindowAttention`); `forward_layers` drives its
+encoder's modules one stage at a time (so it stops after the last layer asked) and reads every
+stage before its patch merging. In front of it, what
 `ClapFeatureExtractor` does to a clip of at most 10 s, in torch and batched:
 - fill the window to exactly 10 s (`padding`): repeatpad (the window repeated whole
   480000 // samples times, then zeros), repeat (repeated and cut) or pad (zeros);
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import ClapAudioConfig, ClapAudioModelWithProjection
+from transformers.models.clap.modeling_clap import ClapAudioSelfAttention
 
 from embedzoo.plugin import ConfigError, Extractor, ModelCard, WeightsError, frontends, is_bn_counter, remap_state_dict, unwrap_state_dict
 
@@ -90,6 +92,34 @@ def time_map(tokens: Tensor, grid: tuple[int, int], ratio: int) -> Tensor:
     return x.permute(0, 1, 3, 2, 4).reshape(batch, channels, height // ratio, ratio * width)
 
 
+class SdpaWindowAttention(ClapAudioSelfAttention):
+    """HTS-AT's window attention through `F.scaled_dot_product_attention`: the relative position
+    bias and the shifted windows' mask are its additive `attn_mask`. transformers' class multiplies
+    and softmaxes explicitly (it has no SDPA path); the maths and parameters are its own."""
+
+    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, output_attentions: bool | None = False) -> tuple[Tensor, ...]:
+        if output_attentions:  # the weights are only there explicitly
+            return super().forward(hidden_states, attention_mask, output_attentions)
+        windows, tokens, _ = hidden_states.shape
+        shape = (windows, tokens, self.num_attention_heads, self.attention_head_size)
+        query, key, value = (proj(hidden_states).view(shape).transpose(1, 2) for proj in (self.query, self.key, self.value))
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = bias.view(tokens, tokens, -1).permute(2, 0, 1)[None]  # (1, heads, tokens, tokens)
+        if attention_mask is not None:  # (windows per image, tokens, tokens), repeating over the batch
+            per_image = attention_mask.shape[0]
+            bias = (bias + attention_mask[:, None].to(bias.dtype)).repeat(windows // per_image, 1, 1, 1)
+        dropout = self.dropout.p if self.training else 0.0
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype), dropout_p=dropout)
+        return (context.transpose(1, 2).reshape(windows, tokens, self.all_head_size),)
+
+
+def use_sdpa(model: nn.Module) -> None:
+    """Every HTS-AT window attention of `model` attends through SDPA (same parameters, same keys)."""
+    for module in model.modules():
+        if type(module) is ClapAudioSelfAttention:
+            module.__class__ = SdpaWindowAttention
+
+
 class ClapAudio(Extractor):
     """The CLAP audio tower (HTSAT-tiny / -base, unfused or fused) the card's `config` describes."""
 
@@ -102,6 +132,7 @@ class ClapAudio(Extractor):
         self.mel = log_mel(cfg)
         # state-dict keys model.audio_model.audio_encoder.* and model.audio_projection.*, the hub's under "model."
         self.model = ClapAudioModelWithProjection(audio_config(cfg))
+        use_sdpa(self.model)
         self.model.eval()
         self.layer_names = tuple(spec.name for spec in card.layers)  # geometry.py's order
 

@@ -11,8 +11,8 @@ that it can stop after the last layer asked for:
 - `features`: `feature_extractor` (the conv encoder), (batch, frames, conv_dim[-1]);
 - `embed`: `feature_projection`, plus `encoder.pos_conv_embed`, plus `encoder.layer_norm` for
   post-LN models: transformers' hidden_states[0];
-- `block<i>`: `encoder.layers[i - 1]` (WavLM's pass their relative position bias on):
-  hidden_states[i];
+- `block<i>`: `encoder.layers[i - 1]` (WavLM's pass their relative position bias on, and attend
+  through SDPA: `use_sdpa`): hidden_states[i];
 - `norm` (pre-LN models): `encoder.layer_norm` of the last block: last_hidden_state.
 No attention mask: the core batches windows of equal length, so nothing is padded -- and the
 group-norm conv encoders (wav2vec2/HuBERT/WavLM base) normalise over the whole window, so padded
@@ -25,7 +25,9 @@ import re
 from typing import Any, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.models.wavlm.modeling_wavlm import WavLMAttention
 
 from embedzoo.plugin import ConfigError, Extractor, ModelCard, WeightsError, remap_state_dict, unwrap_state_dict
 
@@ -68,6 +70,31 @@ def normalize(audio: Tensor) -> Tensor:
     return (audio - mean) / torch.sqrt(var + NORMALIZE_EPS)
 
 
+class SdpaWavLMAttention(WavLMAttention):
+    """WavLM's attention with its core through `F.scaled_dot_product_attention` (the gated relative
+    position bias as the additive `attn_mask`). transformers' class calls
+    `multi_head_attention_forward(need_weights=True)`, the explicit softmax, and averages weights it
+    is never asked for; the projections and parameters are its own."""
+
+    def torch_multi_head_self_attention(self, hidden_states: Tensor, attention_mask: Tensor | None, gated_position_bias: Tensor) -> tuple[Tensor, None]:
+        batch, frames, _ = hidden_states.shape
+        shape = (batch, frames, self.num_heads, self.head_dim)
+        query, key, value = (proj(hidden_states).view(shape).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        bias = gated_position_bias.view(batch, self.num_heads, frames, frames)
+        if attention_mask is not None:  # 1 = a frame to attend to, as the reference's key_padding_mask
+            bias = bias.masked_fill(attention_mask.ne(1)[:, None, None, :], float("-inf"))
+        dropout = self.dropout if self.training else 0.0
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype), dropout_p=dropout)
+        return self.out_proj(context.transpose(1, 2).reshape(batch, frames, self.embed_dim)), None
+
+
+def use_sdpa(model: nn.Module) -> None:
+    """Every WavLM attention of `model` attends through SDPA (same parameters, same keys)."""
+    for module in model.modules():
+        if type(module) is WavLMAttention:
+            module.__class__ = SdpaWavLMAttention
+
+
 class SpeechSSL(Extractor):
     """A wav2vec2 / HuBERT / WavLM / data2vec-audio encoder, as the card's `config` describes."""
 
@@ -81,6 +108,8 @@ class SpeechSSL(Extractor):
         self.stable = stable_layer_norm(cfg)
         model_class = getattr(transformers, CLASSES[self.model_type][1])
         self.model = model_class(hf_config(card.config))
+        if self.model_type == "wavlm":
+            use_sdpa(self.model)
         # geometry.py's order: features, embed, block1..blockN[, norm]
         self.layer_names = tuple(spec.name for spec in card.layers)
 

@@ -6,7 +6,8 @@ Supervision", 2022), on transformers' own `WhisperEncoder` (the reference implem
   input's maximum - 8, (x + 4) / 4;
 - transformers' `WhisperEncoder` built from the card's config (no files): conv1, conv2, the
   sinusoidal positional table, `encoder_layers` WhisperEncoderLayers and the final LayerNorm, run
-  module by module so asking for `block3` computes no later block.
+  module by module so asking for `block3` computes no later block, and the last block computed only
+  on the tokens kept (`layer_on_first_rows`).
 
 `forward_layers` returns (batch, frames, d_model) for every layer (geometry.py): `embed` =
 hidden_states[0], `block1`..`blockN` = hidden_states[1..N] as transformers returns them (blockN is
@@ -25,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 from transformers import WhisperConfig
-from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.models.whisper.modeling_whisper import WhisperEncoder, WhisperEncoderLayer
 
 from embedzoo.plugin import ConfigError, Extractor, ModelCard, WeightsError, frontends, remap_state_dict, unwrap_state_dict
 
@@ -43,6 +44,22 @@ def hf_config(cfg: Mapping[str, int]) -> WhisperConfig:
         num_mel_bins=cfg["num_mel_bins"],
         max_source_positions=cfg["max_source_positions"],
     )
+
+
+def layer_on_first_rows(layer: WhisperEncoderLayer, x: Tensor, rows: int) -> Tensor:
+    """`layer(x)[:, :rows]`, computed on those rows only: every token still gives keys and values,
+    but the queries, the output projection and the MLP run on the rows read. The last block computed
+    is read on the trimmed tokens only (500 of 1500 for a 10 s clip), which the reference computes
+    all of and cuts. WhisperEncoderLayer.forward in eval mode, written out because it takes no
+    query subset; its attention module takes one as cross-attention (`key_value_states`)."""
+    normed = layer.self_attn_layer_norm(x)
+    attended, _ = layer.self_attn(hidden_states=normed[:, :rows], key_value_states=normed, attention_mask=None)
+    x = x[:, :rows] + attended
+    x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
+    if x.dtype == torch.float16:  # the reference's clamp of float16 activations
+        limit = torch.finfo(x.dtype).max - 1000
+        x = x.clamp(min=-limit, max=limit)
+    return x
 
 
 class Whisper(Extractor):
@@ -82,7 +99,7 @@ class Whisper(Extractor):
         x = x + encoder.embed_positions.weight
         out: dict[str, Tensor] = {"embed": x}
         for index, layer in enumerate(encoder.layers[:last]):
-            x = layer(x, None)
+            x = layer(x, None) if index + 1 < last or keep == x.shape[1] else layer_on_first_rows(layer, x, keep)
             out[f"block{index + 1}"] = x
         if last == self.depth:  # transformers' last hidden state is after the final LayerNorm
             x = encoder.layer_norm(x)

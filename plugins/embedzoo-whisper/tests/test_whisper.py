@@ -91,8 +91,33 @@ def test_every_layer_matches_transformers(repos, card_id: str, samples: int, pad
         (block1,) = model.forward_layers(audio, ["block1"], padding=padding)  # stops after block1
     for (name, ref), ours in zip(expected.items(), outputs):
         assert rel_err(ours, ref[:, :keep]) < TOLERANCE, name
-    assert torch.equal(block1, outputs[1])
+    assert rel_err(block1, outputs[1]) < TOLERANCE  # block1 last: on the kept rows only
     assert model.card.hidden_states == ("embed", "block1", "block2")
+
+
+
+def test_the_last_block_runs_on_the_kept_tokens_only(repos) -> None:
+    """Trimmed, the last block computed spends its query and output projections and its MLP on the
+    kept tokens only (the reference computes all 1500 and cuts): its linear layers' FLOPs (torch's
+    counter: aten.mm / addmm) fall by exactly those rows' share against `reference` padding."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    reference, folder = repos["whisper-test-80"]
+    model = embedzoo.load("whisper-test-80", weights=folder, device="cpu")
+    audio = noise(1, 14450, seed=1)
+
+    def linear_flops(padding: str, layers: list[str]) -> int:
+        counter = FlopCounterMode(display=False)
+        with torch.inference_mode(), counter:
+            model.forward_layers(audio, layers, padding=padding)
+        counts = counter.get_flop_counts()["Global"]
+        return sum(flops for op, flops in counts.items() if op in (torch.ops.aten.mm, torch.ops.aten.addmm))
+
+    d, ffn = (model.encoder.config.d_model, model.encoder.config.encoder_ffn_dim)
+    dropped = 1500 - math.ceil(14450 / HOP)
+    saved = 2 * dropped * (2 * d * d + 2 * d * ffn)  # q and out projections, fc1 and fc2: 2 flops a MAC
+    for layers in (["norm"], ["block1"], ["block1", "block2"]):
+        assert linear_flops("reference", layers) - linear_flops("trim", layers) == saved, layers
 
 
 # ---- window mode ------------------------------------------------------------------------------
