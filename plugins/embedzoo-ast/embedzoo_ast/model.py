@@ -8,8 +8,9 @@ Transformer", Interspeech 2021), on transformers' own classes (the reference).
   until a checkpoint is loaded), held as `self.model`, so the state dict is `model.` + transformers'
   keys. Its modules run one by one here -- the patch embedding, the flat positional table (whole, or
   cut to the input's columns for padding "crop"), each `ASTLayer`, the final LayerNorm, the pooler
-  ((cls + dist) / 2) and the classifier -- so a forward stops after the last layer asked for and
-  takes inputs shorter than transformers' fixed max_length frames.
+  ((cls + dist) / 2) and the classifier -- so a forward stops after the last layer asked for, runs
+  that block on the rows read only (`layer_on_rows`), and takes inputs shorter than transformers'
+  fixed max_length frames.
 
 The layers, their widths, tokens and frame grid are stated in `geometry.py`; `forward_layers`
 returns them in their natural shapes: `fbank` (batch, frames, 128), `patch`, `block1`..`blockN`
@@ -45,6 +46,24 @@ def hf_config(card: ModelCard) -> Any:
     return ASTConfig(**{key: cfg[key] for key in _MODEL_KEYS}, num_labels=cfg["num_labels"])
 
 
+def layer_on_rows(layer: Any, x: Tensor, rows: Tensor) -> Tensor:
+    """`layer(x)[:, rows]` for an ASTLayer, computed on those rows only: every row still gives keys
+    and values, but the queries, the output projection and the MLP run on the rows read (a 1 s
+    window padded to 1024 frames reads 122 of 1214; a scene's features read the 2 tokens). The
+    layer's eval forward written out: transformers' takes no query subset."""
+    attention, batch = layer.attention, x.shape[0]
+
+    def heads(t: Tensor) -> Tensor:
+        return t.view(batch, -1, attention.num_attention_heads, attention.head_dim).transpose(1, 2)
+
+    normed = layer.layernorm_before(x)
+    rows = rows.to(x.device)
+    query = heads(attention.q_proj(normed[:, rows]))
+    context = F.scaled_dot_product_attention(query, heads(attention.k_proj(normed)), heads(attention.v_proj(normed)), scale=attention.scaling)
+    x = x[:, rows] + attention.o_proj(context.transpose(1, 2).reshape(batch, len(rows), -1))
+    return x + layer.mlp(layer.layernorm_after(x))
+
+
 class AST(Extractor):
     """The AudioSet and Speech Commands ASTs (MIT/ast-finetuned-*), as the card's `config` describes."""
 
@@ -62,6 +81,14 @@ class AST(Extractor):
     def normalise(self, fbank: Tensor) -> Tensor:
         """ASTFeatureExtractor's normalisation, (x - mean) / (std * 2)."""
         return (fbank - self.cfg["mean"]) / (self.cfg["std"] * 2)
+
+    def _rows_read(self, grid_t: int, cols: int) -> Tensor | None:
+        """The sequence rows holding the tokens and the first `cols` patch columns of every
+        frequency row (None: all of them), in the sequence's frequency-major order."""
+        if cols == grid_t:
+            return None
+        patches = torch.arange(self.grid[0])[:, None] * grid_t + torch.arange(cols)[None, :]
+        return torch.cat((torch.arange(len(TOKENS)), len(TOKENS) + patches.flatten()))
 
     def forward_layers(self, audio: Tensor, layers: Sequence[str] | None = None, padding: str = PADDINGS[0]) -> list[Tensor]:
         """Requested layers (all when None) in their natural shapes, computing no block past the
@@ -112,16 +139,24 @@ class AST(Extractor):
         if "patch" in wanted:
             out["patch"] = read(hidden)
         depth = cfg["num_hidden_layers"]
-        for index, layer in enumerate(ast.layers):
-            if last < 2 + index:
-                break
-            hidden = layer(hidden, None)
+        computed = min(last - 1, depth)  # the blocks run: block<computed> is the last
+        # the last block runs on the rows read only: the tokens, plus the input's columns where a
+        # token map is read from it (with "reference" padding the rest are padding's)
+        maps_read = f"block{computed}" in wanted or (computed == depth and "norm" in wanted)
+        rows = self._rows_read(grid_t, cols if maps_read else 0)
+        for index, layer in enumerate(ast.layers[:computed]):
+            if index + 1 < computed or rows is None:
+                hidden = layer(hidden, None)
+            else:
+                hidden = layer_on_rows(layer, hidden, rows)
+                grid_t = cols  # the sequence is now the tokens + the F x cols patches read
             name = f"block{index + 1}"
             if name in wanted:
                 out[name] = read(hidden)
         if last > 1 + depth:
             hidden = ast.layernorm(hidden)
-            out["norm"] = read(hidden)
+            if "norm" in wanted:
+                out["norm"] = read(hidden)
             out["features"] = (hidden[:, 0] + hidden[:, 1]) / 2  # ASTModel's pooler_output
             out["logits"] = self.model.classifier(out["features"])
         return out

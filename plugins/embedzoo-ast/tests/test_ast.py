@@ -99,8 +99,39 @@ def test_every_layer_matches_transformers(repos, card_id: str, samples) -> None:
         assert rel_err(value, expected[name]) < TOLERANCE, name
     # hidden_states as transformers orders them: `layers="all"`
     assert model.card.hidden_states == ("patch", "block1", "block2")
-    # early stop: one block alone is the same block
-    assert rel_err(ours(model, clips, ["block1"])["block1"], expected["block1"]) < TOLERANCE
+    # early stop: one block alone is the same block; each layer alone, its last block on the rows read
+    for name in ("block1", "block2", "norm", "features", "logits"):
+        assert rel_err(ours(model, clips, [name])[name], expected[name]) < TOLERANCE, name
+
+
+def test_the_last_block_runs_on_the_rows_read(repos) -> None:
+    """With "reference" padding a 0.5 s input reads 2 tokens + its columns of the 1024-frame
+    sequence, and a scene's `features` the 2 tokens: the last block's query and output projections
+    and MLP (aten.mm / addmm FLOPs, the fbank's mel matmul taken out) run on those rows only, where
+    a full-length input's map (or `norm` beside the heads) needs all of them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = load(repos, TWINS[0])
+    cfg = model.model.config
+    d, ffn = cfg.hidden_size, cfg.intermediate_size
+    bands, positions = model.grid
+    clips = noise(8000, rows=1, seed=5)
+
+    def linear_flops(layers: list[str], clip: np.ndarray) -> int:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            ours(model, clip, layers)
+        counts = counter.get_flop_counts()["Global"]
+        return sum(flops for op, flops in counts.items() if op in (torch.ops.aten.mm, torch.ops.aten.addmm))
+
+    full = noise(model.card.max_window, rows=1, seed=5)  # every column read: all rows for a map
+    cols = ours(model, clips, ["block2"])["block2"].shape[1] - TOKENS
+    dropped = TOKENS + bands * positions - (TOKENS + bands * cols)
+    network = {clip.shape[1]: linear_flops(["block2"], clip) - linear_flops(["fbank"], clip) for clip in (full, clips)}
+    assert network[full.shape[1]] - network[clips.shape[1]] == 2 * dropped * (2 * d * d + 2 * d * ffn)  # 2 flops a MAC
+    for head in ("features", "logits"):  # the tokens only, where no map of the last block is read
+        dropped = bands * positions
+        assert linear_flops([head, "norm"], full) - linear_flops([head], full) == 2 * dropped * (2 * d * d + 2 * d * ffn), head
 
 
 def test_last_block_is_before_the_final_norm(repos) -> None:
