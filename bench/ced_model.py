@@ -12,7 +12,7 @@ Random weights (the card's architecture, saved in the authors' Zenodo layout and
 - `timestamps`: the same embedding of 480 ms windows every `--hop-ms` (the family's recipe at a
   coarser hop). Reference: the same windows (the clip zero-padded by half a window at both ends),
   `--batch` per call; embedzoo: the defaults with hop_ms and `--batch` windows a forward; then
-  embedzoo as a user runs it (windows per forward from the card's batch_seconds: 66 for 480 ms)
+  embedzoo as a user runs it (windows per forward from the card's batch_seconds: 133 for 480 ms)
   against the reference at `--batch` and at that same count (the gain is the batching: at equal
   batches both run the same timm blocks);
 - `frames`: the last block's patch columns (one frame per 160 ms). Reference: the blocks' output of
