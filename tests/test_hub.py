@@ -14,6 +14,7 @@ import os
 import pathlib
 import re
 import threading
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,7 @@ class FileServer:
         self.send_etag = False
         self.if_ranges: list[str | None] = []
         self.hub_commit = REV
+        self.listed_too: list[str] = []  # names the fake hub's file list adds (hostile ones)
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -200,9 +202,32 @@ class FileServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
 
+            def _model_info(self, repo: str, revision: str) -> None:
+                # HfApi.model_info: the repo's file list ("siblings") at a revision, and its commit
+                prefix = f"/{repo}/"
+                names = sorted(name[len(prefix):] for name in server.files if name.startswith(prefix))
+                if not names:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "RepoNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                commit = revision if re.fullmatch(r"[0-9a-f]{40}", revision) else server.hub_commit
+                listing = [{"rfilename": name} for name in [*names, *server.listed_too]]
+                body = json.dumps({"id": repo, "sha": commit, "siblings": listing}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def do_GET(self) -> None:
                 rng = self.headers.get("Range")
                 server.requests.append(("GET", self.path, rng))
+                api = re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/([^/?]+)", self.path.split("?", 1)[0])
+                if api:
+                    self._model_info(api[1], urllib.parse.unquote(api[2]))
+                    return
                 data = server.files.get(self.path, server.files.get(self._hub_path()))
                 if data is None:
                     self.send_error(404)
@@ -895,3 +920,85 @@ def test_a_repo_file_the_hub_repo_lacks_reaches_the_check_as_absent(
     meta = json.loads((path.parent / "meta.json").read_text())
     assert set(meta["repo_files"]) == {"config.json"} and meta["revision"] == REV
     assert any("preprocessor_config.json" in p for _, p, _ in server.requests)
+
+
+# ------------------------------------------------------------------------ files named by pattern
+
+
+def _pattern_card(filename: str = "*epoch*.pt", files: tuple[str, ...] = ("config.json", "*config.yaml"), revision: str = "main"):
+    return make_card([{"kind": "hf", "repo": "org/espnet", "revision": revision, "filename": filename, "files": list(files)}])
+
+
+def test_a_pattern_source_pulls_the_one_file_the_hub_lists(
+    testfam, server: FileServer, tmp_path: Path, clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ESPnet-style upload (the training machine's folders kept): the card names the files by
+    pattern; the Hub's list at the branch's commit picks them, the branch is held to that commit,
+    and offline the hub cache's snapshot of it lists them again."""
+    reference = reference_model(testfam, seed=5)
+    original_checkpoint(tmp_path / "epoch59.pt", reference)
+    folder = "/org/espnet/work/nvme/run_lr5e-4/"
+    server.files[folder + "epoch59.pt"] = (tmp_path / "epoch59.pt").read_bytes()
+    server.files[folder + "config.yaml"] = b"encoder: beats\n"
+    server.files["/org/espnet/README.md"] = b"readme"
+    server.files["/org/espnet/config.json"] = b'{"hidden": 8}'
+    server.hub_commit = "feedface" * 5
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    card = _pattern_card()
+    path = weights.pull(card, quiet=True)
+    model = testfam.create_model(card).eval()
+    model.load_state_dict(weights.load_weights(path), strict=True)
+    audio = torch.randn(2, 1600)
+    with torch.no_grad():
+        assert torch.equal(model(audio), reference(audio))
+    meta = json.loads((path.parent / "meta.json").read_text())
+    assert meta["source"].endswith("work/nvme/run_lr5e-4/epoch59.pt") and meta["revision"] == server.hub_commit
+    assert sorted(meta["repo_files"]) == ["config.json", "work/nvme/run_lr5e-4/config.yaml"]
+    assert weights.recorded_pin(card.sources[0]) == server.hub_commit
+    asked = [p for _, p, _ in server.requests if p.startswith("/api/models/")]
+    assert asked == ["/api/models/org/espnet/revision/main"]
+
+    requests = len(server.requests)  # offline: the snapshot of the held commit lists the files
+    assert weights.pull(card, offline=True, force=True, quiet=True) == path
+    assert len(server.requests) == requests
+
+
+def test_a_pattern_must_pick_one_file_and_a_listing_stay_inside_the_repo(server: FileServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embedzoo.weights.listing import resolve_patterns
+
+    server.files["/org/espnet/a/epoch1.pt"] = b"1"
+    server.files["/org/espnet/b/epoch2.pt"] = b"2"
+    server.files["/org/espnet/a/config.yaml"] = b"c"
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(WeightsError, match=r"'\*epoch\*\.pt' and 2 files match it: a/epoch1.pt, b/epoch2.pt") as many:
+        resolve_patterns(_pattern_card(revision=REV).sources[0])
+    assert "name the file in the card's `filename`" in many.value.hint
+    with pytest.raises(WeightsError, match=r"none of its 3 files matches it"):
+        resolve_patterns(_pattern_card("*.safetensors", revision=REV).sources[0])
+    chosen = resolve_patterns(_pattern_card("a/*.pt", ("*.yaml", "*.json"), revision=REV).sources[0])
+    assert (chosen.filename, chosen.files) == ("a/epoch1.pt", ("a/config.yaml",))  # no json: an absent repo file
+    server.listed_too = ["../../outside/epoch9.pt"]
+    with pytest.raises(WeightsError, match=r"lists the file '\.\./\.\./outside/epoch9\.pt', which cannot be a path inside the repo"):
+        resolve_patterns(_pattern_card("a/*.pt", revision=REV).sources[0])
+    with pytest.raises(WeightsError, match="org/gone@main: the repo does not exist"):
+        resolve_patterns(Source(kind="hf", repo="org/gone", revision="main", filename="*.pt"))
+
+
+def test_a_pattern_source_from_a_mirror_a_folder_and_offline(testfam, tmp_path: Path) -> None:
+    """A mirror folder (or a weights=FOLDER laid out like the repo) lists the files itself; offline
+    with neither, the error says what to do."""
+    reference = reference_model(testfam, seed=6)
+    repo = tmp_path / "mirror" / "org" / "espnet"
+    original_checkpoint(repo / "exp" / "run" / "epoch_latest.pt", reference)
+    (repo / "exp" / "run" / "config.yaml").write_text("encoder: beats\n")
+    (repo / "config.json").write_text('{"hidden": 8}')
+    card = _pattern_card(revision=REV)
+    path = weights.pull(card, mirror=tmp_path / "mirror", offline=True, quiet=True)
+    meta = json.loads((path.parent / "meta.json").read_text())
+    assert meta["source"].endswith("exp/run/epoch_latest.pt") and sorted(meta["repo_files"]) == ["config.json", "exp/run/config.yaml"]
+    state = weights.convert_checkpoint(card, repo)  # the folder itself, as weights=FOLDER
+    assert all(torch.equal(state[k], v) for k, v in weights.load_weights(path).items())
+    with pytest.raises(OfflineError, match="names its files by pattern and no listing of the repo is available offline"):
+        weights.pull(_pattern_card(revision="0" * 40), offline=True, quiet=True)

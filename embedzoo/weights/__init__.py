@@ -7,7 +7,9 @@
 - `embedzoo.weights.cache`    -- the cache: settings, on-disk layout, first-use pins, `ls`/`rm`/`verify`;
 - `embedzoo.weights.identity` -- what a model's weights are, for manifests and embedding caches;
 - `embedzoo.weights.mirror`   -- copy a model's verified originals into a mirror folder
-                                 (`mirror_model`), never weights whose licence forbids it.
+                                 (`mirror_model`), never weights whose licence forbids it;
+- `embedzoo.weights.listing`  -- hub sources naming their files by pattern, resolved from the
+                                 repo's file list at one commit (`resolve_patterns`).
 
 Download and conversion progress on stderr is `embedzoo.progress` (`ByteProgress`, `Working`).
 
@@ -31,6 +33,7 @@ _HOMES = {
     **dict.fromkeys(("Progress", "fetch_source"), "embedzoo.weights.fetch"),
     **dict.fromkeys(("RANDOM", "weights_identity"), "embedzoo.weights.identity"),
     **dict.fromkeys(("check_redistributable", "mirror_model"), "embedzoo.weights.mirror"),
+    **dict.fromkeys(("has_patterns", "resolve_patterns"), "embedzoo.weights.listing"),
     **dict.fromkeys(("convert_checkpoint", "damage", "load_weights", "pull"), "embedzoo.weights.store"),
 }  # fmt: skip
 __all__ = sorted(_HOMES)

@@ -45,6 +45,7 @@ from embedzoo.weights.cache import (
     sha256_file,
 )
 from embedzoo.weights.fetch import EntryMissing, Progress, fetch_source, resolved_revision
+from embedzoo.weights.listing import resolve_in_folder, resolve_patterns
 from embedzoo.progress import ByteProgress, Working, human_size
 
 if TYPE_CHECKING:
@@ -244,7 +245,10 @@ def folder_checkpoint(card: ModelCard, folder: Path) -> tuple[Path, str, dict[st
     card's hub sources whose file is in the folder, with those of the repo files that source names
     which are there (the plugin's check decides whether one may be absent)."""
     hub = [source for source in card.sources if source.kind == "hf"]
-    for source in hub:
+    for pattern_source in hub:
+        source = resolve_in_folder(pattern_source, folder)
+        if source is None:  # its weights pattern matches no file here
+            continue
         candidate = folder.joinpath(*source.filename.split("/"))
         if candidate.is_file():
             repo_files = {name: folder.joinpath(*name.split("/")) for name in source.files}
@@ -350,6 +354,7 @@ def fetch_checkpoint(
     failures: list[tuple[Source, WeightsError]] = []
     for source in card.sources:
         try:
+            source = resolve_patterns(source, cache_dir, mirror, offline)  # names given by pattern: the repo's files
             original = _fetch(card, source, cache_dir, mirror, offline, progress, quiet)
             extras = [_fetch(card, extra, cache_dir, mirror, offline, progress, quiet) for extra in source.extras]
             repo_files = _fetch_repo_files(card, source, cache_dir, mirror, offline, progress, quiet) if source.files else None

@@ -246,6 +246,34 @@ def test_openbeats_files_convert_and_match_openbeats_own_loader(tmp_path: Path) 
     assert "config fbank_mean: 15.2913" in info.value.hint
 
 
+def test_an_openbeats_repo_pulls_by_pattern(tmp_path: Path) -> None:
+    """The cards name the files by pattern (ESPnet uploads keep the training machine's folders): in
+    a folder laid out like the Hub repo (a mirror), the one .pt and the run config beside it are
+    picked -- not another run's config -- and the pull equals the file loaded directly."""
+    import dataclasses
+
+    import yaml
+
+    from embedzoo import weights
+
+    twin = get_registry().get(small_id(OPENBEATS))
+    card = dataclasses.replace(twin, sources=get_registry().get(OPENBEATS).sources)
+    checkpoint = openbeats_checkpoint(twin.id, seed=23)
+    repo = tmp_path / "mirror" / "shikhar7ssu" / "OpenBEATs-Large-i3"
+    run = repo / "work" / "nvme" / "7Msounds" / "exp" / "beats_iter2_large"
+    run.mkdir(parents=True)
+    save_checkpoint(checkpoint, run / "epoch_latest.pt")
+    (run / "config.yaml").write_text(yaml.safe_dump({"encoder_conf": {"beats_config": checkpoint["cfg"]}}))
+    (repo / "work" / "tokenizer").mkdir(parents=True)
+    (repo / "work" / "tokenizer" / "config.yaml").write_text("frontend: default\n")  # another run's: not read
+    path = weights.pull(card, cache_dir=tmp_path / "cache", mirror=tmp_path / "mirror", offline=True, quiet=True)
+    meta = yaml.safe_load((path.parent / "meta.json").read_text())
+    assert list(meta["repo_files"]) == ["work/nvme/7Msounds/exp/beats_iter2_large/config.yaml"]
+    direct = checkpoint_filter_fn(checkpoint, create_model(twin))
+    pulled = weights.load_weights(path)
+    assert set(pulled) == set(direct) and all(torch.equal(pulled[k], v) for k, v in direct.items())
+
+
 def test_an_openbeats_run_config_is_checked_against_the_card(tmp_path: Path) -> None:
     """The ESPnet run config beside an OpenBEATs checkpoint (the cards' `files:`), read by the core
     as YAML and handed to the plugin: its beats_config and fbank statistics must be the card's; a
@@ -286,7 +314,7 @@ def test_openbeats_cards() -> None:
             card = get_registry().get(f"openbeats-{size}-i{iteration}")
             source = card.sources[0]
             assert card.license == "CC-BY-4.0" and source.repo == f"shikhar7ssu/OpenBEATs-{size.capitalize()}-i{iteration}"
-            assert source.files == (source.filename.rsplit("/", 1)[0] + "/config.yaml",)  # the run config beside it
+            assert (source.filename, source.files) == ("*.pt", ("*/config.yaml",))  # picked from the repo's list
             assert card.layers[-1].name == f"block{depth}" and card.layers[-1].width == width
             assert card.defaults["layers"] == [f"block{depth}"]
             with torch.device("meta"):
