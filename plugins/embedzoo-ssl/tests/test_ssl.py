@@ -406,3 +406,30 @@ def test_silence_is_finite(twin: str, twins) -> None:
 def test_plugin_registers_the_family_torch_free() -> None:
     assert_torch_free_import("embedzoo_ssl", "embedzoo_ssl.geometry")
     assert_registers("ssl", ["ssl"])
+
+
+def test_wavlm_attention_through_sdpa_equals_transformers_own() -> None:
+    """The plugin's WavLM attention (SDPA, the gated bias as the mask) against transformers'
+    WavLMAttention with the same parameters: outputs and the position bias it passes on, with and
+    without a key padding mask (the plugin passes none; the class takes one, as its parent does)."""
+    from transformers.models.wavlm.modeling_wavlm import WavLMAttention
+
+    from embedzoo_ssl.model import SdpaWavLMAttention
+
+    torch.manual_seed(0)
+    eager = WavLMAttention(embed_dim=32, num_heads=4, num_buckets=16, max_distance=40).eval()
+    with torch.no_grad():
+        for parameter in eager.parameters():
+            parameter.normal_(0, 0.3)
+    sdpa = SdpaWavLMAttention(embed_dim=32, num_heads=4, num_buckets=16, max_distance=40).eval()
+    sdpa.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 37, 32)
+    mask = torch.ones(2, 37, dtype=torch.long)
+    mask[1, 30:] = 0
+    with torch.inference_mode():
+        for attention_mask in (None, mask):
+            theirs, _, their_bias = eager(x, attention_mask=attention_mask)
+            ours, weights, our_bias = sdpa(x, attention_mask=attention_mask)
+            assert weights is None and torch.equal(our_bias, their_bias)
+            assert rel_err(ours, theirs) < 1e-5
+        assert rel_err(sdpa(x, attention_mask=mask)[0], sdpa(x)[0]) > 1e-3  # the mask does act
