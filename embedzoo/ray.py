@@ -237,10 +237,35 @@ def _describe_rows(batch: dict[str, Any], column: str, name_column: str) -> dict
 
 
 def _portable(extractor: "Extractor") -> "Extractor":
-    """The extractor as the object store should carry it: on the CPU (an actor moves it to its device)."""
-    if extractor.device.type == "cpu":
+    """The extractor as the object store should carry it: on the CPU (an actor moves it to its
+    device), and with each parametrization (the weight norm of wav2vec2's positional conv) baked into
+    a plain weight -- torch pickles no parametrized module, and an actor only runs inference, whose
+    every forward computes that same weight."""
+    from torch.nn.utils import parametrize
+
+    parametrized = [module for module in extractor.modules() if parametrize.is_parametrized(module)]
+    if extractor.device.type == "cpu" and not parametrized:
         return extractor
-    return copy.deepcopy(extractor).to("cpu")
+    portable = copy.deepcopy(extractor).to("cpu")
+    for module in list(portable.modules()):
+        if parametrize.is_parametrized(module):
+            _bake(module)
+    return portable
+
+
+def _bake(module: Any) -> None:
+    """A copied module's parametrized tensors computed once and kept as plain parameters, under its
+    own class again. Not torch's `remove_parametrizations`: a deep copy shares the injected class
+    with the original, and that would delete the original's property too."""
+    import torch
+    from torch.nn.utils import parametrize
+
+    with torch.no_grad():
+        values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+    module.__class__ = parametrize.type_before_parametrizations(module)
+    del module._modules["parametrizations"]
+    for name, value in values.items():
+        module.register_parameter(name, torch.nn.Parameter(value, requires_grad=False))
 
 
 _RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Warning|Exit|Interrupt)): (.*)$")

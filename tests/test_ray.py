@@ -109,6 +109,25 @@ def test_ray_writes_the_bytes_of_the_local_engine_with_a_real_plugin(tmp_path, f
     assert_each_output_once(tmp_path / "ray", fmt, [f.name for f in files])
 
 
+def test_a_model_with_weight_norm_travels_to_the_actors(tmp_path):
+    """wav2vec2's positional conv is weight-normed through torch's parametrizations, which do not
+    pickle: the object store gets the weight baked in, and the actors write the local engine's bytes."""
+    from embedzoo.loader import build_model
+    from embedzoo.ray import _portable
+    from test_models import conformance_card
+
+    torch.manual_seed(0)
+    model = build_model(conformance_card("wav2vec2-base")).eval()
+    assert any(torch.nn.utils.parametrize.is_parametrized(module) for module in model.modules())
+    assert _portable(model) is not model and not any(torch.nn.utils.parametrize.is_parametrized(m) for m in _portable(model).modules())
+    files = collect_inputs(write_clips(tmp_path / "clips", 3))
+    local = embed_files(model, files, tmp_path / "local", fmt="npy", workers=0, shard_rows=2)
+    remote = embed_files(model, files, tmp_path / "ray", fmt="npy", shard_rows=2, engine="ray")
+    assert local.ok and remote.ok and remote.done == 3
+    assert_same_folders(tmp_path / "local", tmp_path / "ray")
+    assert any(torch.nn.utils.parametrize.is_parametrized(module) for module in model.modules())  # the driver's own is untouched
+
+
 @pytest.mark.parametrize("fmt", ["npy", "parquet"])
 def test_ray_batches_a_wide_transformer_exactly_as_the_local_engine(tmp_path, fmt):
     # two threads: one actor of 2 CPUs, and the local engine likewise (at one thread this CPU's
