@@ -318,6 +318,13 @@ def resolved_revision(source: Source, cache_dir: Any = None) -> str:
     return source.revision if source.commit_pinned else recorded_pin(source, cache_dir) or source.revision
 
 
+def hub_endpoint(function: Callable[..., Any]) -> dict[str, str]:
+    """`endpoint=$HF_ENDPOINT` for a huggingface_hub call that takes one, read now (huggingface_hub
+    reads it once, at import), or nothing."""
+    endpoint = os.environ.get("HF_ENDPOINT")
+    return {"endpoint": endpoint} if endpoint and "endpoint" in inspect.signature(function).parameters else {}
+
+
 def _download_hf(
     source: Source, revision: str, cache_dir: Any, hf_dir: Path, offline: bool, progress: Progress | None,
     model_id: str | None, looked: list[str],
@@ -338,8 +345,7 @@ def _download_hf(
         local_files_only=offline,
     )
     params = inspect.signature(hf_hub_download).parameters
-    if os.environ.get("HF_ENDPOINT") and "endpoint" in params:
-        kwargs["endpoint"] = os.environ["HF_ENDPOINT"]  # read now, not at huggingface_hub's import
+    kwargs.update(hub_endpoint(hf_hub_download))
     if progress is not None and "tqdm_class" in params:
         kwargs["tqdm_class"] = _progress_tqdm(progress)
     try:

@@ -16,8 +16,6 @@ Torch-free.
 from __future__ import annotations
 
 import fnmatch
-import inspect
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -25,6 +23,7 @@ from typing import Any, Iterable
 from embedzoo.card import Source, unsafe_relpath
 from embedzoo.errors import OfflineError, WeightsError
 from embedzoo.weights.cache import hf_cache_dir, is_offline, mirror_root, record_commit, recorded_pin
+from embedzoo.weights.fetch import hub_endpoint, resolved_revision
 
 __all__ = ["has_patterns", "resolve_patterns", "resolve_in_folder"]
 
@@ -114,8 +113,8 @@ def _folder_names(folder: Path, within: Path | None = None) -> list[str]:
 def _resolve_from_hub_cache(source: Source, cache_dir: Any) -> Source:
     """Offline: the names in the hub cache's snapshot of the commit the source is held to."""
     repo_dir = hf_cache_dir(cache_dir) / f"models--{source.repo.replace('/', '--')}"
-    commit = source.revision if source.commit_pinned else recorded_pin(source, cache_dir)
-    if commit is None:  # a branch never pulled through embedzoo: huggingface_hub's own ref, if cached
+    commit: str | None = resolved_revision(source, cache_dir)
+    if commit == source.revision and not source.commit_pinned:  # a branch never held: huggingface_hub's own ref, if cached
         ref = repo_dir / "refs" / source.revision
         commit = ref.read_text().strip() if ref.is_file() else None
     snapshot = repo_dir / "snapshots" / commit if commit else None
@@ -134,13 +133,10 @@ def _resolve_online(source: Source, cache_dir: Any) -> Source:
     from huggingface_hub import HfApi
     from huggingface_hub import errors as hf_errors
 
-    revision = source.revision if source.commit_pinned else recorded_pin(source, cache_dir) or source.revision
-    kwargs: dict[str, Any] = {}
-    if os.environ.get("HF_ENDPOINT") and "endpoint" in inspect.signature(HfApi).parameters:
-        kwargs["endpoint"] = os.environ["HF_ENDPOINT"]  # read now, not at huggingface_hub's import
+    revision = resolved_revision(source, cache_dir)
     where = f"{source.repo}@{revision}"
     try:
-        info = HfApi(**kwargs).model_info(source.repo, revision=revision)
+        info = HfApi(**hub_endpoint(HfApi)).model_info(source.repo, revision=revision)
     except hf_errors.RepositoryNotFoundError as exc:
         raise WeightsError(f"{where}: the repo does not exist (or is private)", hint="check the card's repo") from exc
     except hf_errors.RevisionNotFoundError as exc:
